@@ -1,0 +1,21 @@
+//! Lambda entry point: build the clients once, then serve invocations.
+
+use lambda_runtime::{Error, LambdaEvent, service_fn};
+use sluice_backfill::handle;
+use sluice_lambda::{FunctionConfig, backfiller, init_tracing};
+
+// Rows are many small allocations; mimalloc spends far less time on them than glibc.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    init_tracing();
+    let config = FunctionConfig::from_env()?;
+    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let backfiller = backfiller(&sdk, &config);
+    lambda_runtime::run(service_fn(|event: LambdaEvent<serde_json::Value>| {
+        handle(&backfiller, event)
+    }))
+    .await
+}

@@ -1,0 +1,77 @@
+//! API Gateway (REST) answers: JSON bodies, and errors as
+//! `{"error": {"code", "field"?, "message"}}`.
+
+use aws_lambda_events::apigw::{ApiGatewayProxyRequest, ApiGatewayProxyResponse};
+use aws_lambda_events::encodings::Body;
+use aws_lambda_events::http::{HeaderMap, HeaderValue};
+use serde_json::{Value as Json, json};
+
+pub fn respond(status: i64, body: &Json) -> ApiGatewayProxyResponse {
+    let mut headers = HeaderMap::new();
+    headers.insert("content-type", HeaderValue::from_static("application/json"));
+    let mut response = ApiGatewayProxyResponse::default();
+    response.status_code = status;
+    response.headers = headers;
+    response.multi_value_headers = HeaderMap::new();
+    response.body = Some(Body::Text(body.to_string()));
+    response.is_base64_encoded = false;
+    response
+}
+
+pub fn error_body(code: &str, field: Option<&str>, message: &str) -> Json {
+    let mut e = json!({ "code": code, "message": message });
+    if let Some(field) = field {
+        e["field"] = json!(field);
+    }
+    json!({ "error": e })
+}
+
+/// 404 for a path no route serves, 405 for a method a route does not take.
+pub fn no_route(routes: &[(&str, &str)], method: &str, resource: &str) -> ApiGatewayProxyResponse {
+    if routes.iter().any(|(_, r)| *r == resource) {
+        respond(
+            405,
+            &error_body(
+                "method_not_allowed",
+                None,
+                &format!("{method} is not allowed on {resource}"),
+            ),
+        )
+    } else {
+        respond(
+            404,
+            &error_body("not_found", None, &format!("no route for {method} {resource}")),
+        )
+    }
+}
+
+/// The request's route: its method and resource template (`/sources/{id}`).
+pub fn route(request: &ApiGatewayProxyRequest) -> (&str, &str) {
+    (
+        request.http_method.as_str(),
+        request.resource.as_deref().unwrap_or_default(),
+    )
+}
+
+pub fn path_param<'a>(request: &'a ApiGatewayProxyRequest, name: &str) -> &'a str {
+    request
+        .path_parameters
+        .get(name)
+        .map(String::as_str)
+        .unwrap_or_default()
+}
+
+/// The request's JSON body; `Ok(None)` when there is none.
+pub fn json_body(request: &ApiGatewayProxyRequest) -> Result<Option<Json>, String> {
+    let text = match (request.body.as_deref(), request.is_base64_encoded) {
+        (None, _) => return Ok(None),
+        (Some(_), true) => return Err("must be JSON sent as application/json, not base64-encoded binary".into()),
+        (Some(b), false) => b,
+    };
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    serde_json::from_str(text)
+        .map(Some)
+        .map_err(|e| format!("is not valid JSON: {e}"))
+}

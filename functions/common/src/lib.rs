@@ -1,0 +1,164 @@
+//! What every Sluice Lambda function shares: its settings from the environment, the
+//! clients and services built once at init, JSON logs, and the time budget.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use sluice_aws::{
+    DynamoStore, EventBridgeEvents, ScheduleTarget, SchedulerSchedules, SecretsManagerSecrets, TableNames,
+};
+use sluice_core::backfiller::BackfillSettings;
+use sluice_core::{Backfiller, SourceAdmin, SyncService, SyncSettings};
+use sluice_sources::SqlReader;
+
+pub mod http;
+
+/// Settings of a function, from its environment (template.yaml sets them).
+#[derive(Debug, Clone)]
+pub struct FunctionConfig {
+    pub tables: TableNames,
+    /// `SLUICE_EVENT_BUS`, default `default`.
+    pub event_bus: String,
+    /// `SLUICE_LEASE_SECONDS`: the function timeout plus a margin; default 960.
+    pub lease: Duration,
+    /// `SLUICE_BACKFILL_RETRY_SECONDS`: the first wait before a failed chunk runs again;
+    /// default 30.
+    pub backfill_retry: Duration,
+    /// `SLUICE_SCHEDULE_GROUP`: where the sources' schedules live, so the sync can adapt
+    /// their rate; without it the adaptive frequency is only recorded.
+    pub schedule_group: Option<String>,
+}
+
+fn seconds(name: &str, default: u64) -> Result<Duration, String> {
+    match std::env::var(name) {
+        Ok(v) => v
+            .parse()
+            .map(Duration::from_secs)
+            .map_err(|_| format!("{name} must be whole seconds, got {v:?}")),
+        Err(_) => Ok(Duration::from_secs(default)),
+    }
+}
+
+impl FunctionConfig {
+    pub fn from_env() -> Result<Self, String> {
+        Ok(FunctionConfig {
+            tables: TableNames::from_env()?,
+            event_bus: std::env::var("SLUICE_EVENT_BUS").unwrap_or_else(|_| "default".into()),
+            lease: seconds("SLUICE_LEASE_SECONDS", 960)?,
+            backfill_retry: seconds("SLUICE_BACKFILL_RETRY_SECONDS", 30)?,
+            schedule_group: std::env::var("SLUICE_SCHEDULE_GROUP").ok(),
+        })
+    }
+}
+
+/// What the management API needs besides: where schedules go, where secrets live.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    pub function: FunctionConfig,
+    /// `SLUICE_SCHEDULE_GROUP`, `SLUICE_SYNC_FUNCTION_ARN`, `SLUICE_SCHEDULER_ROLE_ARN`.
+    pub schedules: ScheduleTarget,
+    /// `SLUICE_SECRETS_PREFIX`: secrets the API creates are named `{prefix}{source_id}`.
+    pub secrets_prefix: String,
+}
+
+impl ApiConfig {
+    pub fn from_env() -> Result<Self, String> {
+        let var = |name: &str| std::env::var(name).map_err(|_| format!("the environment variable {name} is not set"));
+        Ok(ApiConfig {
+            function: FunctionConfig::from_env()?,
+            schedules: ScheduleTarget {
+                group: var("SLUICE_SCHEDULE_GROUP")?,
+                function_arn: var("SLUICE_SYNC_FUNCTION_ARN")?,
+                role_arn: var("SLUICE_SCHEDULER_ROLE_ARN")?,
+            },
+            secrets_prefix: std::env::var("SLUICE_SECRETS_PREFIX").unwrap_or_else(|_| "sluice/".into()),
+        })
+    }
+}
+
+/// Builds the clients and the source admin service once, at init.
+pub fn source_admin(sdk: &aws_config::SdkConfig, config: &ApiConfig) -> SourceAdmin {
+    let secrets = Arc::new(SecretsManagerSecrets::new(
+        aws_sdk_secretsmanager::Client::new(sdk),
+        Duration::from_secs(300),
+    ));
+    SourceAdmin::new(
+        Arc::new(DynamoStore::new(
+            aws_sdk_dynamodb::Client::new(sdk),
+            config.function.tables.clone(),
+        )),
+        Arc::new(SqlReader),
+        secrets.clone(),
+        secrets,
+        Arc::new(SchedulerSchedules::new(
+            aws_sdk_scheduler::Client::new(sdk),
+            config.schedules.clone(),
+        )),
+        config.secrets_prefix.clone(),
+    )
+}
+
+/// Builds the clients and the sync service once, at init.
+pub fn sync_service(sdk: &aws_config::SdkConfig, config: &FunctionConfig) -> SyncService {
+    let service = SyncService::new(
+        Arc::new(DynamoStore::new(
+            aws_sdk_dynamodb::Client::new(sdk),
+            config.tables.clone(),
+        )),
+        Arc::new(SqlReader),
+        Arc::new(SecretsManagerSecrets::new(
+            aws_sdk_secretsmanager::Client::new(sdk),
+            Duration::from_secs(300),
+        )),
+        Arc::new(EventBridgeEvents::new(
+            aws_sdk_eventbridge::Client::new(sdk),
+            config.event_bus.clone(),
+        )),
+        SyncSettings {
+            lease: config.lease,
+            ..SyncSettings::default()
+        },
+    );
+    match &config.schedule_group {
+        Some(group) => service.with_schedules(Arc::new(SchedulerSchedules::rates_only(
+            aws_sdk_scheduler::Client::new(sdk),
+            group.clone(),
+        ))),
+        None => service,
+    }
+}
+
+/// Builds the backfill service (over its own sync service) once, at init.
+pub fn backfiller(sdk: &aws_config::SdkConfig, config: &FunctionConfig) -> Backfiller {
+    Backfiller::new(
+        Arc::new(sync_service(sdk, config)),
+        BackfillSettings {
+            retry_base: config.backfill_retry,
+            ..BackfillSettings::default()
+        },
+    )
+}
+
+/// The instant this invocation must be done by, keeping `margin` in hand.
+pub fn deadline(context: &lambda_runtime::Context, margin: Duration) -> Instant {
+    let remaining = context.deadline().duration_since(SystemTime::now()).unwrap_or_default();
+    Instant::now() + remaining.saturating_sub(margin)
+}
+
+/// JSON logs for CloudWatch at the level `RUST_LOG` or `AWS_LAMBDA_LOG_LEVEL` names
+/// (`error`, `warn`, `info`, `debug`, `trace`; default `info`). A plain level rather than
+/// per-target filters keeps `regex` out of the binary.
+pub fn init_tracing() {
+    let level = std::env::var("RUST_LOG")
+        .or_else(|_| std::env::var("AWS_LAMBDA_LOG_LEVEL"))
+        .ok()
+        .and_then(|l| l.to_lowercase().parse().ok())
+        .unwrap_or(tracing_subscriber::filter::LevelFilter::INFO);
+    tracing_subscriber::fmt()
+        .json()
+        .with_max_level(level)
+        .with_current_span(true)
+        .with_span_list(false)
+        .with_target(false)
+        .init();
+}

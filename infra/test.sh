@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine or a dirty one: installs and starts what is
+# missing (PostgreSQL, MariaDB, moto; cfn-lint and SAM for the template), then runs the
+# unit and integration tests against those real services.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+
+command -v cargo >/dev/null || { echo "cargo is required (https://rustup.rs)" >&2; exit 1; }
+eval "$(bash infra/services.sh)"
+bash infra/lint-template.sh
+cargo fmt --all -- --check
+# The CLI tests run the sluice binary; build it with the workspace's feature set first.
+cargo build --workspace --bins
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast
+else
+  cargo test --workspace --no-fail-fast
+fi

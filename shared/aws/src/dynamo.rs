@@ -1,0 +1,944 @@
+//! The DynamoDB store (DESIGN §6): Sources (config, lease, watermark), Records, Runs
+//! (TTL) and Members. Leases and watermarks move with conditional updates; records go
+//! in BatchWriteItem requests of 25, after a BatchGetItem of their stored hashes.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, DeleteRequest, KeySchemaElement, KeyType, KeysAndAttributes, Put,
+    PutRequest, ReturnValue, ScalarAttributeType, Select, TimeToLiveSpecification, TransactWriteItem, Update,
+    WriteRequest,
+};
+use chrono::{DateTime, Utc};
+use rand::Rng;
+use sluice_core::record::dedup_last;
+use sluice_core::window::{from_micros, to_micros};
+use sluice_core::{
+    Backfill, BackfillCreated, Cadence, Lease, LeaseOutcome, Member, Record, Run, SourceConfig, SourceState, Store,
+    StoreError, StoredRecord, Value, WriteStats,
+};
+
+use crate::item::{Item, attribute, n, plain_json, s};
+
+/// DynamoDB's limits on one BatchWriteItem and one BatchGetItem.
+const WRITE_BATCH: usize = 25;
+const GET_BATCH: usize = 100;
+/// Attempts at the items DynamoDB leaves unprocessed (throttling) before giving up.
+const ATTEMPTS: u32 = 10;
+
+/// The four table names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableNames {
+    pub sources: String,
+    pub records: String,
+    pub runs: String,
+    pub members: String,
+}
+
+impl TableNames {
+    /// `{prefix}Sources`, `{prefix}Records`, `{prefix}Runs`, `{prefix}Members`.
+    pub fn with_prefix(prefix: &str) -> Self {
+        TableNames {
+            sources: format!("{prefix}Sources"),
+            records: format!("{prefix}Records"),
+            runs: format!("{prefix}Runs"),
+            members: format!("{prefix}Members"),
+        }
+    }
+
+    /// From `SLUICE_SOURCES_TABLE`, `SLUICE_RECORDS_TABLE`, `SLUICE_RUNS_TABLE` and
+    /// `SLUICE_MEMBERS_TABLE` (set by template.yaml); the error names the missing one.
+    pub fn from_env() -> Result<Self, String> {
+        let var = |name: &str| std::env::var(name).map_err(|_| format!("the environment variable {name} is not set"));
+        Ok(TableNames {
+            sources: var("SLUICE_SOURCES_TABLE")?,
+            records: var("SLUICE_RECORDS_TABLE")?,
+            runs: var("SLUICE_RUNS_TABLE")?,
+            members: var("SLUICE_MEMBERS_TABLE")?,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DynamoStore {
+    client: Client,
+    tables: TableNames,
+}
+
+fn sdk<E: std::error::Error + Send + Sync + 'static, R: std::fmt::Debug + Send + Sync + 'static>(
+    operation: &'static str,
+) -> impl FnOnce(SdkError<E, R>) -> StoreError {
+    move |e| StoreError::backend(operation, DisplayErrorContext(e).to_string())
+}
+
+fn key(pk: (&str, &str), sk: Option<(&str, &str)>) -> Item {
+    let mut k = HashMap::from([(pk.0.to_string(), AttributeValue::S(pk.1.to_string()))]);
+    if let Some((name, value)) = sk {
+        k.insert(name.to_string(), AttributeValue::S(value.to_string()));
+    }
+    k
+}
+
+fn num(v: i64) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+/// Backoff with full jitter: 50 ms doubling, at most 5 s.
+async fn backoff(attempt: u32) {
+    let cap = (50u64 << attempt.min(7)).min(5_000);
+    let ms = rand::rng().random_range(0..=cap);
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+}
+
+impl DynamoStore {
+    pub fn new(client: Client, tables: TableNames) -> Self {
+        DynamoStore { client, tables }
+    }
+
+    pub fn tables(&self) -> &TableNames {
+        &self.tables
+    }
+
+    /// Creates the four tables when absent (local endpoints and tests; in AWS,
+    /// template.yaml creates them).
+    pub async fn create_tables(&self) -> Result<(), StoreError> {
+        let t = &self.tables;
+        self.create_table(&t.sources, "source_id", None).await?;
+        self.create_table(&t.records, "source_id", Some("record_key")).await?;
+        self.create_table(&t.runs, "source_id", Some("run_id")).await?;
+        self.create_table(&t.members, "pk", Some("sk")).await?;
+        // Best effort: some emulators lack TTL; AWS has it and template.yaml sets it.
+        let ttl = TimeToLiveSpecification::builder()
+            .enabled(true)
+            .attribute_name("expires_at")
+            .build()
+            .expect("complete");
+        let _ = self
+            .client
+            .update_time_to_live()
+            .table_name(&t.runs)
+            .time_to_live_specification(ttl)
+            .send()
+            .await;
+        Ok(())
+    }
+
+    async fn create_table(&self, name: &str, pk: &str, sk: Option<&str>) -> Result<(), StoreError> {
+        let attr = |n: &str| {
+            AttributeDefinition::builder()
+                .attribute_name(n)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .expect("complete")
+        };
+        let elem = |n: &str, k: KeyType| {
+            KeySchemaElement::builder()
+                .attribute_name(n)
+                .key_type(k)
+                .build()
+                .expect("complete")
+        };
+        let mut req = self
+            .client
+            .create_table()
+            .table_name(name)
+            .billing_mode(BillingMode::PayPerRequest)
+            .attribute_definitions(attr(pk))
+            .key_schema(elem(pk, KeyType::Hash));
+        if let Some(sk) = sk {
+            req = req.attribute_definitions(attr(sk)).key_schema(elem(sk, KeyType::Range));
+        }
+        match req.send().await {
+            Ok(_) => Ok(()),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_in_use_exception()) => Ok(()),
+            Err(e) => Err(sdk("creating a table")(e)),
+        }
+    }
+
+    fn state(item: &Item) -> Result<SourceState, StoreError> {
+        let id = s(item, "source_id").unwrap_or_default();
+        let corrupt = |reason: String| StoreError::Corrupt {
+            what: format!("source {id}"),
+            reason,
+        };
+        let config = s(item, "config").ok_or_else(|| corrupt("no config attribute".into()))?;
+        let config: SourceConfig = serde_json::from_str(&config).map_err(|e| corrupt(e.to_string()))?;
+        let lease = match (s(item, "lease_token"), n(item, "lease_expires_us")) {
+            (Some(token), Some(us)) => Some(Lease {
+                token,
+                expires_at: from_micros(us),
+            }),
+            _ => None,
+        };
+        Ok(SourceState {
+            config,
+            watermark: n(item, "watermark_us").map(from_micros),
+            lease,
+            active_backfill: s(item, "active_backfill"),
+            cadence: Cadence {
+                effective_minutes: n(item, "effective_minutes").unwrap_or(0) as u32,
+                fast_runs: n(item, "fast_runs").unwrap_or(0) as u32,
+            },
+            narrowed_window_seconds: n(item, "narrowed_window_s"),
+        })
+    }
+
+    async fn get_item_consistent(&self, id: &str) -> Result<Option<Item>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.tables.sources)
+            .set_key(Some(key(("source_id", id), None)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(sdk("reading a source"))?;
+        Ok(out.item)
+    }
+
+    /// Writes `requests` in requests of 25, retrying unprocessed items with backoff.
+    async fn batch_write(&self, table: &str, requests: Vec<WriteRequest>) -> Result<(), StoreError> {
+        let mut requests = requests.into_iter().peekable();
+        while requests.peek().is_some() {
+            let mut pending: Vec<WriteRequest> = requests.by_ref().take(WRITE_BATCH).collect();
+            let mut attempt = 0;
+            while !pending.is_empty() {
+                let out = self
+                    .client
+                    .batch_write_item()
+                    .request_items(table, pending)
+                    .send()
+                    .await
+                    .map_err(sdk("writing records (BatchWriteItem)"))?;
+                pending = out
+                    .unprocessed_items
+                    .and_then(|mut u| u.remove(table))
+                    .unwrap_or_default();
+                if !pending.is_empty() {
+                    attempt += 1;
+                    if attempt >= ATTEMPTS {
+                        return Err(StoreError::backend(
+                            "writing records (BatchWriteItem)",
+                            format!(
+                                "{} items still unprocessed after {ATTEMPTS} attempts (throttled)",
+                                pending.len()
+                            ),
+                        ));
+                    }
+                    backoff(attempt).await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The stored hashes of `records`, by key (eventually consistent: a stale hash
+    /// only causes one extra write).
+    async fn stored_hashes(&self, source_id: &str, records: &[Record]) -> Result<HashMap<String, String>, StoreError> {
+        let table = &self.tables.records;
+        let mut hashes = HashMap::with_capacity(records.len());
+        for chunk in records.chunks(GET_BATCH) {
+            let mut keys: Vec<Item> = chunk
+                .iter()
+                .map(|r| key(("source_id", source_id), Some(("record_key", &r.key))))
+                .collect();
+            let mut attempt = 0;
+            while !keys.is_empty() {
+                let request = KeysAndAttributes::builder()
+                    .set_keys(Some(keys))
+                    .projection_expression("record_key, #h")
+                    .expression_attribute_names("#h", "_hash")
+                    .build()
+                    .expect("keys set");
+                let out = self
+                    .client
+                    .batch_get_item()
+                    .request_items(table, request)
+                    .send()
+                    .await
+                    .map_err(sdk("reading record hashes (BatchGetItem)"))?;
+                for item in out.responses.and_then(|mut r| r.remove(table)).unwrap_or_default() {
+                    if let (Some(k), Some(h)) = (s(&item, "record_key"), s(&item, "_hash")) {
+                        hashes.insert(k, h);
+                    }
+                }
+                keys = out
+                    .unprocessed_keys
+                    .and_then(|mut u| u.remove(table))
+                    .map(|k| k.keys)
+                    .unwrap_or_default();
+                if !keys.is_empty() {
+                    attempt += 1;
+                    if attempt >= ATTEMPTS {
+                        return Err(StoreError::backend(
+                            "reading record hashes (BatchGetItem)",
+                            "keys still unprocessed (throttled)",
+                        ));
+                    }
+                    backoff(attempt).await;
+                }
+            }
+        }
+        Ok(hashes)
+    }
+
+    /// Every item of the Sources table (one per source: small), or those `filter` keeps.
+    async fn scan_sources(&self, filter: Option<&str>, operation: &'static str) -> Result<Vec<Item>, StoreError> {
+        let mut items = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let out = self
+                .client
+                .scan()
+                .table_name(&self.tables.sources)
+                .consistent_read(true)
+                .set_filter_expression(filter.map(str::to_string))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(sdk(operation))?;
+            items.extend(out.items.unwrap_or_default());
+            match out.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => return Ok(items),
+            }
+        }
+    }
+
+    fn record_item(source_id: &str, r: &Record) -> Item {
+        let mut item = HashMap::with_capacity(r.fields.values.len() + 3);
+        for (name, value) in r.fields.iter() {
+            item.insert(name.to_string(), attribute(value));
+        }
+        item.insert("source_id".into(), AttributeValue::S(source_id.to_string()));
+        item.insert("record_key".into(), AttributeValue::S(r.key.clone()));
+        item.insert("_hash".into(), AttributeValue::S(r.hash_hex()));
+        item
+    }
+
+    async fn query_all(
+        &self,
+        table: &str,
+        pk: (&str, &str),
+        select_count: bool,
+    ) -> Result<(Vec<Item>, u64), StoreError> {
+        let mut items = Vec::new();
+        let mut count = 0u64;
+        let mut start: Option<Item> = None;
+        loop {
+            let mut q = self
+                .client
+                .query()
+                .table_name(table)
+                .key_condition_expression("#pk = :pk")
+                .expression_attribute_names("#pk", pk.0)
+                .expression_attribute_values(":pk", AttributeValue::S(pk.1.to_string()))
+                .set_exclusive_start_key(start.take());
+            if select_count {
+                q = q.select(Select::Count);
+            }
+            let out = q.send().await.map_err(sdk("querying"))?;
+            count += out.count as u64;
+            items.extend(out.items.unwrap_or_default());
+            match out.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => return Ok((items, count)),
+            }
+        }
+    }
+}
+
+/// Backfill jobs live in the Runs table under their own partition per source, so the
+/// import log's queries never see them.
+fn backfill_pk(source_id: &str) -> String {
+    format!("backfill#{source_id}")
+}
+
+impl DynamoStore {
+    fn backfill(item: &Item) -> Result<Backfill, StoreError> {
+        let body = s(item, "body").unwrap_or_default();
+        let mut job: Backfill = serde_json::from_str(&body).map_err(|e| StoreError::Corrupt {
+            what: format!("backfill {}", s(item, "run_id").unwrap_or_default()),
+            reason: e.to_string(),
+        })?;
+        job.version = n(item, "version").unwrap_or(0) as u64;
+        job.cancel_requested_at = n(item, "cancel_requested_us").map(from_micros);
+        Ok(job)
+    }
+
+    /// The update that saves `job`'s body if the stored version is still `job.version`.
+    fn backfill_update(&self, job: &Backfill) -> Update {
+        let mut values = HashMap::from([
+            (
+                ":b".to_string(),
+                AttributeValue::S(serde_json::to_string(job).expect("jobs serialize")),
+            ),
+            (":s".to_string(), AttributeValue::S(job_status(job))),
+            (":v".to_string(), num(job.version as i64)),
+            (":nv".to_string(), num(job.version as i64 + 1)),
+        ]);
+        let mut set = "SET body = :b, #st = :s, version = :nv".to_string();
+        if let Some(finished) = job.finished_at {
+            // Finished jobs expire like run logs.
+            set.push_str(", expires_at = :x");
+            let expires = finished + chrono::Duration::days(sluice_core::run::RUN_RETENTION_DAYS);
+            values.insert(":x".into(), num(expires.timestamp()));
+        }
+        Update::builder()
+            .table_name(&self.tables.runs)
+            .set_key(Some(key(
+                ("source_id", &backfill_pk(&job.source_id)),
+                Some(("run_id", &job.id)),
+            )))
+            .update_expression(set)
+            .condition_expression("version = :v")
+            .expression_attribute_names("#st", "status")
+            .set_expression_attribute_values(Some(values))
+            .build()
+            .expect("complete")
+    }
+}
+
+fn run_body(source_id: &str, item: &Item) -> Result<Run, StoreError> {
+    serde_json::from_str(&s(item, "body").unwrap_or_default()).map_err(|e| StoreError::Corrupt {
+        what: format!("a run of {source_id}"),
+        reason: e.to_string(),
+    })
+}
+
+fn job_status(job: &Backfill) -> String {
+    serde_json::to_value(job.status)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+fn is_condition_failed<R>(e: &SdkError<aws_sdk_dynamodb::operation::update_item::UpdateItemError, R>) -> bool {
+    e.as_service_error()
+        .is_some_and(|s| s.is_conditional_check_failed_exception())
+}
+
+#[async_trait]
+impl Store for DynamoStore {
+    async fn put_source(&self, config: &SourceConfig) -> Result<(), StoreError> {
+        self.client
+            .update_item()
+            .table_name(&self.tables.sources)
+            .set_key(Some(key(("source_id", &config.id), None)))
+            .update_expression("SET config = :c")
+            .expression_attribute_values(
+                ":c",
+                AttributeValue::S(serde_json::to_string(config).expect("config serializes")),
+            )
+            .send()
+            .await
+            .map_err(sdk("saving a source"))?;
+        Ok(())
+    }
+
+    async fn get_source(&self, id: &str) -> Result<Option<SourceState>, StoreError> {
+        self.get_item_consistent(id)
+            .await?
+            .map(|item| Self::state(&item))
+            .transpose()
+    }
+
+    async fn acquire_lease(
+        &self,
+        id: &str,
+        token: &str,
+        now: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> Result<LeaseOutcome, StoreError> {
+        let out = self
+            .client
+            .update_item()
+            .table_name(&self.tables.sources)
+            .set_key(Some(key(("source_id", id), None)))
+            .update_expression("SET lease_token = :t, lease_expires_us = :e")
+            .condition_expression(
+                "attribute_exists(source_id) AND (attribute_not_exists(lease_expires_us) OR lease_expires_us <= :now OR lease_token = :t)",
+            )
+            .expression_attribute_values(":t", AttributeValue::S(token.to_string()))
+            .expression_attribute_values(":e", num(to_micros(expires_at)))
+            .expression_attribute_values(":now", num(to_micros(now)))
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await;
+        match out {
+            Ok(out) => Ok(LeaseOutcome::Acquired(Self::state(
+                &out.attributes.unwrap_or_default(),
+            )?)),
+            Err(e) if is_condition_failed(&e) => Ok(match self.get_source(id).await? {
+                None => LeaseOutcome::NotFound,
+                Some(state) => LeaseOutcome::Held {
+                    expires_at: state.lease.map_or(now, |l| l.expires_at),
+                },
+            }),
+            Err(e) => Err(sdk("taking the lease")(e)),
+        }
+    }
+
+    async fn release_lease(&self, id: &str, token: &str) -> Result<(), StoreError> {
+        let out = self
+            .client
+            .update_item()
+            .table_name(&self.tables.sources)
+            .set_key(Some(key(("source_id", id), None)))
+            .update_expression("REMOVE lease_token, lease_expires_us")
+            .condition_expression("lease_token = :t")
+            .expression_attribute_values(":t", AttributeValue::S(token.to_string()))
+            .send()
+            .await;
+        match out {
+            Ok(_) => Ok(()),
+            Err(e) if is_condition_failed(&e) => Ok(()),
+            Err(e) => Err(sdk("releasing the lease")(e)),
+        }
+    }
+
+    async fn advance_watermark(&self, id: &str, token: &str, watermark: DateTime<Utc>) -> Result<(), StoreError> {
+        let out = self
+            .client
+            .update_item()
+            .table_name(&self.tables.sources)
+            .set_key(Some(key(("source_id", id), None)))
+            .update_expression("SET watermark_us = :w")
+            .condition_expression("lease_token = :t AND (attribute_not_exists(watermark_us) OR watermark_us <= :w)")
+            .expression_attribute_values(":t", AttributeValue::S(token.to_string()))
+            .expression_attribute_values(":w", num(to_micros(watermark)))
+            .send()
+            .await;
+        match out {
+            Ok(_) => Ok(()),
+            Err(e) if is_condition_failed(&e) => {
+                // Either the lease is gone, or the watermark is already later: fine.
+                let state = self.get_source(id).await?;
+                match state.and_then(|s| s.lease) {
+                    Some(lease) if lease.token == token => Ok(()),
+                    _ => Err(StoreError::LeaseLost {
+                        source_id: id.to_string(),
+                    }),
+                }
+            }
+            Err(e) => Err(sdk("moving the watermark")(e)),
+        }
+    }
+
+    async fn write_records(
+        &self,
+        source_id: &str,
+        records: Vec<Record>,
+        check_unchanged: bool,
+    ) -> Result<WriteStats, StoreError> {
+        let mut records = dedup_last(records);
+        let mut stats = WriteStats::default();
+        if check_unchanged {
+            let stored = self.stored_hashes(source_id, &records).await?;
+            records.retain(|r| {
+                let same = stored
+                    .get(&r.key)
+                    .is_some_and(|h| u128::from_str_radix(h, 16) == Ok(r.hash));
+                stats.unchanged += same as u64;
+                !same
+            });
+        }
+        let requests: Vec<WriteRequest> = records
+            .iter()
+            .map(|r| {
+                let put = PutRequest::builder()
+                    .set_item(Some(Self::record_item(source_id, r)))
+                    .build()
+                    .expect("item set");
+                WriteRequest::builder().put_request(put).build()
+            })
+            .collect();
+        self.batch_write(&self.tables.records, requests).await?;
+        stats.written = records.len() as u64;
+        Ok(stats)
+    }
+
+    async fn upsert_members(&self, member_id_source: &str, members: Vec<Member>) -> Result<(), StoreError> {
+        let member_pk = format!("member#{member_id_source}");
+        let team_pk = format!("team#{member_id_source}");
+        let mut seen = HashSet::new();
+        let mut requests = Vec::new();
+        let put = |item: Item| {
+            WriteRequest::builder()
+                .put_request(PutRequest::builder().set_item(Some(item)).build().expect("item set"))
+                .build()
+        };
+        for m in &members {
+            if seen.insert((member_pk.as_str(), m.member_id.clone())) {
+                let mut item = key(("pk", &member_pk), Some(("sk", &m.member_id)));
+                item.insert("name".into(), AttributeValue::S(m.name.clone()));
+                if let Some(team) = &m.team {
+                    item.insert("team".into(), AttributeValue::S(team.clone()));
+                }
+                requests.push(put(item));
+            }
+            if let Some(team) = &m.team
+                && seen.insert((team_pk.as_str(), team.clone()))
+            {
+                requests.push(put(key(("pk", &team_pk), Some(("sk", team)))));
+            }
+        }
+        self.batch_write(&self.tables.members, requests).await
+    }
+
+    async fn put_run(&self, run: &Run) -> Result<(), StoreError> {
+        let status = serde_json::to_value(run.status).expect("status serializes");
+        self.client
+            .put_item()
+            .table_name(&self.tables.runs)
+            .item("source_id", AttributeValue::S(run.source_id.clone()))
+            .item("run_id", AttributeValue::S(run.id.clone()))
+            .item(
+                "status",
+                AttributeValue::S(status.as_str().unwrap_or_default().to_string()),
+            )
+            .item("started_at", AttributeValue::S(Value::iso_timestamp(&run.started_at)))
+            .item("expires_at", num(run.expires_at().timestamp()))
+            .item(
+                "body",
+                AttributeValue::S(serde_json::to_string(run).expect("runs serialize")),
+            )
+            .send()
+            .await
+            .map_err(sdk("writing the run log"))?;
+        Ok(())
+    }
+
+    async fn list_runs(&self, source_id: &str, limit: usize, before: Option<&str>) -> Result<Vec<Run>, StoreError> {
+        let mut q = self
+            .client
+            .query()
+            .table_name(&self.tables.runs)
+            .expression_attribute_values(":s", AttributeValue::S(source_id.to_string()))
+            .scan_index_forward(false)
+            .limit(limit.clamp(1, 1000) as i32);
+        q = match before {
+            Some(b) => q
+                .key_condition_expression("source_id = :s AND run_id < :b")
+                .expression_attribute_values(":b", AttributeValue::S(b.to_string())),
+            None => q.key_condition_expression("source_id = :s"),
+        };
+        let out = q.send().await.map_err(sdk("reading run logs"))?;
+        out.items().iter().map(|item| run_body(source_id, item)).collect()
+    }
+
+    async fn get_run(&self, source_id: &str, run_id: &str) -> Result<Option<Run>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.tables.runs)
+            .set_key(Some(key(("source_id", source_id), Some(("run_id", run_id)))))
+            .send()
+            .await
+            .map_err(sdk("reading a run"))?;
+        out.item.as_ref().map(|item| run_body(source_id, item)).transpose()
+    }
+
+    async fn list_sources(&self) -> Result<Vec<SourceState>, StoreError> {
+        let mut sources = self
+            .scan_sources(None, "listing sources")
+            .await?
+            .iter()
+            .map(Self::state)
+            .collect::<Result<Vec<_>, _>>()?;
+        sources.sort_by(|a, b| a.config.id.cmp(&b.config.id));
+        Ok(sources)
+    }
+
+    async fn delete_source(&self, id: &str, purge_records: bool) -> Result<u64, StoreError> {
+        let mut purged = 0;
+        if purge_records {
+            let (items, _) = self.query_all(&self.tables.records, ("source_id", id), false).await?;
+            let deletes: Vec<WriteRequest> = items
+                .iter()
+                .filter_map(|i| s(i, "record_key"))
+                .map(|k| {
+                    let delete = DeleteRequest::builder()
+                        .set_key(Some(key(("source_id", id), Some(("record_key", &k)))))
+                        .build()
+                        .expect("key set");
+                    WriteRequest::builder().delete_request(delete).build()
+                })
+                .collect();
+            purged = deletes.len() as u64;
+            self.batch_write(&self.tables.records, deletes).await?;
+        }
+        self.client
+            .delete_item()
+            .table_name(&self.tables.sources)
+            .set_key(Some(key(("source_id", id), None)))
+            .send()
+            .await
+            .map_err(sdk("deleting a source"))?;
+        Ok(purged)
+    }
+
+    async fn get_record(&self, source_id: &str, record_key: &str) -> Result<Option<StoredRecord>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.tables.records)
+            .set_key(Some(key(("source_id", source_id), Some(("record_key", record_key)))))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(sdk("reading a record"))?;
+        Ok(out.item.map(|item| {
+            let hash = s(&item, "_hash").unwrap_or_default();
+            let fields: BTreeMap<String, serde_json::Value> = item
+                .iter()
+                .filter(|(k, _)| !matches!(k.as_str(), "source_id" | "record_key" | "_hash"))
+                .map(|(k, v)| (k.clone(), plain_json(v)))
+                .collect();
+            StoredRecord {
+                key: record_key.to_string(),
+                hash,
+                fields,
+            }
+        }))
+    }
+
+    async fn count_records(&self, source_id: &str) -> Result<u64, StoreError> {
+        Ok(self
+            .query_all(&self.tables.records, ("source_id", source_id), true)
+            .await?
+            .1)
+    }
+
+    async fn list_members(&self, member_id_source: &str) -> Result<(Vec<Member>, Vec<String>), StoreError> {
+        let (items, _) = self
+            .query_all(
+                &self.tables.members,
+                ("pk", &format!("member#{member_id_source}")),
+                false,
+            )
+            .await?;
+        let members = items
+            .iter()
+            .map(|i| Member {
+                member_id: s(i, "sk").unwrap_or_default(),
+                name: s(i, "name").unwrap_or_default(),
+                team: s(i, "team"),
+            })
+            .collect();
+        let (items, _) = self
+            .query_all(&self.tables.members, ("pk", &format!("team#{member_id_source}")), false)
+            .await?;
+        Ok((members, items.iter().filter_map(|i| s(i, "sk")).collect()))
+    }
+
+    async fn set_narrowed_window(&self, id: &str, seconds: Option<i64>) -> Result<(), StoreError> {
+        let update = self
+            .client
+            .update_item()
+            .table_name(&self.tables.sources)
+            .set_key(Some(key(("source_id", id), None)))
+            .condition_expression("attribute_exists(source_id)");
+        let update = match seconds {
+            Some(s) => update
+                .update_expression("SET narrowed_window_s = :s")
+                .expression_attribute_values(":s", num(s)),
+            None => update.update_expression("REMOVE narrowed_window_s"),
+        };
+        match update.send().await {
+            Ok(_) => Ok(()),
+            Err(e) if is_condition_failed(&e) => Ok(()),
+            Err(e) => Err(sdk("saving the narrowed window")(e)),
+        }
+    }
+
+    async fn set_cadence(&self, id: &str, cadence: Cadence) -> Result<(), StoreError> {
+        let out = self
+            .client
+            .update_item()
+            .table_name(&self.tables.sources)
+            .set_key(Some(key(("source_id", id), None)))
+            .update_expression("SET effective_minutes = :e, fast_runs = :f")
+            .condition_expression("attribute_exists(source_id)")
+            .expression_attribute_values(":e", num(cadence.effective_minutes.into()))
+            .expression_attribute_values(":f", num(cadence.fast_runs.into()))
+            .send()
+            .await;
+        match out {
+            Ok(_) => Ok(()),
+            // Deleted meanwhile: nothing to keep.
+            Err(e) if is_condition_failed(&e) => Ok(()),
+            Err(e) => Err(sdk("saving the schedule's cadence")(e)),
+        }
+    }
+
+    async fn create_backfill(&self, job: &Backfill) -> Result<BackfillCreated, StoreError> {
+        let mut item = key(("source_id", &backfill_pk(&job.source_id)), Some(("run_id", &job.id)));
+        item.insert(
+            "body".into(),
+            AttributeValue::S(serde_json::to_string(job).expect("jobs serialize")),
+        );
+        item.insert("status".into(), AttributeValue::S(job_status(job)));
+        item.insert("version".into(), num(job.version as i64));
+        let put = Put::builder()
+            .table_name(&self.tables.runs)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(run_id)")
+            .build()
+            .expect("complete");
+        let claim = Update::builder()
+            .table_name(&self.tables.sources)
+            .set_key(Some(key(("source_id", &job.source_id), None)))
+            .update_expression("SET active_backfill = :j")
+            .condition_expression("attribute_exists(source_id) AND attribute_not_exists(active_backfill)")
+            .expression_attribute_values(":j", AttributeValue::S(job.id.clone()))
+            .build()
+            .expect("complete");
+        let out = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().put(put).build())
+            .transact_items(TransactWriteItem::builder().update(claim).build())
+            .send()
+            .await;
+        match out {
+            Ok(_) => Ok(BackfillCreated::Created),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_transaction_canceled_exception()) =>
+            {
+                Ok(match self.get_source(&job.source_id).await? {
+                    None => BackfillCreated::SourceNotFound,
+                    Some(state) => BackfillCreated::Conflict {
+                        existing: state.active_backfill.unwrap_or_default(),
+                    },
+                })
+            }
+            Err(e) => Err(sdk("creating a backfill")(e)),
+        }
+    }
+
+    async fn get_backfill(&self, source_id: &str, job_id: &str) -> Result<Option<Backfill>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.tables.runs)
+            .set_key(Some(key(
+                ("source_id", &backfill_pk(source_id)),
+                Some(("run_id", job_id)),
+            )))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(sdk("reading a backfill"))?;
+        out.item.as_ref().map(Self::backfill).transpose()
+    }
+
+    async fn list_backfills(&self, source_id: &str, limit: usize) -> Result<Vec<Backfill>, StoreError> {
+        let out = self
+            .client
+            .query()
+            .table_name(&self.tables.runs)
+            .key_condition_expression("source_id = :s")
+            .expression_attribute_values(":s", AttributeValue::S(backfill_pk(source_id)))
+            .scan_index_forward(false)
+            .limit(limit.clamp(1, 1000) as i32)
+            .send()
+            .await
+            .map_err(sdk("reading backfills"))?;
+        out.items().iter().map(Self::backfill).collect()
+    }
+
+    async fn save_backfill(&self, job: &mut Backfill) -> Result<bool, StoreError> {
+        let update = self.backfill_update(job);
+        let saved = if job.is_active() {
+            match self
+                .client
+                .update_item()
+                .table_name(update.table_name())
+                .set_key(Some(update.key().clone()))
+                .update_expression(update.update_expression())
+                .set_condition_expression(update.condition_expression().map(str::to_string))
+                .set_expression_attribute_names(update.expression_attribute_names().cloned())
+                .set_expression_attribute_values(update.expression_attribute_values().cloned())
+                .send()
+                .await
+            {
+                Ok(_) => true,
+                Err(e) if is_condition_failed(&e) => false,
+                Err(e) => return Err(sdk("saving a backfill")(e)),
+            }
+        } else {
+            // The job and its source's slot change together.
+            let free = Update::builder()
+                .table_name(&self.tables.sources)
+                .set_key(Some(key(("source_id", &job.source_id), None)))
+                .update_expression("REMOVE active_backfill")
+                .condition_expression("attribute_not_exists(active_backfill) OR active_backfill = :j")
+                .expression_attribute_values(":j", AttributeValue::S(job.id.clone()))
+                .build()
+                .expect("complete");
+            match self
+                .client
+                .transact_write_items()
+                .transact_items(TransactWriteItem::builder().update(update).build())
+                .transact_items(TransactWriteItem::builder().update(free).build())
+                .send()
+                .await
+            {
+                Ok(_) => true,
+                Err(e)
+                    if e.as_service_error()
+                        .is_some_and(|s| s.is_transaction_canceled_exception()) =>
+                {
+                    false
+                }
+                Err(e) => return Err(sdk("finishing a backfill")(e)),
+            }
+        };
+        if saved {
+            job.version += 1;
+        }
+        Ok(saved)
+    }
+
+    async fn request_backfill_cancel(
+        &self,
+        source_id: &str,
+        job_id: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let out = self
+            .client
+            .update_item()
+            .table_name(&self.tables.runs)
+            .set_key(Some(key(
+                ("source_id", &backfill_pk(source_id)),
+                Some(("run_id", job_id)),
+            )))
+            .update_expression("SET cancel_requested_us = if_not_exists(cancel_requested_us, :at)")
+            .condition_expression("attribute_exists(run_id)")
+            .expression_attribute_values(":at", num(to_micros(at)))
+            .send()
+            .await;
+        match out {
+            Ok(_) => Ok(true),
+            Err(e) if is_condition_failed(&e) => Ok(false),
+            Err(e) => Err(sdk("cancelling a backfill")(e)),
+        }
+    }
+
+    async fn active_backfills(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let items = self
+            .scan_sources(Some("attribute_exists(active_backfill)"), "listing active backfills")
+            .await?;
+        Ok(items
+            .iter()
+            .filter_map(|item| Some((s(item, "source_id")?, s(item, "active_backfill")?)))
+            .collect())
+    }
+}

@@ -1,0 +1,190 @@
+//! One EventBridge Scheduler schedule per source (DESIGN §7): `rate(N minutes)` in
+//! Sluice's schedule group, invoking the sync function with `{"source_id"}`.
+
+use async_trait::async_trait;
+use aws_sdk_scheduler::Client;
+use aws_sdk_scheduler::error::DisplayErrorContext;
+use aws_sdk_scheduler::primitives::DateTime as AwsDateTime;
+use aws_sdk_scheduler::types::{
+    ActionAfterCompletion, FlexibleTimeWindow, FlexibleTimeWindowMode, RetryPolicy, ScheduleState, Target,
+};
+use sluice_core::{Schedule, ScheduleError, Schedules};
+
+/// Where schedules go and what they invoke (template.yaml's outputs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduleTarget {
+    /// `SLUICE_SCHEDULE_GROUP`.
+    pub group: String,
+    /// `SLUICE_SYNC_FUNCTION_ARN`: the sync function.
+    pub function_arn: String,
+    /// `SLUICE_SCHEDULER_ROLE_ARN`: the role the scheduler invokes it with.
+    pub role_arn: String,
+}
+
+pub struct SchedulerSchedules {
+    client: Client,
+    target: ScheduleTarget,
+}
+
+impl SchedulerSchedules {
+    pub fn new(client: Client, target: ScheduleTarget) -> Self {
+        SchedulerSchedules { client, target }
+    }
+
+    /// Schedules of `group` whose rate alone may change (the sync function adapts
+    /// frequencies; it neither creates schedules nor knows their target).
+    pub fn rates_only(client: Client, group: String) -> Self {
+        SchedulerSchedules {
+            client,
+            target: ScheduleTarget {
+                group,
+                function_arn: String::new(),
+                role_arn: String::new(),
+            },
+        }
+    }
+}
+
+/// `rate(1 minute)`, `rate(5 minutes)`: Scheduler wants the singular for one.
+pub fn rate_expression(minutes: u32) -> String {
+    match minutes {
+        1 => "rate(1 minute)".into(),
+        n => format!("rate({n} minutes)"),
+    }
+}
+
+fn failed(operation: &'static str, source_id: &str, e: impl std::fmt::Display) -> ScheduleError {
+    ScheduleError {
+        operation,
+        source_id: source_id.to_string(),
+        source: e.to_string().into(),
+    }
+}
+
+#[async_trait]
+impl Schedules for SchedulerSchedules {
+    async fn put_schedule(&self, schedule: &Schedule) -> Result<(), ScheduleError> {
+        let id = &schedule.source_id;
+        if self.target.function_arn.is_empty() {
+            return Err(failed(
+                "creating",
+                id,
+                "this process only changes rates (no target configured)",
+            ));
+        }
+        let input = serde_json::json!({ "source_id": id }).to_string();
+        let target = Target::builder()
+            .arn(&self.target.function_arn)
+            .role_arn(&self.target.role_arn)
+            .input(input)
+            // A missed invocation is covered by the next one, which reads the same window.
+            .retry_policy(
+                RetryPolicy::builder()
+                    .maximum_retry_attempts(2)
+                    .maximum_event_age_in_seconds(300)
+                    .build(),
+            )
+            .build()
+            .map_err(|e| failed("building", id, e))?;
+        let window = FlexibleTimeWindow::builder()
+            .mode(FlexibleTimeWindowMode::Off)
+            .build()
+            .map_err(|e| failed("building", id, e))?;
+        let state = if schedule.enabled {
+            ScheduleState::Enabled
+        } else {
+            ScheduleState::Disabled
+        };
+        let start = schedule.start_at.map(|t| AwsDateTime::from_secs(t.timestamp()));
+        let update = self
+            .client
+            .update_schedule()
+            .name(id)
+            .group_name(&self.target.group)
+            .schedule_expression(rate_expression(schedule.every_minutes))
+            .set_start_date(start)
+            .state(state.clone())
+            .flexible_time_window(window.clone())
+            .target(target.clone())
+            .action_after_completion(ActionAfterCompletion::None)
+            .send()
+            .await;
+        match update {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_resource_not_found_exception()) =>
+            {
+                self.client
+                    .create_schedule()
+                    .name(id)
+                    .group_name(&self.target.group)
+                    .description(format!("Sluice: sync source {id}"))
+                    .schedule_expression(rate_expression(schedule.every_minutes))
+                    .set_start_date(start)
+                    .state(state)
+                    .flexible_time_window(window)
+                    .target(target)
+                    .action_after_completion(ActionAfterCompletion::None)
+                    .send()
+                    .await
+                    .map_err(|e| failed("creating", id, DisplayErrorContext(e)))?;
+                Ok(())
+            }
+            Err(e) => Err(failed("updating", id, DisplayErrorContext(e))),
+        }
+    }
+
+    async fn set_rate(&self, source_id: &str, every_minutes: u32) -> Result<(), ScheduleError> {
+        let current = self
+            .client
+            .get_schedule()
+            .name(source_id)
+            .group_name(&self.target.group)
+            .send()
+            .await
+            .map_err(|e| failed("reading", source_id, DisplayErrorContext(e)))?;
+        let expression = rate_expression(every_minutes);
+        if current.schedule_expression() == Some(expression.as_str()) {
+            return Ok(());
+        }
+        // UpdateSchedule replaces the whole definition: everything else stays as it was.
+        self.client
+            .update_schedule()
+            .name(source_id)
+            .group_name(&self.target.group)
+            .schedule_expression(expression)
+            .set_schedule_expression_timezone(current.schedule_expression_timezone().map(str::to_string))
+            .set_start_date(current.start_date().cloned())
+            .set_end_date(current.end_date().cloned())
+            .set_description(current.description().map(str::to_string))
+            .set_state(current.state().cloned())
+            .set_flexible_time_window(current.flexible_time_window().cloned())
+            .set_target(current.target().cloned())
+            .set_action_after_completion(current.action_after_completion().cloned())
+            .send()
+            .await
+            .map_err(|e| failed("updating", source_id, DisplayErrorContext(e)))?;
+        Ok(())
+    }
+
+    async fn delete_schedule(&self, source_id: &str) -> Result<(), ScheduleError> {
+        match self
+            .client
+            .delete_schedule()
+            .name(source_id)
+            .group_name(&self.target.group)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_resource_not_found_exception()) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(failed("deleting", source_id, DisplayErrorContext(e))),
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! Connection secrets from Secrets Manager, cached in a warm container for a few
+//! minutes (a rotated password is picked up after at most `ttl`); and written when the
+//! API creates a source with its connection.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use aws_sdk_secretsmanager::Client;
+use aws_sdk_secretsmanager::error::DisplayErrorContext;
+use sluice_core::{ConnectionSecret, SecretWriter, Secrets, SecretsError};
+use tokio::sync::Mutex;
+
+pub struct SecretsManagerSecrets {
+    client: Client,
+    ttl: Duration,
+    cache: Mutex<HashMap<String, (Instant, ConnectionSecret)>>,
+}
+
+impl SecretsManagerSecrets {
+    pub fn new(client: Client, ttl: Duration) -> Self {
+        SecretsManagerSecrets {
+            client,
+            ttl,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+#[async_trait]
+impl Secrets for SecretsManagerSecrets {
+    async fn connection(&self, secret_id: &str) -> Result<ConnectionSecret, SecretsError> {
+        if let Some((at, secret)) = self.cache.lock().await.get(secret_id)
+            && at.elapsed() < self.ttl
+        {
+            return Ok(secret.clone());
+        }
+        let out = self
+            .client
+            .get_secret_value()
+            .secret_id(secret_id)
+            .send()
+            .await
+            .map_err(|e| {
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_resource_not_found_exception())
+                {
+                    SecretsError::NotFound {
+                        id: secret_id.to_string(),
+                    }
+                } else {
+                    SecretsError::Backend {
+                        id: secret_id.to_string(),
+                        source: DisplayErrorContext(e).to_string().into(),
+                    }
+                }
+            })?;
+        let text = out.secret_string().ok_or_else(|| SecretsError::Malformed {
+            id: secret_id.to_string(),
+            reason: "it holds binary data; store the connection JSON as the secret string".into(),
+        })?;
+        let secret = ConnectionSecret::from_json(text).map_err(|e| SecretsError::Malformed {
+            id: secret_id.to_string(),
+            reason: e.reason,
+        })?;
+        self.cache
+            .lock()
+            .await
+            .insert(secret_id.to_string(), (Instant::now(), secret.clone()));
+        Ok(secret)
+    }
+}
+
+fn backend<E: std::error::Error + Send + Sync + 'static, R: std::fmt::Debug + Send + Sync + 'static>(
+    secret_id: &str,
+) -> impl FnOnce(aws_sdk_secretsmanager::error::SdkError<E, R>) -> SecretsError {
+    move |e| SecretsError::Backend {
+        id: secret_id.to_string(),
+        source: DisplayErrorContext(e).to_string().into(),
+    }
+}
+
+#[async_trait]
+impl SecretWriter for SecretsManagerSecrets {
+    async fn put_connection(&self, secret_id: &str, connection: &ConnectionSecret) -> Result<(), SecretsError> {
+        let value = serde_json::to_string(connection).expect("secrets serialize");
+        let put = self
+            .client
+            .put_secret_value()
+            .secret_id(secret_id)
+            .secret_string(&value)
+            .send()
+            .await;
+        match put {
+            Ok(_) => {}
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_resource_not_found_exception()) =>
+            {
+                self.client
+                    .create_secret()
+                    .name(secret_id)
+                    .description("Sluice connection secret (DESIGN §5 JSON)")
+                    .secret_string(value)
+                    .send()
+                    .await
+                    .map_err(backend(secret_id))?;
+            }
+            Err(e) => return Err(backend(secret_id)(e)),
+        }
+        self.cache.lock().await.remove(secret_id);
+        Ok(())
+    }
+
+    async fn delete_connection(&self, secret_id: &str) -> Result<(), SecretsError> {
+        self.cache.lock().await.remove(secret_id);
+        match self
+            .client
+            .delete_secret()
+            .secret_id(secret_id)
+            .force_delete_without_recovery(true)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_resource_not_found_exception()) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(backend(secret_id)(e)),
+        }
+    }
+}

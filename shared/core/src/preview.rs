@@ -1,0 +1,180 @@
+//! The test query (DESIGN §7, issue 4): what a source's query would import, without
+//! writing anything. Renders the template for the next window (or a given one), runs it
+//! read-only, counts the rows, and shows the first ones as the records they would become.
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use serde::Serialize;
+
+use crate::ports::{Secrets, SourceReader, SourceState};
+use crate::record::{RecordMapper, Reject};
+use crate::run::KEPT_REJECTS;
+use crate::source::SourceConfig;
+use crate::template::{Bind, QueryTemplate};
+use crate::value::Value;
+use crate::window::{Window, next_start};
+
+/// Records a preview shows; the count covers every row.
+pub const PREVIEW_RECORDS: usize = 20;
+
+/// What a query would import. `errors` lists everything that would fail the run or
+/// reject rows; nothing is written anywhere.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Preview {
+    pub window: PreviewWindow,
+    /// The SQL as sent, with its placeholders.
+    pub sql: String,
+    /// The values bound to the placeholders, in order.
+    pub binds: Vec<serde_json::Value>,
+    pub columns: Vec<String>,
+    pub row_count: u64,
+    /// The first rows as records: key and fields.
+    pub records: Vec<PreviewRecord>,
+    pub rows_rejected: u64,
+    pub rejects: Vec<Reject>,
+    pub errors: Vec<String>,
+    pub warnings: Vec<String>,
+    pub duration_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct PreviewWindow {
+    pub last_update_time: DateTime<Utc>,
+    pub upper_date_limit: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PreviewRecord {
+    pub key: String,
+    pub fields: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Runs the test query of `config` (saved or not). The window is `window` when given,
+/// else the next run's: from the stored watermark (less the lookback) of `state`, or the
+/// first run's start, up to the database's clock.
+pub async fn preview(
+    reader: &dyn SourceReader,
+    secrets: &dyn Secrets,
+    config: &SourceConfig,
+    state: Option<&SourceState>,
+    window: Option<Window>,
+) -> Preview {
+    let began = Instant::now();
+    let mut p = Preview {
+        window: PreviewWindow {
+            last_update_time: DateTime::UNIX_EPOCH,
+            upper_date_limit: DateTime::UNIX_EPOCH,
+        },
+        sql: String::new(),
+        binds: Vec::new(),
+        columns: Vec::new(),
+        row_count: 0,
+        records: Vec::new(),
+        rows_rejected: 0,
+        rejects: Vec::new(),
+        errors: Vec::new(),
+        warnings: Vec::new(),
+        duration_ms: 0,
+    };
+    if let Err(e) = run(&mut p, reader, secrets, config, state, window).await {
+        p.errors.push(e);
+    }
+    p.duration_ms = began.elapsed().as_millis() as u64;
+    p
+}
+
+async fn run(
+    p: &mut Preview,
+    reader: &dyn SourceReader,
+    secrets: &dyn Secrets,
+    config: &SourceConfig,
+    state: Option<&SourceState>,
+    window: Option<Window>,
+) -> Result<(), String> {
+    config.validate().map_err(|e| e.to_string())?;
+    let template = QueryTemplate::compile(&config.query).map_err(|e| format!("the query template is invalid: {e}"))?;
+    if !template.uses_upper_limit() {
+        p.warnings.push(
+            "the query has no {{ upper_date_limit }}: windows cannot be narrowed (catch-up, halving, backfill chunks); adding `AND <date column> < {{ upper_date_limit }}` is advised".into(),
+        );
+    }
+    let secret = secrets.connection(&config.secret_id).await.map_err(|e| e.to_string())?;
+    let timeout = Duration::from_secs(config.query_timeout_seconds.into());
+    let mut session = reader
+        .open(&secret, timeout)
+        .await
+        .map_err(|e| format!("source database: {e}"))?;
+    let window = match window {
+        Some(w) => w,
+        None => Window {
+            from: next_start(
+                state.and_then(|s| s.watermark),
+                config.initial_watermark,
+                config.lookback_seconds,
+            ),
+            to: session.now().await.map_err(|e| format!("source database: {e}"))?,
+        },
+    };
+    p.window = PreviewWindow {
+        last_update_time: window.from,
+        upper_date_limit: window.to,
+    };
+    let query = template
+        .render(config.engine.placeholder_style(), window.from, window.to)
+        .map_err(|e| format!("the query template is invalid: {e}"))?;
+    p.sql = query.sql.clone();
+    p.binds = query
+        .binds
+        .iter()
+        .map(|b| match b {
+            Bind::Timestamp(t) => serde_json::Value::String(Value::iso_timestamp(t)),
+            Bind::UnixSeconds(s) => serde_json::Value::from(*s),
+        })
+        .collect();
+    p.columns = session
+        .columns(&query)
+        .await
+        .map_err(|e| format!("source database: {e}"))?;
+    let mut mapper = match p.columns.is_empty() {
+        true => None,
+        false => Some(RecordMapper::new(config.sync_type, &p.columns).map_err(|e| e.to_string())?),
+    };
+    let mut rows = session.stream(&query);
+    while let Some(row) = rows.next().await {
+        let row = row.map_err(|e| format!("source database: {e}"))?;
+        p.row_count += 1;
+        if p.columns.is_empty() {
+            p.columns = row.columns.to_vec();
+        }
+        let mapper = match &mapper {
+            Some(m) => m,
+            None => mapper.insert(RecordMapper::new(config.sync_type, &row.columns).map_err(|e| e.to_string())?),
+        };
+        match mapper.map(row) {
+            Ok(mapped) if p.records.len() < PREVIEW_RECORDS => p.records.push(PreviewRecord {
+                key: mapped.record.key.clone(),
+                fields: mapped
+                    .record
+                    .fields
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_plain_json()))
+                    .collect(),
+            }),
+            Ok(_) => {}
+            Err(reject) => {
+                p.rows_rejected += 1;
+                if p.rejects.len() < KEPT_REJECTS {
+                    p.errors.push(format!(
+                        "row {}: {}",
+                        reject.reference.as_deref().unwrap_or("(no reference)"),
+                        reject.reason
+                    ));
+                    p.rejects.push(reject);
+                }
+            }
+        }
+    }
+    Ok(())
+}

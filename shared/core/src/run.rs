@@ -1,0 +1,99 @@
+//! The import log: one `Run` per invocation, whatever its outcome.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::record::Reject;
+
+/// How many rejects a run keeps, with their reasons; the count covers all of them.
+pub const KEPT_REJECTS: usize = 20;
+
+/// Run logs are kept this long (DynamoDB TTL).
+pub const RUN_RETENTION_DAYS: i64 = 90;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Trigger {
+    Schedule,
+    Manual,
+    Backfill,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    Succeeded,
+    Failed,
+    Skipped,
+}
+
+/// One import log entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Run {
+    /// Time-sortable (UUIDv7).
+    pub id: String,
+    pub source_id: String,
+    pub trigger: Trigger,
+    pub status: RunStatus,
+    pub started_at: DateTime<Utc>,
+    pub duration_ms: u64,
+    /// `[window_start, window_end)`: everything this run read.
+    pub window_start: Option<DateTime<Utc>>,
+    pub window_end: Option<DateTime<Utc>>,
+    /// The watermark after the run.
+    pub watermark: Option<DateTime<Utc>>,
+    pub rows_read: u64,
+    pub rows_written: u64,
+    pub rows_unchanged: u64,
+    pub rows_rejected: u64,
+    /// The first rejected rows, with the reason.
+    pub rejects: Vec<Reject>,
+    /// Why the run failed or was skipped; credentials redacted.
+    pub message: Option<String>,
+    /// The backfill job this run is a chunk of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backfill_id: Option<String>,
+}
+
+impl Run {
+    pub fn start(source_id: &str, trigger: Trigger) -> Self {
+        Run {
+            id: uuid::Uuid::now_v7().to_string(),
+            source_id: source_id.to_string(),
+            trigger,
+            status: RunStatus::Succeeded,
+            started_at: Utc::now(),
+            duration_ms: 0,
+            window_start: None,
+            window_end: None,
+            watermark: None,
+            rows_read: 0,
+            rows_written: 0,
+            rows_unchanged: 0,
+            rows_rejected: 0,
+            rejects: Vec::new(),
+            message: None,
+            backfill_id: None,
+        }
+    }
+
+    pub fn reject(&mut self, reject: Reject) {
+        self.rows_rejected += 1;
+        if self.rejects.len() < KEPT_REJECTS {
+            self.rejects.push(reject);
+        }
+    }
+
+    /// Seals the run with its outcome and duration.
+    pub fn finish(mut self, status: RunStatus, message: Option<String>) -> Self {
+        self.status = status;
+        self.message = message;
+        self.duration_ms = (Utc::now() - self.started_at).num_milliseconds().max(0) as u64;
+        self
+    }
+
+    /// When the log entry expires.
+    pub fn expires_at(&self) -> DateTime<Utc> {
+        self.started_at + chrono::Duration::days(RUN_RETENTION_DAYS)
+    }
+}

@@ -1,0 +1,349 @@
+//! A source's configuration and its connection secret, validated at the edge.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// The engine a source runs on. It decides the bind-parameter style and the driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    Postgres,
+    #[serde(alias = "mariadb")]
+    Mysql,
+    Sqlite,
+}
+
+impl Engine {
+    pub fn placeholder_style(self) -> crate::template::PlaceholderStyle {
+        use crate::template::PlaceholderStyle;
+        match self {
+            Engine::Postgres => PlaceholderStyle::Dollar,
+            Engine::Mysql | Engine::Sqlite => PlaceholderStyle::Question,
+        }
+    }
+}
+
+impl fmt::Display for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Engine::Postgres => "postgres",
+            Engine::Mysql => "mysql",
+            Engine::Sqlite => "sqlite",
+        })
+    }
+}
+
+/// What each row of the query becomes (DESIGN §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncType {
+    /// Plecto-style registration: member_id, member_name, date, reference; team_name optional.
+    Registration,
+}
+
+/// A source as its owner configures it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Stable identifier: letters, digits, `-` and `_`, at most 64 characters.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Engine of the source database.
+    pub engine: Engine,
+    /// Secret (Secrets Manager id, or a key of the local config's `secrets`) holding the
+    /// connection JSON of DESIGN §5.
+    pub secret_id: String,
+    /// The templated SELECT; see README "Templates".
+    pub query: String,
+    /// What each row becomes.
+    pub sync_type: SyncType,
+    /// How often the schedule runs the sync, in minutes.
+    #[serde(default = "default_frequency")]
+    pub frequency_minutes: u32,
+    /// No run starts before this instant.
+    #[serde(default)]
+    pub start_at: Option<DateTime<Utc>>,
+    /// A disabled source is skipped.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Namespace of member ids (registrations); defaults to the source id.
+    #[serde(default)]
+    pub member_id_source: Option<String>,
+    /// How far before the watermark each run reads again, for late-committing rows.
+    #[serde(default = "default_lookback")]
+    pub lookback_seconds: u32,
+    /// Longest window one query covers; longer gaps are caught up in steps of this size.
+    #[serde(default)]
+    pub max_window_seconds: Option<u32>,
+    /// Most rows one run reads; past it the run keeps what it wrote and the next runs
+    /// read the window in halves. Default: 100,000 per minute of frequency, at most
+    /// 5,000,000. Needs `{{ upper_date_limit }}` in the query.
+    #[serde(default)]
+    pub max_rows_per_run: Option<u64>,
+    /// Where the first run starts; the Unix epoch when absent.
+    #[serde(default)]
+    pub initial_watermark: Option<DateTime<Utc>>,
+    /// Statement timeout of the source query.
+    #[serde(default = "default_query_timeout")]
+    pub query_timeout_seconds: u32,
+}
+
+/// The sync frequencies a source may have, in minutes.
+pub const FREQUENCIES: [u32; 9] = [1, 5, 15, 30, 60, 120, 360, 720, 1440];
+
+fn default_frequency() -> u32 {
+    5
+}
+fn default_true() -> bool {
+    true
+}
+fn default_lookback() -> u32 {
+    300
+}
+fn default_query_timeout() -> u32 {
+    600
+}
+
+/// A field of a configuration that is not acceptable, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid `{field}`: {reason}")]
+pub struct ConfigError {
+    pub field: &'static str,
+    pub reason: String,
+}
+
+impl SourceConfig {
+    /// `max_rows_per_run`, or its default for the frequency.
+    pub fn row_limit(&self) -> u64 {
+        self.max_rows_per_run
+            .unwrap_or_else(|| (u64::from(self.frequency_minutes) * 100_000).min(5_000_000))
+    }
+
+    /// Checks what serde cannot: identifiers, ranges, and that the query compiles.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |field, reason: &str| {
+            Err(ConfigError {
+                field,
+                reason: reason.to_string(),
+            })
+        };
+        if self.id.is_empty()
+            || self.id.len() > 64
+            || !self
+                .id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return bad("id", "use 1 to 64 letters, digits, '-' or '_'");
+        }
+        if self.secret_id.trim().is_empty() {
+            return bad("secret_id", "name the secret that holds the connection");
+        }
+        if !FREQUENCIES.contains(&self.frequency_minutes) {
+            return bad(
+                "frequency_minutes",
+                "must be one of 1, 5, 15, 30, 60, 120, 360, 720 or 1440 (minutes)",
+            );
+        }
+        if self.max_rows_per_run == Some(0) {
+            return bad("max_rows_per_run", "must be at least 1");
+        }
+        if self.max_window_seconds.is_some_and(|w| w < 60) {
+            return bad("max_window_seconds", "must be at least 60");
+        }
+        if self.query_timeout_seconds == 0 {
+            return bad("query_timeout_seconds", "must be at least 1");
+        }
+        // A trial render finds what compiling cannot: a variable inside a quoted literal.
+        crate::template::QueryTemplate::compile(&self.query)
+            .and_then(|t| {
+                t.render(
+                    self.engine.placeholder_style(),
+                    DateTime::UNIX_EPOCH,
+                    DateTime::UNIX_EPOCH,
+                )
+            })
+            .map(drop)
+            .map_err(|e| ConfigError {
+                field: "query",
+                reason: e.to_string(),
+            })
+    }
+
+    pub fn member_id_source(&self) -> &str {
+        self.member_id_source.as_deref().unwrap_or(&self.id)
+    }
+}
+
+/// TLS policy of the source connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsMode {
+    /// Encrypted, and the server's certificate and host name are verified.
+    VerifyFull,
+    /// Encrypted, certificate not verified.
+    #[default]
+    Require,
+    /// Plain text (loopback and private networks only).
+    Disable,
+}
+
+/// The connection secret (DESIGN §5). `Debug` never prints the password.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionSecret {
+    pub engine: Engine,
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// Database name; for SQLite, the file path.
+    pub database: String,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub tls: TlsMode,
+    /// PEM of the CA that signs the server certificate, for `verify-full` with a private CA.
+    #[serde(default)]
+    pub ca_cert: Option<String>,
+    /// An SSH bastion in front of the database: the connection goes through a tunnel.
+    #[serde(default)]
+    pub ssh_tunnel: Option<SshTunnel>,
+}
+
+/// An SSH bastion (DESIGN §5): Sluice logs in with `private_key` and forwards the
+/// database connection through it. `Debug` never prints the key.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SshTunnel {
+    pub host: String,
+    #[serde(default = "default_ssh_port")]
+    pub port: u16,
+    pub username: String,
+    /// The private key: RSA in PEM (`BEGIN RSA PRIVATE KEY`), or RSA, ed25519 or ECDSA in
+    /// OpenSSH format.
+    pub private_key: String,
+    /// The passphrase of an encrypted key.
+    #[serde(default)]
+    pub passphrase: Option<String>,
+    /// The bastion's public host key as one `known_hosts`/`.pub` line (`ssh-ed25519
+    /// AAAA...`); the tunnel is refused when the server shows another.
+    pub host_key: String,
+}
+
+fn default_ssh_port() -> u16 {
+    22
+}
+
+impl fmt::Debug for SshTunnel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SshTunnel")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("username", &self.username)
+            .field("host_key", &self.host_key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for ConnectionSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectionSecret")
+            .field("engine", &self.engine)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("database", &self.database)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls)
+            .field("ssh_tunnel", &self.ssh_tunnel)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConnectionSecret {
+    /// Parses the secret's JSON; the error names the field, never a value.
+    pub fn from_json(text: &str) -> Result<Self, ConfigError> {
+        serde_json::from_str(text).map_err(|e| ConfigError {
+            field: "secret",
+            // serde_json's messages name fields and types, not the values of strings.
+            reason: format!(
+                "{e}; expected {{\"engine\",\"host\",\"port\",\"database\",\"username\",\"password\",\"tls\"}}"
+            ),
+        })
+    }
+
+    /// Removes the password and the SSH passphrase from a message (drivers sometimes
+    /// echo connection strings).
+    pub fn redact(&self, message: &str) -> String {
+        let passphrase = self.ssh_tunnel.as_ref().and_then(|t| t.passphrase.as_deref());
+        [self.password.as_deref(), passphrase]
+            .into_iter()
+            .flatten()
+            .filter(|s| !s.is_empty())
+            .fold(message.to_string(), |m, secret| m.replace(secret, "<redacted>"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> SourceConfig {
+        serde_json::from_value(serde_json::json!({
+            "id": "sales", "name": "Sales", "engine": "postgres", "secret_id": "db",
+            "query": "SELECT 1 WHERE d >= {{ last_update_time }}", "sync_type": "registration"
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn defaults_apply_and_validate() {
+        let c = config();
+        assert_eq!(c.lookback_seconds, 300);
+        assert_eq!(c.frequency_minutes, 5);
+        assert!(c.enabled);
+        assert_eq!(c.member_id_source(), "sales");
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let mut c = config();
+        c.id = "no spaces".into();
+        assert_eq!(c.validate().unwrap_err().field, "id");
+        let mut c = config();
+        c.query = "SELECT {{ nope }}".into();
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.field, "query");
+        assert!(e.reason.contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let e = serde_json::from_value::<SourceConfig>(serde_json::json!({
+            "id": "s", "name": "S", "engine": "postgres", "secret_id": "db",
+            "query": "SELECT 1", "sync_type": "registration", "frequncy": 5
+        }))
+        .unwrap_err();
+        assert!(e.to_string().contains("frequncy"), "{e}");
+    }
+
+    #[test]
+    fn secret_debug_and_redact_hide_the_password() {
+        let s = ConnectionSecret::from_json(
+            r#"{"engine":"postgres","host":"h","database":"d","username":"u","password":"hunter2"}"#,
+        )
+        .unwrap();
+        assert!(!format!("{s:?}").contains("hunter2"));
+        assert_eq!(s.redact("login hunter2 failed"), "login <redacted> failed");
+        assert_eq!(s.tls, TlsMode::Require);
+        let e = ConnectionSecret::from_json(r#"{"engine":"postgres"}"#).unwrap_err();
+        assert!(e.reason.contains("database"), "{e}");
+    }
+}

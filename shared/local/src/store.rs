@@ -1,0 +1,532 @@
+//! The embedded store: the `Store` port on one SQLite file (WAL), for the CLI and the
+//! demo. Same semantics as the DynamoDB store; the contract suite checks both.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sluice_core::record::dedup_last;
+use sluice_core::window::{from_micros, to_micros};
+use sluice_core::{
+    Backfill, BackfillCreated, Cadence, Lease, LeaseOutcome, Member, Record, Run, SourceConfig, SourceState, Store,
+    StoreError, StoredRecord, Value, WriteStats,
+};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row as _, Sqlite, Transaction};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS sources (
+  id TEXT PRIMARY KEY, config TEXT NOT NULL,
+  watermark_us INTEGER, lease_token TEXT, lease_expires_us INTEGER,
+  effective_minutes INTEGER NOT NULL DEFAULT 0, fast_runs INTEGER NOT NULL DEFAULT 0,
+  narrowed_window_s INTEGER);
+CREATE TABLE IF NOT EXISTS records (
+  source_id TEXT NOT NULL, record_key TEXT NOT NULL, hash TEXT NOT NULL, date TEXT,
+  fields TEXT NOT NULL, updated_at TEXT NOT NULL,
+  PRIMARY KEY (source_id, record_key)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS runs (
+  source_id TEXT NOT NULL, run_id TEXT NOT NULL, body TEXT NOT NULL, expires_at INTEGER NOT NULL,
+  PRIMARY KEY (source_id, run_id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS members (
+  member_id_source TEXT NOT NULL, member_id TEXT NOT NULL, name TEXT NOT NULL, team TEXT,
+  PRIMARY KEY (member_id_source, member_id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS backfills (
+  source_id TEXT NOT NULL, job_id TEXT NOT NULL, body TEXT NOT NULL, version INTEGER NOT NULL,
+  active INTEGER NOT NULL, cancel_requested_us INTEGER,
+  PRIMARY KEY (source_id, job_id)) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS one_active_backfill ON backfills (source_id) WHERE active = 1;
+CREATE TABLE IF NOT EXISTS teams (
+  member_id_source TEXT NOT NULL, name TEXT NOT NULL,
+  PRIMARY KEY (member_id_source, name)) WITHOUT ROWID;
+";
+
+/// The embedded store.
+#[derive(Debug, Clone)]
+pub struct EmbeddedStore {
+    pool: SqlitePool,
+}
+
+fn backend(operation: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |e| StoreError::backend(operation, e)
+}
+
+impl EmbeddedStore {
+    /// Opens (and creates when absent) the store at `path`.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
+            .map_err(backend("opening the embedded store"))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(30));
+        // One connection: SQLite has one writer at a time anyway, and the sync's
+        // concurrent batches queue here instead of spinning on SQLITE_BUSY.
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .map_err(backend("opening the embedded store"))?;
+        sqlx::raw_sql(SCHEMA)
+            .execute(&pool)
+            .await
+            .map_err(backend("creating the embedded store's tables"))?;
+        Ok(EmbeddedStore { pool })
+    }
+
+    async fn state(&self, id: &str) -> Result<Option<SourceState>, StoreError> {
+        let row = sqlx::query(
+            "SELECT config, watermark_us, lease_token, lease_expires_us,
+               (SELECT job_id FROM backfills b WHERE b.source_id = s.id AND b.active = 1),
+               effective_minutes, fast_runs, narrowed_window_s
+             FROM sources s WHERE id = ?",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend("reading a source"))?;
+        let Some(row) = row else { return Ok(None) };
+        let config: String = row.get(0);
+        let config: SourceConfig = serde_json::from_str(&config).map_err(|e| StoreError::Corrupt {
+            what: format!("source {id}"),
+            reason: e.to_string(),
+        })?;
+        let lease = match (row.get::<Option<String>, _>(2), row.get::<Option<i64>, _>(3)) {
+            (Some(token), Some(us)) => Some(Lease {
+                token,
+                expires_at: from_micros(us),
+            }),
+            _ => None,
+        };
+        Ok(Some(SourceState {
+            config,
+            watermark: row.get::<Option<i64>, _>(1).map(from_micros),
+            lease,
+            active_backfill: row.get(4),
+            cadence: Cadence {
+                effective_minutes: row.get::<i64, _>(5) as u32,
+                fast_runs: row.get::<i64, _>(6) as u32,
+            },
+            narrowed_window_seconds: row.get(7),
+        }))
+    }
+
+    fn backfill(row: &sqlx::sqlite::SqliteRow) -> Result<Backfill, StoreError> {
+        let body: String = row.get("body");
+        let mut job: Backfill = serde_json::from_str(&body).map_err(|e| StoreError::Corrupt {
+            what: format!("backfill {}", row.get::<String, _>("job_id")),
+            reason: e.to_string(),
+        })?;
+        job.version = row.get::<i64, _>("version") as u64;
+        job.cancel_requested_at = row.get::<Option<i64>, _>("cancel_requested_us").map(from_micros);
+        Ok(job)
+    }
+}
+
+fn run_body(source_id: &str, body: &str) -> Result<Run, StoreError> {
+    serde_json::from_str(body).map_err(|e| StoreError::Corrupt {
+        what: format!("a run of {source_id}"),
+        reason: e.to_string(),
+    })
+}
+
+fn fields_json(r: &Record) -> String {
+    let map: serde_json::Map<String, serde_json::Value> = r
+        .fields
+        .iter()
+        .map(|(k, v)| (k.to_string(), serde_json::to_value(v).expect("values serialize")))
+        .collect();
+    serde_json::Value::Object(map).to_string()
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    async fn put_source(&self, config: &SourceConfig) -> Result<(), StoreError> {
+        let json = serde_json::to_string(config).expect("config serializes");
+        sqlx::query(
+            "INSERT INTO sources (id, config) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET config = excluded.config",
+        )
+        .bind(&config.id)
+        .bind(json)
+        .execute(&self.pool)
+        .await
+        .map_err(backend("saving a source"))?;
+        Ok(())
+    }
+
+    async fn get_source(&self, id: &str) -> Result<Option<SourceState>, StoreError> {
+        self.state(id).await
+    }
+
+    async fn acquire_lease(
+        &self,
+        id: &str,
+        token: &str,
+        now: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> Result<LeaseOutcome, StoreError> {
+        let taken = sqlx::query(
+            "UPDATE sources SET lease_token = ?, lease_expires_us = ?
+             WHERE id = ? AND (lease_expires_us IS NULL OR lease_expires_us <= ? OR lease_token = ?)",
+        )
+        .bind(token)
+        .bind(to_micros(expires_at))
+        .bind(id)
+        .bind(to_micros(now))
+        .bind(token)
+        .execute(&self.pool)
+        .await
+        .map_err(backend("taking the lease"))?
+        .rows_affected()
+            == 1;
+        Ok(match self.state(id).await? {
+            None => LeaseOutcome::NotFound,
+            Some(state) if taken => LeaseOutcome::Acquired(state),
+            Some(state) => LeaseOutcome::Held {
+                expires_at: state.lease.map_or(now, |l| l.expires_at),
+            },
+        })
+    }
+
+    async fn release_lease(&self, id: &str, token: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE sources SET lease_token = NULL, lease_expires_us = NULL WHERE id = ? AND lease_token = ?")
+            .bind(id)
+            .bind(token)
+            .execute(&self.pool)
+            .await
+            .map_err(backend("releasing the lease"))?;
+        Ok(())
+    }
+
+    async fn advance_watermark(&self, id: &str, token: &str, watermark: DateTime<Utc>) -> Result<(), StoreError> {
+        let done = sqlx::query(
+            "UPDATE sources SET watermark_us = MAX(COALESCE(watermark_us, ?1), ?1) WHERE id = ?2 AND lease_token = ?3",
+        )
+        .bind(to_micros(watermark))
+        .bind(id)
+        .bind(token)
+        .execute(&self.pool)
+        .await
+        .map_err(backend("moving the watermark"))?
+        .rows_affected();
+        if done == 0 {
+            return Err(StoreError::LeaseLost {
+                source_id: id.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    async fn write_records(
+        &self,
+        source_id: &str,
+        records: Vec<Record>,
+        _check: bool,
+    ) -> Result<WriteStats, StoreError> {
+        // Comparing hashes costs nothing extra here: the upsert's WHERE does it.
+        let records = dedup_last(records);
+        let now = Value::iso_timestamp(&Utc::now());
+        let mut tx: Transaction<'_, Sqlite> = self.pool.begin().await.map_err(backend("writing records"))?;
+        let mut stats = WriteStats::default();
+        for r in &records {
+            let changed = sqlx::query(
+                "INSERT INTO records (source_id, record_key, hash, date, fields, updated_at) VALUES (?, ?, ?, ?, ?, ?)
+                 ON CONFLICT (source_id, record_key) DO UPDATE SET
+                   hash = excluded.hash, date = excluded.date, fields = excluded.fields, updated_at = excluded.updated_at
+                 WHERE records.hash <> excluded.hash",
+            )
+            .bind(source_id)
+            .bind(&r.key)
+            .bind(r.hash_hex())
+            .bind(r.date().map(|t| Value::iso_timestamp(&t)))
+            .bind(fields_json(r))
+            .bind(&now)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend("writing records"))?
+            .rows_affected();
+            if changed == 1 {
+                stats.written += 1;
+            } else {
+                stats.unchanged += 1;
+            }
+        }
+        tx.commit().await.map_err(backend("writing records"))?;
+        Ok(stats)
+    }
+
+    async fn upsert_members(&self, member_id_source: &str, members: Vec<Member>) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(backend("writing members"))?;
+        for m in &members {
+            sqlx::query(
+                "INSERT INTO members (member_id_source, member_id, name, team) VALUES (?, ?, ?, ?)
+                 ON CONFLICT (member_id_source, member_id) DO UPDATE SET name = excluded.name, team = excluded.team",
+            )
+            .bind(member_id_source)
+            .bind(&m.member_id)
+            .bind(&m.name)
+            .bind(&m.team)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend("writing members"))?;
+            if let Some(team) = &m.team {
+                sqlx::query("INSERT OR IGNORE INTO teams (member_id_source, name) VALUES (?, ?)")
+                    .bind(member_id_source)
+                    .bind(team)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(backend("writing teams"))?;
+            }
+        }
+        tx.commit().await.map_err(backend("writing members"))?;
+        Ok(())
+    }
+
+    async fn put_run(&self, run: &Run) -> Result<(), StoreError> {
+        sqlx::query("INSERT OR REPLACE INTO runs (source_id, run_id, body, expires_at) VALUES (?, ?, ?, ?)")
+            .bind(&run.source_id)
+            .bind(&run.id)
+            .bind(serde_json::to_string(run).expect("runs serialize"))
+            .bind(run.expires_at().timestamp())
+            .execute(&self.pool)
+            .await
+            .map_err(backend("writing the run log"))?;
+        // Expired logs go, as DynamoDB's TTL does it there.
+        sqlx::query("DELETE FROM runs WHERE expires_at < ?")
+            .bind(Utc::now().timestamp())
+            .execute(&self.pool)
+            .await
+            .map_err(backend("expiring run logs"))?;
+        Ok(())
+    }
+
+    async fn list_runs(&self, source_id: &str, limit: usize, before: Option<&str>) -> Result<Vec<Run>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT body FROM runs WHERE source_id = ? AND (? IS NULL OR run_id < ?) ORDER BY run_id DESC LIMIT ?",
+        )
+        .bind(source_id)
+        .bind(before)
+        .bind(before)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend("reading run logs"))?;
+        rows.iter().map(|r| run_body(source_id, r.get(0))).collect()
+    }
+
+    async fn get_run(&self, source_id: &str, run_id: &str) -> Result<Option<Run>, StoreError> {
+        sqlx::query("SELECT body FROM runs WHERE source_id = ? AND run_id = ?")
+            .bind(source_id)
+            .bind(run_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend("reading a run"))?
+            .map(|r| run_body(source_id, r.get(0)))
+            .transpose()
+    }
+
+    async fn list_sources(&self) -> Result<Vec<SourceState>, StoreError> {
+        let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM sources ORDER BY id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend("listing sources"))?;
+        let mut sources = Vec::with_capacity(ids.len());
+        for id in ids {
+            sources.extend(self.state(&id).await?);
+        }
+        Ok(sources)
+    }
+
+    async fn delete_source(&self, id: &str, purge_records: bool) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(backend("deleting a source"))?;
+        let mut purged = 0;
+        if purge_records {
+            purged = sqlx::query("DELETE FROM records WHERE source_id = ?")
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend("deleting records"))?
+                .rows_affected();
+        }
+        sqlx::query("DELETE FROM sources WHERE id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend("deleting a source"))?;
+        tx.commit().await.map_err(backend("deleting a source"))?;
+        Ok(purged)
+    }
+
+    async fn get_record(&self, source_id: &str, key: &str) -> Result<Option<StoredRecord>, StoreError> {
+        let row = sqlx::query("SELECT hash, fields FROM records WHERE source_id = ? AND record_key = ?")
+            .bind(source_id)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend("reading a record"))?;
+        let Some(row) = row else { return Ok(None) };
+        let corrupt = |e: serde_json::Error| StoreError::Corrupt {
+            what: format!("record {key}"),
+            reason: e.to_string(),
+        };
+        let typed: BTreeMap<String, Value> = serde_json::from_str(row.get::<&str, _>(1)).map_err(corrupt)?;
+        Ok(Some(StoredRecord {
+            key: key.to_string(),
+            hash: row.get(0),
+            fields: typed.into_iter().map(|(k, v)| (k, v.to_plain_json())).collect(),
+        }))
+    }
+
+    async fn count_records(&self, source_id: &str) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM records WHERE source_id = ?")
+            .bind(source_id)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(backend("counting records"))?;
+        Ok(n as u64)
+    }
+
+    async fn list_members(&self, member_id_source: &str) -> Result<(Vec<Member>, Vec<String>), StoreError> {
+        let members =
+            sqlx::query("SELECT member_id, name, team FROM members WHERE member_id_source = ? ORDER BY member_id")
+                .bind(member_id_source)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(backend("reading members"))?
+                .iter()
+                .map(|r| Member {
+                    member_id: r.get(0),
+                    name: r.get(1),
+                    team: r.get(2),
+                })
+                .collect();
+        let teams = sqlx::query_scalar("SELECT name FROM teams WHERE member_id_source = ? ORDER BY name")
+            .bind(member_id_source)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend("reading teams"))?;
+        Ok((members, teams))
+    }
+
+    async fn set_narrowed_window(&self, id: &str, seconds: Option<i64>) -> Result<(), StoreError> {
+        sqlx::query("UPDATE sources SET narrowed_window_s = ? WHERE id = ?")
+            .bind(seconds)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(backend("saving the narrowed window"))?;
+        Ok(())
+    }
+
+    async fn set_cadence(&self, id: &str, cadence: Cadence) -> Result<(), StoreError> {
+        sqlx::query("UPDATE sources SET effective_minutes = ?, fast_runs = ? WHERE id = ?")
+            .bind(i64::from(cadence.effective_minutes))
+            .bind(i64::from(cadence.fast_runs))
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(backend("saving the schedule's cadence"))?;
+        Ok(())
+    }
+
+    async fn create_backfill(&self, job: &Backfill) -> Result<BackfillCreated, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(backend("creating a backfill"))?;
+        let state = sqlx::query(
+            "SELECT (SELECT job_id FROM backfills b WHERE b.source_id = s.id AND b.active = 1) FROM sources s WHERE id = ?",
+        )
+        .bind(&job.source_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(backend("creating a backfill"))?;
+        let Some(state) = state else {
+            return Ok(BackfillCreated::SourceNotFound);
+        };
+        if let Some(existing) = state.get::<Option<String>, _>(0) {
+            return Ok(BackfillCreated::Conflict { existing });
+        }
+        sqlx::query("INSERT INTO backfills (source_id, job_id, body, version, active) VALUES (?, ?, ?, ?, 1)")
+            .bind(&job.source_id)
+            .bind(&job.id)
+            .bind(serde_json::to_string(job).expect("jobs serialize"))
+            .bind(job.version as i64)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend("creating a backfill"))?;
+        tx.commit().await.map_err(backend("creating a backfill"))?;
+        Ok(BackfillCreated::Created)
+    }
+
+    async fn get_backfill(&self, source_id: &str, job_id: &str) -> Result<Option<Backfill>, StoreError> {
+        sqlx::query("SELECT * FROM backfills WHERE source_id = ? AND job_id = ?")
+            .bind(source_id)
+            .bind(job_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend("reading a backfill"))?
+            .as_ref()
+            .map(Self::backfill)
+            .transpose()
+    }
+
+    async fn list_backfills(&self, source_id: &str, limit: usize) -> Result<Vec<Backfill>, StoreError> {
+        sqlx::query("SELECT * FROM backfills WHERE source_id = ? ORDER BY job_id DESC LIMIT ?")
+            .bind(source_id)
+            .bind(limit.clamp(1, 1000) as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend("reading backfills"))?
+            .iter()
+            .map(Self::backfill)
+            .collect()
+    }
+
+    async fn save_backfill(&self, job: &mut Backfill) -> Result<bool, StoreError> {
+        let saved = sqlx::query(
+            "UPDATE backfills SET body = ?, version = version + 1, active = ?
+             WHERE source_id = ? AND job_id = ? AND version = ?",
+        )
+        .bind(serde_json::to_string(job).expect("jobs serialize"))
+        .bind(job.is_active() as i64)
+        .bind(&job.source_id)
+        .bind(&job.id)
+        .bind(job.version as i64)
+        .execute(&self.pool)
+        .await
+        .map_err(backend("saving a backfill"))?
+        .rows_affected()
+            == 1;
+        if saved {
+            job.version += 1;
+        }
+        Ok(saved)
+    }
+
+    async fn request_backfill_cancel(
+        &self,
+        source_id: &str,
+        job_id: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        Ok(sqlx::query(
+            "UPDATE backfills SET cancel_requested_us = COALESCE(cancel_requested_us, ?) WHERE source_id = ? AND job_id = ?",
+        )
+        .bind(to_micros(at))
+        .bind(source_id)
+        .bind(job_id)
+        .execute(&self.pool)
+        .await
+        .map_err(backend("cancelling a backfill"))?
+        .rows_affected()
+            == 1)
+    }
+
+    async fn active_backfills(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = sqlx::query("SELECT source_id, job_id FROM backfills WHERE active = 1")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend("listing active backfills"))?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+}

@@ -1,0 +1,114 @@
+//! sqlx errors translated into [`SourceError`]s that name the cause and the fix.
+
+use sluice_core::{ConnectionSecret, SourceError, SourceErrorKind};
+
+/// An error while connecting and setting up the session.
+pub fn classify_connect(e: sqlx::Error, secret: &ConnectionSecret) -> SourceError {
+    let target = match (&secret.host, secret.port) {
+        (Some(h), Some(p)) => format!("{h}:{p}"),
+        (Some(h), None) => h.clone(),
+        _ => secret.database.clone(),
+    };
+    let tls_failure = |text: &str| {
+        ["certificate", "TLS", "tls", "SSL", "handshake"]
+            .iter()
+            .any(|w| text.contains(w))
+    };
+    let host = secret.host.as_deref().unwrap_or("the host");
+    // rustls names the two usual verify-full failures; each has its own fix.
+    let tls_hint = |text: &str| {
+        if text.contains("UnknownIssuer") || text.contains("unknown issuer") {
+            "the server's certificate is not signed by a CA Sluice trusts: put the PEM of the CA that signed it in the secret's ca_cert".to_string()
+        } else if text.contains("NotValidForName") || text.contains("not valid for name") {
+            format!(
+                "the server's certificate is not valid for the host name {host}: set the secret's host to a name on the certificate"
+            )
+        } else {
+            "check the secret's `tls` setting (verify-full needs a certificate for this host name signed by a trusted CA or the secret's ca_cert; require encrypts without verifying; disable only on private networks)".to_string()
+        }
+    };
+    let (kind, message) = match &e {
+        sqlx::Error::Io(io) if tls_failure(&io.to_string()) => (
+            SourceErrorKind::Tls,
+            format!("TLS with {target} failed: {io}; {}", tls_hint(&io.to_string())),
+        ),
+        sqlx::Error::Io(io) => (
+            SourceErrorKind::Connect,
+            format!(
+                "cannot reach {} at {target}: {io}; check host and port, and that the database accepts connections from Sluice (firewall, security group)",
+                secret.engine
+            ),
+        ),
+        sqlx::Error::Tls(t) => (
+            SourceErrorKind::Tls,
+            format!("TLS with {target} failed: {t}; {}", tls_hint(&format!("{t:?} {t}"))),
+        ),
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default().to_string();
+            let auth = matches!(code.as_str(), "28P01" | "28000" | "1045" | "1044" | "3D000" | "1049");
+            if auth {
+                (
+                    SourceErrorKind::Auth,
+                    format!(
+                        "{} at {target} refused the login: {} (code {code}); check username, password and database in the secret",
+                        secret.engine,
+                        db.message()
+                    ),
+                )
+            } else {
+                (
+                    SourceErrorKind::Connect,
+                    format!(
+                        "{} at {target} refused the session: {} (code {code})",
+                        secret.engine,
+                        db.message()
+                    ),
+                )
+            }
+        }
+        other => {
+            let text = other.to_string();
+            let tls = text.contains("TLS") || text.contains("SSL") || text.contains("certificate");
+            if tls {
+                (
+                    SourceErrorKind::Tls,
+                    format!(
+                        "TLS with {target} failed: {text}; check the secret's `tls` setting or the server's TLS support"
+                    ),
+                )
+            } else {
+                (
+                    SourceErrorKind::Connect,
+                    format!("connecting to {} at {target} failed: {text}", secret.engine),
+                )
+            }
+        }
+    };
+    SourceError::new(kind, secret.redact(&message))
+}
+
+/// An error while running the query or reading its rows.
+pub(crate) fn classify_query(e: sqlx::Error) -> SourceError {
+    match &e {
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default().to_string();
+            let (kind, hint) = match code.as_str() {
+                "57014" | "1969" | "3024" => (
+                    SourceErrorKind::Timeout,
+                    "; the query ran past its statement timeout: add an index on the date column, narrow the window (max_window_seconds) or raise query_timeout_seconds",
+                ),
+                "25006" | "1792" | "1290" => (
+                    SourceErrorKind::Query,
+                    "; Sluice runs queries read-only: the template must be a SELECT",
+                ),
+                _ => (SourceErrorKind::Query, ""),
+            };
+            SourceError::new(kind, format!("the query failed: {} (code {code}){hint}", db.message()))
+        }
+        sqlx::Error::Io(io) => SourceError::new(
+            SourceErrorKind::Connect,
+            format!("the connection was lost while reading rows: {io}"),
+        ),
+        other => SourceError::new(SourceErrorKind::Query, format!("the query failed: {other}")),
+    }
+}

@@ -1,0 +1,199 @@
+//! `SourceReader` adapters: PostgreSQL, MySQL/MariaDB and SQLite through sqlx, directly
+//! or through an SSH tunnel.
+//!
+//! Every session is read-only, set to UTC and has a statement timeout; rows are
+//! streamed and each value converted to a typed [`Value`] by the engine's module.
+
+mod error;
+mod mysql;
+mod postgres;
+mod sqlite;
+mod ssh;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use sluice_core::{
+    Bind, ConnectionSecret, Engine, RenderedQuery, Row, SourceError, SourceReader, SourceSession, Value,
+};
+use sqlx::{Column, Database, Executor, IntoArguments};
+
+/// How long connecting may take before the host counts as unreachable.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Opens sessions on PostgreSQL, MySQL/MariaDB and SQLite, by the secret's engine.
+#[derive(Debug, Default, Clone)]
+pub struct SqlReader;
+
+#[async_trait]
+impl SourceReader for SqlReader {
+    async fn open(
+        &self,
+        secret: &ConnectionSecret,
+        query_timeout: Duration,
+    ) -> Result<Box<dyn SourceSession>, SourceError> {
+        let Some(tunnel) = &secret.ssh_tunnel else {
+            return connect(secret, query_timeout).await;
+        };
+        let config_error = |m: &str| SourceError::new(sluice_core::SourceErrorKind::Config, m);
+        let (host, port) = match (secret.engine, secret.host.as_deref()) {
+            (Engine::Sqlite, _) => return Err(config_error("ssh_tunnel does not apply to SQLite (a local file)")),
+            (_, None) => {
+                return Err(config_error(
+                    "the secret has no host; with ssh_tunnel, host is the database as the bastion reaches it",
+                ));
+            }
+            (Engine::Postgres, Some(h)) => (h, secret.port.unwrap_or(5432)),
+            (Engine::Mysql, Some(h)) => (h, secret.port.unwrap_or(3306)),
+        };
+        if secret.tls == sluice_core::TlsMode::VerifyFull {
+            return Err(config_error(
+                "tls verify-full cannot be used through ssh_tunnel: the certificate's name cannot match the tunnel's local end; use require (the tunnel itself authenticates the bastion by its host key)",
+            ));
+        }
+        let tunnel = ssh::open(tunnel, host, port).await?;
+        let mut direct = secret.clone();
+        direct.host = Some(tunnel.local.ip().to_string());
+        direct.port = Some(tunnel.local.port());
+        direct.ssh_tunnel = None;
+        let via = format!("through the SSH tunnel to {host}:{port}");
+        let session = connect(&direct, query_timeout)
+            .await
+            .map_err(|e| SourceError::new(e.kind, format!("{} ({via})", e.message)))?;
+        Ok(Box::new(Tunneled {
+            session,
+            _tunnel: tunnel,
+        }))
+    }
+}
+
+async fn connect(secret: &ConnectionSecret, query_timeout: Duration) -> Result<Box<dyn SourceSession>, SourceError> {
+    Ok(match secret.engine {
+        Engine::Postgres => Box::new(postgres::connect(secret, query_timeout).await?),
+        Engine::Mysql => Box::new(mysql::connect(secret, query_timeout).await?),
+        Engine::Sqlite => Box::new(sqlite::connect(secret).await?),
+    })
+}
+
+/// A session whose connection runs through an SSH tunnel, which it keeps open.
+struct Tunneled {
+    session: Box<dyn SourceSession>,
+    _tunnel: ssh::Tunnel,
+}
+
+#[async_trait]
+impl SourceSession for Tunneled {
+    async fn now(&mut self) -> Result<DateTime<Utc>, SourceError> {
+        self.session.now().await
+    }
+
+    async fn columns(&mut self, query: &RenderedQuery) -> Result<Vec<String>, SourceError> {
+        self.session.columns(query).await
+    }
+
+    fn stream<'a>(&'a mut self, query: &'a RenderedQuery) -> BoxStream<'a, Result<Row, SourceError>> {
+        self.session.stream(query)
+    }
+}
+
+/// How an engine binds window values, reads its clock and converts result values.
+trait Dialect: Send + 'static {
+    type Db: Database;
+    /// A one-row, one-column query of the database's clock, in UTC.
+    const NOW: &'static str;
+    fn now(row: &<Self::Db as Database>::Row) -> Result<DateTime<Utc>, sqlx::Error>;
+    fn bind<'q>(
+        query: sqlx::query::Query<'q, Self::Db, <Self::Db as Database>::Arguments>,
+        bind: Bind,
+    ) -> sqlx::query::Query<'q, Self::Db, <Self::Db as Database>::Arguments>;
+    /// What a column's values need to be decoded, worked out once per result set.
+    type Column: Send + 'static;
+    fn column(column: &<Self::Db as Database>::Column) -> Self::Column;
+    fn value(row: &<Self::Db as Database>::Row, index: usize, column: &Self::Column) -> Value;
+}
+
+/// One read-only connection of the engine `D`.
+struct Session<D: Dialect> {
+    conn: <D::Db as Database>::Connection,
+}
+
+#[async_trait]
+impl<D: Dialect> SourceSession for Session<D>
+where
+    for<'c> &'c mut <D::Db as Database>::Connection: Executor<'c, Database = D::Db>,
+    <D::Db as Database>::Arguments: IntoArguments<D::Db>,
+{
+    async fn now(&mut self) -> Result<DateTime<Utc>, SourceError> {
+        let row = sqlx::query(D::NOW)
+            .fetch_one(&mut self.conn)
+            .await
+            .map_err(error::classify_query)?;
+        D::now(&row).map_err(error::classify_query)
+    }
+
+    async fn columns(&mut self, query: &RenderedQuery) -> Result<Vec<String>, SourceError> {
+        describe_columns(&mut self.conn, &query.sql).await
+    }
+
+    fn stream<'a>(&'a mut self, query: &'a RenderedQuery) -> BoxStream<'a, Result<Row, SourceError>> {
+        stream_rows::<D, _>(&mut self.conn, query)
+    }
+}
+
+/// Streams `query`'s rows from `conn`, converting each with the dialect `D`.
+fn stream_rows<'a, D, C>(conn: &'a mut C, query: &'a RenderedQuery) -> BoxStream<'a, Result<Row, SourceError>>
+where
+    D: Dialect,
+    for<'c> &'c mut C: Executor<'c, Database = D::Db>,
+    <D::Db as Database>::Arguments: IntoArguments<D::Db>,
+    C: Send,
+{
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(query.sql.as_str()));
+    for bind in &query.binds {
+        q = D::bind(q, *bind);
+    }
+    let mut plan: Option<(Arc<[String]>, Vec<D::Column>)> = None;
+    q.fetch(conn)
+        .map(move |row| {
+            let row = row.map_err(error::classify_query)?;
+            let (names, columns) = plan.get_or_insert_with(|| {
+                let columns = sqlx::Row::columns(&row);
+                (
+                    columns.iter().map(|c| c.name().to_string()).collect(),
+                    columns.iter().map(D::column).collect(),
+                )
+            });
+            let values = columns.iter().enumerate().map(|(i, c)| D::value(&row, i, c)).collect();
+            Ok(Row {
+                columns: names.clone(),
+                values,
+            })
+        })
+        .boxed()
+}
+
+/// The columns `sql` returns, from preparing it (the driver caches the statement,
+/// so the query that follows reuses it).
+async fn describe_columns<DB, C>(conn: &mut C, sql: &str) -> Result<Vec<String>, SourceError>
+where
+    DB: Database,
+    for<'c> &'c mut C: Executor<'c, Database = DB>,
+{
+    let statement = conn
+        .prepare(sqlx::SqlSafeStr::into_sql_str(sqlx::AssertSqlSafe(sql.to_string())))
+        .await
+        .map_err(error::classify_query)?;
+    Ok(sqlx::Statement::columns(&statement)
+        .iter()
+        .map(|c| c.name().to_string())
+        .collect())
+}
+
+/// A value the driver could not decode: the row is rejected with the type's name.
+fn undecodable(type_name: &str, e: impl std::fmt::Display) -> Value {
+    Value::Unsupported(format!("{type_name} ({e})"))
+}

@@ -1,0 +1,516 @@
+//! Shared fixtures of the integration tests: real PostgreSQL, MariaDB and SQLite,
+//! and moto's server for DynamoDB, Secrets Manager and EventBridge, all on loopback.
+//! Start them with `infra/services.sh`. Every fixture makes uniquely named databases
+//! and tables, so tests run in parallel and on a machine earlier runs left dirty.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde_json::json;
+use sluice_aws::{DynamoStore, TableNames};
+use sluice_core::{Engine, Events, SourceConfig, Store, SyncService, SyncSettings, SyncType};
+use sluice_local::{EmbeddedStore, FileSecrets, LogEvents};
+use sluice_sources::SqlReader;
+use sqlx::{Connection, Executor};
+
+pub fn pg_url() -> String {
+    std::env::var("SLUICE_TEST_PG_URL").unwrap_or_else(|_| "postgres://sluice:sluice@127.0.0.1:5432/postgres".into())
+}
+
+pub fn mysql_url() -> String {
+    std::env::var("SLUICE_TEST_MYSQL_URL").unwrap_or_else(|_| "mysql://sluice:sluice@127.0.0.1:3306/mysql".into())
+}
+
+pub fn aws_endpoint() -> String {
+    std::env::var("SLUICE_TEST_AWS_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:5055".into())
+}
+
+/// A short random suffix for database and table names.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}_{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
+const SERVICES: &str = "the database server on 127.0.0.1 (start it with infra/services.sh)";
+
+/// A fresh database on a real server, and the connection secret that reaches it.
+pub struct Database {
+    pub engine: Engine,
+    pub name: String,
+    pub secret: serde_json::Value,
+    url: String,
+}
+
+impl Database {
+    pub async fn new(engine: Engine) -> Self {
+        let name = unique("sluice_t");
+        match engine {
+            Engine::Postgres | Engine::Mysql => {
+                let (admin_url, port) = if engine == Engine::Postgres {
+                    (pg_url(), 5432)
+                } else {
+                    (mysql_url(), 3306)
+                };
+                let admin = Database {
+                    engine,
+                    name: String::new(),
+                    secret: json!(null),
+                    url: admin_url.clone(),
+                };
+                admin.exec(&format!("CREATE DATABASE {name}")).await;
+                let url = admin_url.rsplit_once('/').unwrap().0.to_string() + "/" + &name;
+                let secret = json!({"engine": engine.to_string(), "host": "127.0.0.1", "port": port, "database": name,
+                                    "username": "sluice", "password": "sluice", "tls": "disable"});
+                Database {
+                    engine,
+                    name,
+                    secret,
+                    url,
+                }
+            }
+            Engine::Sqlite => {
+                let path = std::env::temp_dir().join(format!("{name}.sqlite"));
+                let url = format!("sqlite://{}?mode=rwc", path.display());
+                let secret = json!({"engine": "sqlite", "database": path.display().to_string()});
+                Database {
+                    engine,
+                    name,
+                    secret,
+                    url,
+                }
+            }
+        }
+    }
+
+    /// Runs statements with a read-write connection of the test's own.
+    pub async fn exec(&self, sql: &str) {
+        match self.engine {
+            Engine::Postgres => {
+                let mut c = sqlx::PgConnection::connect(&self.url).await.expect(SERVICES);
+                sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
+                    .execute(&mut c)
+                    .await
+                    .unwrap();
+            }
+            Engine::Mysql => {
+                let mut c = sqlx::MySqlConnection::connect(&self.url).await.expect(SERVICES);
+                sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
+                    .execute(&mut c)
+                    .await
+                    .unwrap();
+            }
+            Engine::Sqlite => {
+                let mut c = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
+                sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
+                    .execute(&mut c)
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+
+    pub fn pg_url(&self) -> &str {
+        &self.url
+    }
+
+    /// The `sales` table of the scenarios, with `rows` rows dated in the past.
+    pub async fn create_sales(&self, rows: usize) {
+        let ddl = match self.engine {
+            Engine::Postgres => {
+                "CREATE TABLE sales (id bigint PRIMARY KEY, user_id int NOT NULL, user_name text,
+                 team text, amount numeric(12,2) NOT NULL, date timestamptz, updated_at timestamptz NOT NULL);
+                 CREATE INDEX ON sales (updated_at);"
+            }
+            Engine::Mysql => {
+                "CREATE TABLE sales (id bigint PRIMARY KEY, user_id int NOT NULL, user_name varchar(100),
+                 team varchar(50), amount decimal(12,2) NOT NULL, date datetime(6), updated_at datetime(6) NOT NULL,
+                 INDEX (updated_at));"
+            }
+            Engine::Sqlite => {
+                "CREATE TABLE sales (id INTEGER PRIMARY KEY, user_id INTEGER NOT NULL, user_name TEXT,
+                 team TEXT, amount REAL NOT NULL, date TEXT, updated_at TEXT NOT NULL);"
+            }
+        };
+        self.exec(ddl).await;
+        self.insert_sales(1, rows, "-2 days").await;
+    }
+
+    /// Inserts sales `first..first+count` with `updated_at` = now + `offset` ("-2 days", "0 seconds").
+    pub async fn insert_sales(&self, first: usize, count: usize, offset: &str) {
+        let (series, now) = match self.engine {
+            Engine::Postgres => (
+                format!("SELECT g AS id FROM generate_series({first}, {}) g", first + count - 1),
+                format!("(now() + interval '{offset}')"),
+            ),
+            Engine::Mysql => (
+                format!(
+                    "WITH RECURSIVE g(id) AS (SELECT {first} UNION ALL SELECT id + 1 FROM g WHERE id < {}) SELECT id FROM g",
+                    first + count - 1
+                ),
+                format!(
+                    "(UTC_TIMESTAMP(6) + INTERVAL {})",
+                    offset
+                        .replace("days", "DAY")
+                        .replace("seconds", "SECOND")
+                        .replace('\'', "")
+                ),
+            ),
+            Engine::Sqlite => (
+                format!(
+                    "WITH RECURSIVE g(id) AS (SELECT {first} UNION ALL SELECT id + 1 FROM g WHERE id < {}) SELECT id FROM g",
+                    first + count - 1
+                ),
+                format!("strftime('%Y-%m-%d %H:%M:%f', 'now', '{offset}')"),
+            ),
+        };
+        let sql = format!(
+            "INSERT INTO sales (id, user_id, user_name, team, amount, date, updated_at)
+             SELECT id, 1 + id % 50, CONCAT('user ', 1 + id % 50), CONCAT('team ', id % 5), id * 1.25, {now}, {now} FROM ({series}) s",
+        );
+        let sql = match self.engine {
+            Engine::Sqlite => sql
+                .replace("CONCAT('user ', 1 + id % 50)", "'user ' || (1 + id % 50)")
+                .replace("CONCAT('team ', id % 5)", "'team ' || (id % 5)"),
+            Engine::Mysql => format!("SET SESSION max_recursive_iterations = 100000000; {sql}"),
+            Engine::Postgres => sql,
+        };
+        self.exec(&sql).await;
+    }
+
+    /// PostgreSQL only: `rows` sales spread evenly over the `days` days before today
+    /// (UTC midnight).
+    pub async fn spread_sales(&self, rows: usize, days: u32) {
+        self.create_sales(0).await;
+        self.exec(&format!(
+            "INSERT INTO sales (id, user_id, user_name, team, amount, date, updated_at)
+             SELECT g, 1 + g % 50, 'user ' || (1 + g % 50), 'team ' || (g % 5), g * 1.25, t, t
+             FROM generate_series(1, {rows}) g,
+                  LATERAL (SELECT date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
+                                  - interval '{days} days' + (g - 1) * (interval '{days} days' / {rows}) AS t) x"
+        ))
+        .await;
+    }
+
+    /// The SQL expression of "now" on this engine, as the scenarios write it.
+    pub fn now_sql(&self) -> &'static str {
+        match self.engine {
+            Engine::Postgres => "now()",
+            Engine::Mysql => "UTC_TIMESTAMP(6)",
+            Engine::Sqlite => "strftime('%Y-%m-%d %H:%M:%f', 'now')",
+        }
+    }
+}
+
+/// The registration query of the scenarios.
+pub const SALES_QUERY: &str = "SELECT id AS reference, user_id AS member_id, user_name AS member_name,
+       team AS team_name, date, amount
+FROM sales
+WHERE updated_at >= {{ last_update_time }} AND updated_at < {{ upper_date_limit }}";
+
+/// A registration source over `db` with `query`.
+pub fn source(id: &str, db: &Database, query: &str) -> SourceConfig {
+    SourceConfig {
+        id: id.to_string(),
+        name: format!("test source {id}"),
+        engine: db.engine,
+        secret_id: format!("{id}-secret"),
+        query: query.to_string(),
+        sync_type: SyncType::Registration,
+        frequency_minutes: 5,
+        start_at: None,
+        enabled: true,
+        member_id_source: None,
+        lookback_seconds: 300,
+        max_window_seconds: None,
+        max_rows_per_run: None,
+        initial_watermark: None,
+        query_timeout_seconds: 60,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    Embedded,
+    Dynamo,
+}
+
+pub async fn sdk() -> aws_config::SdkConfig {
+    // SAFETY: every test sets the same values; the SDK reads them while loading.
+    unsafe {
+        std::env::set_var("AWS_ACCESS_KEY_ID", "test");
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
+        std::env::set_var("AWS_REGION", "us-east-1");
+    }
+    sluice_aws::sdk_config(Some(&aws_endpoint())).await
+}
+
+/// DynamoDB tables on moto with a unique prefix.
+pub async fn dynamo_store() -> DynamoStore {
+    let sdk = sdk().await;
+    let store = DynamoStore::new(
+        aws_sdk_dynamodb::Client::new(&sdk),
+        TableNames::with_prefix(&unique("t")),
+    );
+    store
+        .create_tables()
+        .await
+        .expect("moto on 127.0.0.1:5055 (start it with infra/services.sh)");
+    store
+}
+
+pub async fn store(kind: StoreKind) -> Arc<dyn Store> {
+    match kind {
+        StoreKind::Embedded => {
+            let path = std::env::temp_dir().join(format!("{}.db", unique("sluice_store")));
+            Arc::new(EmbeddedStore::open(&path).await.unwrap())
+        }
+        StoreKind::Dynamo => Arc::new(dynamo_store().await),
+    }
+}
+
+/// A sync service over `store` whose secrets are `secrets` (id → connection JSON).
+pub fn service(store: Arc<dyn Store>, secrets: BTreeMap<String, serde_json::Value>) -> SyncService {
+    service_with(store, secrets, Arc::new(LogEvents), SyncSettings::default())
+}
+
+pub fn service_with(
+    store: Arc<dyn Store>,
+    secrets: BTreeMap<String, serde_json::Value>,
+    events: Arc<dyn Events>,
+    settings: SyncSettings,
+) -> SyncService {
+    SyncService::new(
+        store,
+        Arc::new(SqlReader),
+        Arc::new(FileSecrets::new(secrets)),
+        events,
+        settings,
+    )
+}
+
+/// Stores `connection` as a new Secrets Manager secret; returns its id.
+pub async fn secrets_manager_secret(connection: &serde_json::Value) -> String {
+    let id = unique("sluice/db");
+    aws_sdk_secretsmanager::Client::new(&sdk().await)
+        .create_secret()
+        .name(&id)
+        .secret_string(connection.to_string())
+        .send()
+        .await
+        .unwrap();
+    id
+}
+
+/// A new event bus whose events of `detail_type` from Sluice land in a new SQS queue,
+/// so tests read what EventBridge delivered. Returns the queue's client and URL.
+pub async fn event_queue(sdk: &aws_config::SdkConfig, bus: &str, detail_type: &str) -> (aws_sdk_sqs::Client, String) {
+    let events = aws_sdk_eventbridge::Client::new(sdk);
+    events.create_event_bus().name(bus).send().await.unwrap();
+    let sqs = aws_sdk_sqs::Client::new(sdk);
+    let queue_url = sqs
+        .create_queue()
+        .queue_name(unique("q"))
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    let arn_attribute = aws_sdk_sqs::types::QueueAttributeName::QueueArn;
+    let queue_arn = sqs
+        .get_queue_attributes()
+        .queue_url(&queue_url)
+        .attribute_names(arn_attribute.clone())
+        .send()
+        .await
+        .unwrap()
+        .attributes
+        .unwrap()[&arn_attribute]
+        .clone();
+    let pattern = serde_json::json!({ "source": ["sluice"], "detail-type": [detail_type] });
+    events
+        .put_rule()
+        .name("to-queue")
+        .event_bus_name(bus)
+        .event_pattern(pattern.to_string())
+        .send()
+        .await
+        .unwrap();
+    let target = aws_sdk_eventbridge::types::Target::builder()
+        .id("q")
+        .arn(&queue_arn)
+        .build()
+        .unwrap();
+    events
+        .put_targets()
+        .rule("to-queue")
+        .event_bus_name(bus)
+        .targets(target)
+        .send()
+        .await
+        .unwrap();
+    (sqs, queue_url)
+}
+
+/// The secrets map for one source.
+pub fn secrets_for(source: &SourceConfig, db: &Database) -> BTreeMap<String, serde_json::Value> {
+    BTreeMap::from([(source.secret_id.clone(), db.secret.clone())])
+}
+
+/// A transaction left open on its own connection: a row whose commit comes late.
+pub enum OpenTransaction {
+    Postgres(sqlx::PgConnection),
+    Mysql(sqlx::MySqlConnection),
+}
+
+impl Database {
+    /// Begins a transaction that inserts sale `id` stamped with the current time, and
+    /// leaves it uncommitted.
+    pub async fn begin_late_insert(&self, id: usize) -> OpenTransaction {
+        let insert = format!(
+            "INSERT INTO sales (id, user_id, user_name, team, amount, date, updated_at)
+             VALUES ({id}, 7, 'late user', 'team late', 9.99, {now}, {now})",
+            now = self.now_sql()
+        );
+        match self.engine {
+            Engine::Postgres => {
+                let mut c = sqlx::PgConnection::connect(&self.url).await.expect(SERVICES);
+                c.execute("BEGIN").await.unwrap();
+                c.execute(sqlx::AssertSqlSafe(insert)).await.unwrap();
+                OpenTransaction::Postgres(c)
+            }
+            Engine::Mysql => {
+                let mut c = sqlx::MySqlConnection::connect(&self.url).await.expect(SERVICES);
+                c.execute("START TRANSACTION").await.unwrap();
+                c.execute(sqlx::AssertSqlSafe(insert)).await.unwrap();
+                OpenTransaction::Mysql(c)
+            }
+            Engine::Sqlite => panic!("the late-commit scenario runs on server databases"),
+        }
+    }
+}
+
+impl OpenTransaction {
+    pub async fn commit(self) {
+        match self {
+            OpenTransaction::Postgres(mut c) => drop(c.execute("COMMIT").await.unwrap()),
+            OpenTransaction::Mysql(mut c) => drop(c.execute("COMMIT").await.unwrap()),
+        }
+    }
+}
+
+/// The `sluice` binary, built once per test process (with the workspace's features, as
+/// the tests are, so nothing is compiled twice; infra/test.sh has built it already).
+pub fn sluice_bin() -> std::path::PathBuf {
+    static BUILT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = std::process::Command::new(cargo)
+                .args(["build", "--quiet", "--workspace", "--bins"])
+                .status()
+                .expect("cargo runs");
+            assert!(status.success(), "building the sluice binary failed");
+            let target = std::env::var("CARGO_TARGET_DIR")
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(|_| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+            target.join("debug/sluice")
+        })
+        .clone()
+}
+
+/// A local config file (in a new directory) with one registration source `source_id`
+/// over `db`, and a new store of `kind` (DynamoDB tables on moto with a unique prefix).
+pub fn local_config(db: &Database, kind: StoreKind, source_id: &str, query: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(unique("cfg"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let store_yaml = match kind {
+        StoreKind::Embedded => format!("kind: embedded\n  path: {}", dir.join("store.db").display()),
+        StoreKind::Dynamo => format!(
+            "kind: dynamodb\n  table_prefix: {}\n  endpoint_url: {}\n  create_tables: true",
+            unique("k"),
+            aws_endpoint()
+        ),
+    };
+    let config = format!(
+        "store:\n  {store_yaml}\nsecrets:\n  db: {secret}\nsources:\n  - id: {source_id}\n    name: test source\n    engine: {engine}\n    secret_id: db\n    sync_type: registration\n    query: {query}\n",
+        secret = db.secret,
+        engine = serde_json::to_value(db.engine).unwrap().as_str().unwrap(),
+        query = serde_json::to_string(query).unwrap(),
+    );
+    let path = dir.join("sluice.yaml");
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+/// The store a local config names, as the CLI opens it.
+pub async fn open_local_store(config: &std::path::Path) -> Arc<dyn Store> {
+    match sluice_local::LocalConfig::load(config).unwrap().store {
+        sluice_local::StoreConfig::Embedded { path } => Arc::new(EmbeddedStore::open(&path).await.unwrap()),
+        sluice_local::StoreConfig::Dynamodb { table_prefix, .. } => {
+            let store = DynamoStore::new(
+                aws_sdk_dynamodb::Client::new(&sdk().await),
+                TableNames::with_prefix(&table_prefix),
+            );
+            store.create_tables().await.unwrap();
+            Arc::new(store)
+        }
+    }
+}
+
+/// `sluice <args> --config <config>` with moto's credentials and a lease of
+/// `lease_seconds`, its output piped.
+pub fn sluice_cmd(args: &[&str], config: &std::path::Path, lease_seconds: u32) -> std::process::Command {
+    let mut cmd = std::process::Command::new(sluice_bin());
+    cmd.args(args)
+        .arg("--config")
+        .arg(config)
+        .env("SLUICE_LEASE_SECONDS", lease_seconds.to_string())
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    cmd
+}
+
+/// A Lambda event fixture from `tests/fixtures/`.
+pub fn read_fixture(name: &str) -> serde_json::Value {
+    let path = format!("{}/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// An API Gateway request from `fixture`, with these path parameters, query
+/// parameters (replacing the fixture's) and body.
+pub fn api_request(
+    fixture: &str,
+    params: &[(&str, &str)],
+    query: &[(&str, &str)],
+    body: Option<serde_json::Value>,
+) -> serde_json::Value {
+    let mut event = read_fixture(fixture);
+    for (name, value) in params {
+        event["pathParameters"][*name] = (*value).into();
+    }
+    if !query.is_empty() {
+        let single: serde_json::Map<_, _> = query.iter().map(|(k, v)| (k.to_string(), (*v).into())).collect();
+        let multi: serde_json::Map<_, _> = query
+            .iter()
+            .map(|(k, v)| (k.to_string(), serde_json::json!([v])))
+            .collect();
+        event["queryStringParameters"] = single.into();
+        event["multiValueQueryStringParameters"] = multi.into();
+    }
+    if let Some(body) = body {
+        event["body"] = body.to_string().into();
+    }
+    event
+}
+
+/// A Lambda event with `payload` and 15 minutes left.
+pub fn lambda_event<T>(payload: T) -> lambda_runtime::LambdaEvent<T> {
+    let mut context = lambda_runtime::Context::default();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    context.deadline = (now + std::time::Duration::from_secs(900)).as_millis() as u64;
+    lambda_runtime::LambdaEvent::new(payload, context)
+}

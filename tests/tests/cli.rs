@@ -1,0 +1,175 @@
+//! The `sluice` command as a user runs it.
+
+use std::process::Command;
+
+use sluice_tests::*;
+
+#[test]
+fn demo_syncs_changes_and_leaves_the_rest_alone() {
+    let dir = std::env::temp_dir().join(unique("demo"));
+    let out = Command::new(sluice_bin())
+        .arg("demo")
+        .arg("--dir")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("First sync:  read 1000 rows, imported 1000 records"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "Second sync: read 41 rows: 25 new records, 10 updated, 5 unchanged (not written again), 1 rejected"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("rejected sale 1026: member_name is null; it is required"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("The store holds 1025 records, 16 members in 4 teams."),
+        "{stdout}"
+    );
+
+    // The config it wrote is a working example: syncing again finds nothing new to write.
+    let out = Command::new(sluice_bin())
+        .args(["sync", "--json", "--config"])
+        .arg(dir.join("sluice.yaml"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let run: sluice_core::Run = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((run.rows_written, run.rows_rejected), (0, 1), "{run:?}");
+    assert_eq!(run.rows_unchanged, run.rows_read - 1);
+
+    let out = Command::new(sluice_bin())
+        .args(["runs", "--source", "sales", "--config"])
+        .arg(dir.join("sluice.yaml"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).matches(" succeeded: ").count(), 3);
+}
+
+#[test]
+fn a_bad_config_file_is_refused_with_the_reason() {
+    let dir = std::env::temp_dir().join(unique("badcfg"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("sluice.yaml");
+    let cases = [
+        (
+            "sources:\n  - id: s\n    name: S\n    engine: postgres\n    secret_id: db\n    sync_type: registration\n    query: SELECT 1\n    frequncy_minutes: 5\n",
+            "unknown field `frequncy_minutes`",
+        ),
+        (
+            "sources:\n  - id: s\n    name: S\n    engine: oracle9\n    secret_id: db\n    sync_type: registration\n    query: SELECT 1\n",
+            "unknown variant `oracle9`",
+        ),
+        (
+            "sources:\n  - id: s\n    name: S\n    engine: postgres\n    secret_id: db\n    sync_type: registration\n    query: SELECT {{ nope }}\n",
+            "source `s`: invalid `query`: unknown template variable `nope`",
+        ),
+        (
+            "secrets:\n  db:\n    engine: postgres\n    database: x\n    password: ${SLUICE_UNSET_FOR_TEST}\nsources: []\n",
+            "SLUICE_UNSET_FOR_TEST",
+        ),
+    ];
+    for (yaml, expected) in cases {
+        std::fs::write(&path, yaml).unwrap();
+        let out = Command::new(sluice_bin())
+            .args(["sync", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(stderr.contains(expected), "expected {expected:?} in {stderr}");
+    }
+    let out = Command::new(sluice_bin())
+        .args(["sync", "--config"])
+        .arg(dir.join("missing.yaml"))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sources_are_listed_added_shown_and_removed() {
+    let db = Database::new(sluice_core::Engine::Postgres).await;
+    db.create_sales(20).await;
+    let first = unique("first");
+    let config = local_config(&db, StoreKind::Embedded, &first, SALES_QUERY);
+    let run = |args: &[&str]| {
+        let out = sluice_cmd(args, &config, 60).output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+
+    let (ok, text) = run(&["sources", "list"]);
+    assert!(
+        ok && text.contains(&format!("{first} (postgres): every 5 min, enabled, not synced yet")),
+        "{text}"
+    );
+
+    // Add a second source from a file; the config file keeps what was there.
+    let second = unique("second");
+    let file = config.with_file_name("second.yaml");
+    let definition = format!(
+        "id: {second}\nname: Second\nengine: postgres\nsecret_id: db\nsync_type: registration\nfrequency_minutes: 15\nquery: {}\n",
+        serde_json::to_string(SALES_QUERY).unwrap()
+    );
+    std::fs::write(&file, definition).unwrap();
+    let (ok, text) = run(&["sources", "add", "--file", file.to_str().unwrap()]);
+    assert!(ok, "{text}");
+    let loaded = sluice_local::LocalConfig::load(&config).unwrap();
+    assert_eq!(loaded.sources.len(), 2);
+    assert_eq!(loaded.source(&second).unwrap().frequency_minutes, 15);
+    let (ok, text) = run(&["sources", "add", "--file", file.to_str().unwrap()]);
+    assert!(!ok && text.contains("already has a source"), "{text}");
+    let other = config.with_file_name("other.yaml");
+    std::fs::write(
+        &other,
+        format!(
+            "id: {}\nname: x\nengine: postgres\nsecret_id: nope\nsync_type: registration\nquery: SELECT 1\n",
+            unique("x")
+        ),
+    )
+    .unwrap();
+    let (ok, text) = run(&["sources", "add", "--file", other.to_str().unwrap()]);
+    assert!(!ok && text.contains("no secret `nope`"), "{text}");
+
+    // Synced, it shows its watermark and runs.
+    let (ok, text) = run(&["sync", "--source", &second]);
+    assert!(ok, "{text}");
+    let (ok, text) = run(&["sources", "show", "--source", &second, "--json"]);
+    assert!(ok, "{text}");
+    let shown: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert!(shown["source"]["watermark"].is_string());
+    assert_eq!(shown["runs"][0]["rows_written"], 20);
+    let (_, text) = run(&["sources", "list"]);
+    assert!(
+        text.contains(&format!("{second} (postgres): every 15 min, enabled, watermark "))
+            && text.contains("last run succeeded"),
+        "{text}"
+    );
+
+    // Removed with its records; the other source stays.
+    let (ok, text) = run(&["sources", "rm", "--source", &second, "--purge"]);
+    assert!(ok && text.contains("and its 20 records"), "{text}");
+    let loaded = sluice_local::LocalConfig::load(&config).unwrap();
+    assert_eq!(
+        loaded.sources.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+        [first.as_str()]
+    );
+    assert_eq!(open_local_store(&config).await.count_records(&second).await.unwrap(), 0);
+}

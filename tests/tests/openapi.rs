@@ -1,0 +1,136 @@
+//! openapi.yaml, the handlers and template.yaml agree: the same routes everywhere, and
+//! the documented schemas have the fields the handlers really send.
+
+use std::collections::BTreeSet;
+
+use serde_json::Value as Json;
+use serde_yaml::Value as Yaml;
+use sluice_core::{Backfill, BackfillRequest, Engine, Run, RunStatus, SourceView, Trigger};
+use sluice_tests::*;
+
+fn yaml(file: &str) -> Yaml {
+    let path = format!("{}/../{file}", env!("CARGO_MANIFEST_DIR"));
+    serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+type Routes = BTreeSet<(String, String)>;
+
+fn handler_routes(routes: &[(&str, &str)]) -> Routes {
+    routes.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect()
+}
+
+#[test]
+fn every_route_is_documented_served_and_deployed() {
+    let api = handler_routes(sluice_api::ROUTES);
+    let backfill = handler_routes(sluice_backfill::ROUTES);
+
+    let doc = yaml("openapi.yaml");
+    let mut documented = Routes::new();
+    for (path, item) in doc["paths"].as_mapping().unwrap() {
+        for (method, _) in item.as_mapping().unwrap() {
+            let method = method.as_str().unwrap();
+            if method != "parameters" {
+                documented.insert((method.to_uppercase(), path.as_str().unwrap().to_string()));
+            }
+        }
+    }
+    let served: Routes = api.union(&backfill).cloned().collect();
+    assert_eq!(documented, served, "openapi.yaml and the handlers' ROUTES differ");
+
+    // template.yaml sends each route to the function that serves it.
+    let template = yaml("template.yaml");
+    for (function, expected) in [("ApiFunction", &api), ("BackfillFunction", &backfill)] {
+        let events = template["Resources"][function]["Properties"]["Events"]
+            .as_mapping()
+            .unwrap();
+        let deployed: Routes = events
+            .values()
+            .filter(|e| e["Type"] == "Api")
+            .map(|e| {
+                let p = &e["Properties"];
+                (
+                    p["Method"].as_str().unwrap().to_string(),
+                    p["Path"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(&deployed, expected, "template.yaml's routes of {function}");
+    }
+}
+
+/// A schema's properties and required fields, through `allOf` and `$ref`.
+fn fields(doc: &Yaml, schema: &Yaml) -> (BTreeSet<String>, BTreeSet<String>) {
+    if let Some(r) = schema["$ref"].as_str() {
+        let name = r.trim_start_matches("#/components/schemas/");
+        return fields(doc, &doc["components"]["schemas"][name]);
+    }
+    let (mut properties, mut required) = (BTreeSet::new(), BTreeSet::new());
+    for part in schema["allOf"].as_sequence().into_iter().flatten() {
+        let (p, r) = fields(doc, part);
+        properties.extend(p);
+        required.extend(r);
+    }
+    if let Some(map) = schema["properties"].as_mapping() {
+        properties.extend(map.keys().map(|k| k.as_str().unwrap().to_string()));
+    }
+    if let Some(list) = schema["required"].as_sequence() {
+        required.extend(list.iter().map(|k| k.as_str().unwrap().to_string()));
+    }
+    (properties, required)
+}
+
+fn assert_matches(doc: &Yaml, name: &str, sample: &Json) {
+    let schema = &doc["components"]["schemas"][name];
+    assert!(!schema.is_null(), "openapi.yaml has no schema {name}");
+    let (properties, required) = fields(doc, schema);
+    let keys: BTreeSet<String> = sample.as_object().unwrap().keys().cloned().collect();
+    let undocumented: Vec<_> = keys.difference(&properties).collect();
+    assert!(
+        undocumented.is_empty(),
+        "{name}: sent but not documented: {undocumented:?}"
+    );
+    let missing: Vec<_> = required.difference(&keys).collect();
+    assert!(
+        missing.is_empty(),
+        "{name}: documented as required but not sent: {missing:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_documented_schemas_have_the_fields_the_handlers_send() {
+    let doc = yaml("openapi.yaml");
+    let db = Database::new(Engine::Sqlite).await;
+    db.create_sales(3).await;
+    let src = source("docs", &db, SALES_QUERY);
+
+    let view = SourceView {
+        config: src.clone(),
+        watermark: None,
+        running: false,
+        active_backfill: None,
+        effective_frequency_minutes: 5,
+    };
+    assert_matches(&doc, "Source", &serde_json::to_value(&view).unwrap());
+    assert_matches(&doc, "SourceConfig", &serde_json::to_value(&src).unwrap());
+
+    let mut run = Run::start("docs", Trigger::Backfill).finish(RunStatus::Succeeded, None);
+    run.backfill_id = Some("job".into());
+    assert_matches(&doc, "Run", &serde_json::to_value(&run).unwrap());
+
+    let request = BackfillRequest {
+        start: Some("2025-01-01".into()),
+        end: Some("2025-01-03".into()),
+        chunk: None,
+    };
+    let mut job = Backfill::plan("docs", &request, chrono::Utc::now()).unwrap();
+    job.chunk_failed(0, "run", "boom", chrono::Utc::now(), chrono::Duration::seconds(5));
+    let sent = serde_json::to_value(sluice_backfill::JobView::new(&job)).unwrap();
+    assert_matches(&doc, "Backfill", &sent);
+    assert_matches(&doc, "Chunk", &sent["chunks"][0]);
+    assert_matches(&doc, "Progress", &sent["progress"]);
+
+    let svc = service(store(StoreKind::Embedded).await, secrets_for(&src, &db));
+    let preview = serde_json::to_value(svc.preview(&src, None).await.unwrap()).unwrap();
+    assert_eq!(preview["row_count"], 3, "{preview}");
+    assert_matches(&doc, "Preview", &preview);
+}

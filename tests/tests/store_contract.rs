@@ -1,0 +1,275 @@
+//! One contract for the `Store` port, run against DynamoDB (moto) and the embedded store.
+
+use std::sync::Arc;
+
+use chrono::{Duration, TimeZone, Utc};
+use sluice_core::{
+    Backfill, BackfillCreated, BackfillRequest, JobStatus, LeaseOutcome, Member, Record, Row, Run, RunStatus, Store,
+    StoreError, Trigger, Value,
+};
+use sluice_tests::*;
+
+fn record(key: &str, amount: i64) -> Record {
+    let columns: Arc<[String]> = ["reference", "amount", "date", "note", "tags", "raw"]
+        .map(String::from)
+        .into();
+    Record::new(
+        key.to_string(),
+        Row {
+            columns,
+            values: vec![
+                Value::Text(key.into()),
+                Value::Int(amount),
+                Value::Timestamp(Utc.with_ymd_and_hms(2025, 3, 4, 5, 6, 7).unwrap()),
+                Value::Null,
+                Value::Array(vec![Value::Text("a".into()), Value::Int(2)]),
+                Value::Bytes(vec![0xde, 0xad]),
+            ],
+        },
+    )
+}
+
+async fn contract(store: Arc<dyn Store>) {
+    let db = Database::new(sluice_core::Engine::Sqlite).await;
+    let mut src = source(&unique("c"), &db, SALES_QUERY);
+    let id = src.id.clone();
+    let now = Utc::now();
+    let later = now + Duration::minutes(10);
+
+    // Sources: absent, created, config replaced without touching the watermark.
+    assert!(store.get_source(&id).await.unwrap().is_none());
+    assert_eq!(
+        store.acquire_lease(&id, "t0", now, later).await.unwrap(),
+        LeaseOutcome::NotFound
+    );
+    store.put_source(&src).await.unwrap();
+    assert_eq!(store.get_source(&id).await.unwrap().unwrap().config, src);
+
+    // Lease: taken, held for others, free again when released or expired.
+    let LeaseOutcome::Acquired(state) = store.acquire_lease(&id, "t1", now, later).await.unwrap() else {
+        panic!("a free lease is taken")
+    };
+    assert_eq!(state.lease.unwrap().token, "t1");
+    match store.acquire_lease(&id, "t2", now, later).await.unwrap() {
+        LeaseOutcome::Held { expires_at } => {
+            assert_eq!(expires_at.timestamp_micros(), later.timestamp_micros())
+        }
+        other => panic!("a held lease is not taken: {other:?}"),
+    }
+    store.release_lease(&id, "t2").await.unwrap(); // not t2's: nothing happens
+    assert!(matches!(
+        store.acquire_lease(&id, "t3", now, later).await.unwrap(),
+        LeaseOutcome::Held { .. }
+    ));
+
+    // Watermark: moves under the lease, never backwards, and not at all without the lease.
+    let w1 = Utc.with_ymd_and_hms(2025, 1, 1, 0, 0, 0).unwrap();
+    store.advance_watermark(&id, "t1", w1).await.unwrap();
+    store
+        .advance_watermark(&id, "t1", w1 - Duration::hours(1))
+        .await
+        .unwrap();
+    assert_eq!(store.get_source(&id).await.unwrap().unwrap().watermark, Some(w1));
+    let lost = store
+        .advance_watermark(&id, "t9", w1 + Duration::hours(1))
+        .await
+        .unwrap_err();
+    assert!(matches!(lost, StoreError::LeaseLost { .. }), "{lost}");
+    src.name = "renamed".into();
+    store.put_source(&src).await.unwrap();
+    let state = store.get_source(&id).await.unwrap().unwrap();
+    assert_eq!((state.config.name.as_str(), state.watermark), ("renamed", Some(w1)));
+    store.release_lease(&id, "t1").await.unwrap();
+    assert!(store.get_source(&id).await.unwrap().unwrap().lease.is_none());
+    // An expired lease is taken over, and the old holder can no longer move the watermark.
+    assert!(matches!(
+        store.acquire_lease(&id, "t4", now, now).await.unwrap(),
+        LeaseOutcome::Acquired(_)
+    ));
+    assert!(matches!(
+        store.acquire_lease(&id, "t5", now, later).await.unwrap(),
+        LeaseOutcome::Acquired(_)
+    ));
+    assert!(matches!(
+        store.advance_watermark(&id, "t4", later).await,
+        Err(StoreError::LeaseLost { .. })
+    ));
+    // The holder extends its own lease.
+    let LeaseOutcome::Acquired(state) = store
+        .acquire_lease(&id, "t5", now, later + Duration::hours(1))
+        .await
+        .unwrap()
+    else {
+        panic!("the holder extends its lease")
+    };
+    assert_eq!(
+        state.lease.unwrap().expires_at.timestamp(),
+        (later + Duration::hours(1)).timestamp()
+    );
+
+    // Records: 60 records with duplicates inside the batch (the last wins); then the
+    // same records again are unchanged, a changed one is written.
+    let mut batch: Vec<Record> = (0..60).map(|i| record(&format!("k{i}"), i)).collect();
+    batch.push(record("k3", 333));
+    let stats = store.write_records(&id, batch, true).await.unwrap();
+    assert_eq!((stats.written, stats.unchanged), (60, 0));
+    assert_eq!(store.count_records(&id).await.unwrap(), 60);
+    let again: Vec<Record> = (0..60)
+        .map(|i| record(&format!("k{i}"), if i == 3 { 333 } else { i }))
+        .collect();
+    let stats = store.write_records(&id, again, true).await.unwrap();
+    assert_eq!((stats.written, stats.unchanged), (0, 60));
+    let stats = store.write_records(&id, vec![record("k5", 555)], true).await.unwrap();
+    assert_eq!((stats.written, stats.unchanged), (1, 0));
+    let k3 = store.get_record(&id, "k3").await.unwrap().unwrap();
+    assert_eq!(k3.hash, record("k3", 333).hash_hex());
+    assert_eq!(
+        serde_json::to_value(&k3.fields).unwrap(),
+        serde_json::json!({"reference": "k3", "amount": 333, "date": "2025-03-04T05:06:07Z", "note": null,
+                           "tags": ["a", 2], "raw": "dead"})
+    );
+    assert!(store.get_record(&id, "nope").await.unwrap().is_none());
+
+    // Members and teams: created, then updated in place.
+    let m = |id: &str, name: &str, team: Option<&str>| Member {
+        member_id: id.into(),
+        name: name.into(),
+        team: team.map(String::from),
+    };
+    store
+        .upsert_members(&id, vec![m("1", "Ada", Some("North")), m("2", "Bo", None)])
+        .await
+        .unwrap();
+    store
+        .upsert_members(&id, vec![m("1", "Ada L.", Some("South"))])
+        .await
+        .unwrap();
+    let (members, teams) = store.list_members(&id).await.unwrap();
+    assert_eq!(members, vec![m("1", "Ada L.", Some("South")), m("2", "Bo", None)]);
+    assert_eq!(teams, ["North", "South"]);
+
+    // Runs: newest first, limited, every field kept.
+    let mut first = Run::start(&id, Trigger::Schedule).finish(RunStatus::Succeeded, None);
+    first.rows_read = 5;
+    let second = Run::start(&id, Trigger::Manual).finish(RunStatus::Failed, Some("boom".into()));
+    store.put_run(&first).await.unwrap();
+    store.put_run(&second).await.unwrap();
+    assert_eq!(
+        store.list_runs(&id, 10, None).await.unwrap(),
+        vec![second.clone(), first]
+    );
+    assert_eq!(store.list_runs(&id, 1, None).await.unwrap(), vec![second.clone()]);
+
+    backfill_contract(&*store, &id).await;
+    // Backfill jobs share the Runs table but never show up as runs.
+    let runs = store.list_runs(&id, 10, None).await.unwrap();
+    assert_eq!(runs.len(), 2);
+
+    // Pages of runs, one run by id, every source.
+    assert_eq!(store.list_runs(&id, 10, Some(&runs[0].id)).await.unwrap(), runs[1..]);
+    assert!(store.list_runs(&id, 10, Some(&runs[1].id)).await.unwrap().is_empty());
+    assert_eq!(store.get_run(&id, &runs[1].id).await.unwrap().as_ref(), Some(&runs[1]));
+    assert!(store.get_run(&id, "nope").await.unwrap().is_none());
+    let listed = store.list_sources().await.unwrap();
+    assert!(listed.iter().any(|s| s.config.id == id && s.watermark == Some(w1)));
+
+    // Deleting a source keeps its records unless asked to purge them.
+    let kept = source(
+        &unique("c"),
+        &Database::new(sluice_core::Engine::Sqlite).await,
+        SALES_QUERY,
+    );
+    store.put_source(&kept).await.unwrap();
+    store
+        .write_records(&kept.id, vec![record("a", 1)], false)
+        .await
+        .unwrap();
+    assert_eq!(store.delete_source(&kept.id, false).await.unwrap(), 0);
+    assert_eq!(store.count_records(&kept.id).await.unwrap(), 1);
+    assert!(store.get_source(&kept.id).await.unwrap().is_none());
+    assert_eq!(store.delete_source(&id, true).await.unwrap(), 60);
+    assert_eq!(store.count_records(&id).await.unwrap(), 0);
+    assert!(store.get_source(&id).await.unwrap().is_none());
+}
+
+/// Backfill jobs: one active per source, optimistic saves, cancel kept apart, the
+/// source's slot freed with the job's last save.
+async fn backfill_contract(store: &dyn Store, id: &str) {
+    let request = BackfillRequest {
+        start: Some("2025-01-01".into()),
+        end: Some("2025-01-04".into()),
+        chunk: None,
+    };
+    let mut job = Backfill::plan(id, &request, Utc::now()).unwrap();
+    let other = Backfill::plan(id, &request, Utc::now()).unwrap();
+    let orphan = Backfill::plan("no-such-source", &request, Utc::now()).unwrap();
+    assert_eq!(
+        store.create_backfill(&orphan).await.unwrap(),
+        BackfillCreated::SourceNotFound
+    );
+    assert_eq!(store.create_backfill(&job).await.unwrap(), BackfillCreated::Created);
+    assert_eq!(
+        store.create_backfill(&other).await.unwrap(),
+        BackfillCreated::Conflict {
+            existing: job.id.clone()
+        }
+    );
+    assert_eq!(
+        store.get_source(id).await.unwrap().unwrap().active_backfill,
+        Some(job.id.clone())
+    );
+    assert!(
+        store
+            .active_backfills()
+            .await
+            .unwrap()
+            .contains(&(id.to_string(), job.id.clone()))
+    );
+    assert_eq!(store.get_backfill(id, &job.id).await.unwrap().unwrap(), job);
+    assert!(store.get_backfill(id, &other.id).await.unwrap().is_none());
+
+    // Saves bump the version; a stale copy is refused.
+    let mut stale = job.clone();
+    job.start_chunk(0, Utc::now());
+    assert!(store.save_backfill(&mut job).await.unwrap());
+    assert_eq!(job.version, 1);
+    stale.start_chunk(1, Utc::now());
+    assert!(!store.save_backfill(&mut stale).await.unwrap());
+    assert_eq!(store.get_backfill(id, &job.id).await.unwrap().unwrap(), job);
+
+    // A cancel request survives the worker's next save.
+    let at = Utc.with_ymd_and_hms(2026, 2, 3, 4, 5, 6).unwrap();
+    assert!(store.request_backfill_cancel(id, &job.id, at).await.unwrap());
+    assert!(!store.request_backfill_cancel(id, "nope", at).await.unwrap());
+    job.chunks[0].status = sluice_core::ChunkStatus::Done;
+    assert!(store.save_backfill(&mut job).await.unwrap());
+    let stored = store.get_backfill(id, &job.id).await.unwrap().unwrap();
+    assert_eq!(stored.cancel_requested_at, Some(at));
+
+    // The last save frees the slot; a new job can start.
+    let mut job = stored;
+    job.finish(Utc::now());
+    assert_eq!(job.status, JobStatus::Cancelled);
+    assert!(store.save_backfill(&mut job).await.unwrap());
+    assert_eq!(store.get_source(id).await.unwrap().unwrap().active_backfill, None);
+    assert!(!store.active_backfills().await.unwrap().iter().any(|(s, _)| s == id));
+    assert_eq!(store.create_backfill(&other).await.unwrap(), BackfillCreated::Created);
+    let listed: Vec<String> = store
+        .list_backfills(id, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|j| j.id)
+        .collect();
+    assert_eq!(listed, vec![other.id.clone(), job.id.clone()]);
+}
+
+#[tokio::test]
+async fn dynamodb_store_keeps_the_contract() {
+    contract(store(StoreKind::Dynamo).await).await;
+}
+
+#[tokio::test]
+async fn embedded_store_keeps_the_contract() {
+    contract(store(StoreKind::Embedded).await).await;
+}
