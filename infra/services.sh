@@ -11,6 +11,9 @@ STATE="$ROOT/.local"            # git-ignored: venv logs, pid files
 VENV="$ROOT/.venv"
 MOTO_PORT=${SLUICE_MOTO_PORT:-5055}
 mkdir -p "$STATE"
+# Only the environment below goes to stdout (it is eval'd); anything a tool prints, such
+# as pg_ctl's "Removed stale pid file", goes to stderr with the logs.
+{
 
 log() { printf 'infra: %s\n' "$*" >&2; }
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -86,6 +89,8 @@ source "$ROOT/infra/tls.sh"
 
 # --- OpenSSH on 127.0.0.1:2222 for SSH tunnels -------------------------------------
 source "$ROOT/infra/ssh.sh"
+
+} >&2
 
 cat <<ENV
 export SLUICE_TEST_PG_URL=postgres://sluice:sluice@127.0.0.1:5432/postgres
