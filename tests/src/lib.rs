@@ -32,6 +32,10 @@ pub fn unique(prefix: &str) -> String {
 
 const SERVICES: &str = "the database server on 127.0.0.1 (start it with infra/services.sh)";
 
+fn no_test_server(engine: Engine) -> ! {
+    panic!("the shared scenarios have no {engine} server; its tests are in their own files")
+}
+
 /// A fresh database on a real server, and the connection secret that reaches it.
 pub struct Database {
     pub engine: Engine,
@@ -78,6 +82,7 @@ impl Database {
                     url,
                 }
             }
+            other => no_test_server(other),
         }
     }
 
@@ -105,6 +110,7 @@ impl Database {
                     .await
                     .unwrap();
             }
+            other => no_test_server(other),
         }
     }
 
@@ -129,6 +135,7 @@ impl Database {
                 "CREATE TABLE sales (id INTEGER PRIMARY KEY, user_id INTEGER NOT NULL, user_name TEXT,
                  team TEXT, amount REAL NOT NULL, date TEXT, updated_at TEXT NOT NULL);"
             }
+            other => no_test_server(other),
         };
         self.exec(ddl).await;
         self.insert_sales(1, rows, "-2 days").await;
@@ -161,6 +168,7 @@ impl Database {
                 ),
                 format!("strftime('%Y-%m-%d %H:%M:%f', 'now', '{offset}')"),
             ),
+            other => no_test_server(other),
         };
         let sql = format!(
             "INSERT INTO sales (id, user_id, user_name, team, amount, date, updated_at)
@@ -172,6 +180,7 @@ impl Database {
                 .replace("CONCAT('team ', id % 5)", "'team ' || (id % 5)"),
             Engine::Mysql => format!("SET SESSION max_recursive_iterations = 100000000; {sql}"),
             Engine::Postgres => sql,
+            other => no_test_server(other),
         };
         self.exec(&sql).await;
     }
@@ -196,6 +205,7 @@ impl Database {
             Engine::Postgres => "now()",
             Engine::Mysql => "UTC_TIMESTAMP(6)",
             Engine::Sqlite => "strftime('%Y-%m-%d %H:%M:%f', 'now')",
+            other => no_test_server(other),
         }
     }
 }
@@ -384,6 +394,7 @@ impl Database {
                 OpenTransaction::Mysql(c)
             }
             Engine::Sqlite => panic!("the late-commit scenario runs on server databases"),
+            other => no_test_server(other),
         }
     }
 }

@@ -13,6 +13,12 @@ pub enum Engine {
     #[serde(alias = "mariadb")]
     Mysql,
     Sqlite,
+    /// Microsoft SQL Server 2005 or later, and Azure SQL.
+    #[serde(alias = "mssql", alias = "azuresql")]
+    Sqlserver,
+    Oracle,
+    Snowflake,
+    Bigquery,
 }
 
 impl Engine {
@@ -20,7 +26,21 @@ impl Engine {
         use crate::template::PlaceholderStyle;
         match self {
             Engine::Postgres => PlaceholderStyle::Dollar,
-            Engine::Mysql | Engine::Sqlite => PlaceholderStyle::Question,
+            Engine::Sqlserver => PlaceholderStyle::AtP,
+            Engine::Oracle => PlaceholderStyle::Colon,
+            Engine::Mysql | Engine::Sqlite | Engine::Snowflake | Engine::Bigquery => PlaceholderStyle::Question,
+        }
+    }
+
+    /// The TCP port of a database server of this engine, when the secret names none.
+    pub fn default_port(self) -> Option<u16> {
+        match self {
+            Engine::Postgres => Some(5432),
+            Engine::Mysql => Some(3306),
+            Engine::Sqlserver => Some(1433),
+            Engine::Oracle => Some(1521),
+            Engine::Snowflake | Engine::Bigquery => Some(443),
+            Engine::Sqlite => None,
         }
     }
 }
@@ -31,6 +51,10 @@ impl fmt::Display for Engine {
             Engine::Postgres => "postgres",
             Engine::Mysql => "mysql",
             Engine::Sqlite => "sqlite",
+            Engine::Sqlserver => "sqlserver",
+            Engine::Oracle => "oracle",
+            Engine::Snowflake => "snowflake",
+            Engine::Bigquery => "bigquery",
         })
     }
 }
@@ -214,6 +238,54 @@ pub struct ConnectionSecret {
     /// An SSH bastion in front of the database: the connection goes through a tunnel.
     #[serde(default)]
     pub ssh_tunnel: Option<SshTunnel>,
+    /// Snowflake: the account identifier (`orgname-account` or `locator.region`); the
+    /// host is `{account}.snowflakecomputing.com` unless `host` is given.
+    #[serde(default)]
+    pub account: Option<String>,
+    /// Snowflake: the warehouse that runs the query.
+    #[serde(default)]
+    pub warehouse: Option<String>,
+    /// Snowflake: the role of the session.
+    #[serde(default)]
+    pub role: Option<String>,
+    /// Snowflake: the schema of the session.
+    #[serde(default)]
+    pub schema: Option<String>,
+    /// Snowflake key-pair authentication: the user's unencrypted PKCS#8 private key
+    /// (`BEGIN PRIVATE KEY`), in place of a password.
+    #[serde(default)]
+    pub private_key: Option<String>,
+    /// BigQuery: the service-account key file, as the JSON object Google gives.
+    #[serde(default)]
+    pub service_account: Option<ServiceAccountKey>,
+    /// BigQuery: the location (region) of the datasets, such as `EU` or `us-east1`.
+    #[serde(default)]
+    pub location: Option<String>,
+}
+
+/// A Google service-account key file; only the fields Sluice reads. `Debug` never
+/// prints the key.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceAccountKey {
+    pub client_email: String,
+    pub private_key: String,
+    #[serde(default = "default_token_uri")]
+    pub token_uri: String,
+    #[serde(default)]
+    pub project_id: Option<String>,
+}
+
+fn default_token_uri() -> String {
+    "https://oauth2.googleapis.com/token".into()
+}
+
+impl fmt::Debug for ServiceAccountKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServiceAccountKey")
+            .field("client_email", &self.client_email)
+            .field("token_uri", &self.token_uri)
+            .finish_non_exhaustive()
+    }
 }
 
 /// An SSH bastion (DESIGN §5): Sluice logs in with `private_key` and forwards the
@@ -262,6 +334,12 @@ impl fmt::Debug for ConnectionSecret {
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("tls", &self.tls)
             .field("ssh_tunnel", &self.ssh_tunnel)
+            .field("account", &self.account)
+            .field("warehouse", &self.warehouse)
+            .field("role", &self.role)
+            .field("schema", &self.schema)
+            .field("service_account", &self.service_account)
+            .field("location", &self.location)
             .finish_non_exhaustive()
     }
 }
@@ -282,7 +360,7 @@ impl ConnectionSecret {
     /// echo connection strings).
     pub fn redact(&self, message: &str) -> String {
         let passphrase = self.ssh_tunnel.as_ref().and_then(|t| t.passphrase.as_deref());
-        [self.password.as_deref(), passphrase]
+        [self.password.as_deref(), passphrase, self.private_key.as_deref()]
             .into_iter()
             .flatten()
             .filter(|s| !s.is_empty())

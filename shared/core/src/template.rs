@@ -14,8 +14,29 @@ pub const VARIABLES: [&str; 3] = ["last_update_time", "upper_date_limit", "last_
 pub enum PlaceholderStyle {
     /// `$1`, `$2` (PostgreSQL); a variable used twice reuses its number.
     Dollar,
-    /// `?` (MySQL, SQLite); one bind per occurrence.
+    /// `@P1`, `@P2` (SQL Server); a variable used twice reuses its number.
+    AtP,
+    /// `?` (MySQL, SQLite, Snowflake, BigQuery); one bind per occurrence.
     Question,
+    /// `:1`, `:2` (Oracle); one bind per occurrence, as Oracle binds SQL by position.
+    Colon,
+}
+
+impl PlaceholderStyle {
+    /// Whether a variable used twice is bound once and its placeholder repeated.
+    fn reuses_numbers(self) -> bool {
+        matches!(self, PlaceholderStyle::Dollar | PlaceholderStyle::AtP)
+    }
+
+    fn write(self, sql: &mut String, n: usize) {
+        match self {
+            PlaceholderStyle::Dollar => sql.push('$'),
+            PlaceholderStyle::AtP => sql.push_str("@P"),
+            PlaceholderStyle::Colon => sql.push(':'),
+            PlaceholderStyle::Question => return sql.push('?'),
+        }
+        sql.push_str(&n.to_string());
+    }
 }
 
 /// A value bound to a placeholder.
@@ -160,20 +181,16 @@ fn substitute(text: &str, style: PlaceholderStyle, values: &[Bind; 3]) -> Result
             }
             let name = VARIABLES[index];
             match state {
-                Lex::Code => match style {
-                    PlaceholderStyle::Question => {
-                        binds.push(values[index]);
-                        sql.push('?');
-                    }
-                    PlaceholderStyle::Dollar => {
-                        let n = *numbers[index].get_or_insert_with(|| {
+                Lex::Code => {
+                    let n = match numbers[index] {
+                        Some(n) if style.reuses_numbers() => n,
+                        _ => {
                             binds.push(values[index]);
-                            binds.len()
-                        });
-                        sql.push('$');
-                        sql.push_str(&n.to_string());
-                    }
-                },
+                            *numbers[index].insert(binds.len())
+                        }
+                    };
+                    style.write(&mut sql, n);
+                }
                 Lex::Quoted(_) | Lex::DollarQuoted(_) => {
                     return Err(TemplateError::QuotedVariable {
                         name: name.to_string(),
@@ -291,6 +308,37 @@ mod tests {
         assert_eq!(q.sql.matches('?').count(), 4);
         assert_eq!(q.binds.len(), 4);
         assert_eq!(q.binds[3], Bind::Timestamp(from));
+    }
+
+    #[test]
+    fn renders_sql_server_binds_reusing_numbers_and_oracle_binds_per_occurrence() {
+        let (from, to) = window();
+        let t = QueryTemplate::compile(QUERY).unwrap();
+        let q = t.render(PlaceholderStyle::AtP, from, to).unwrap();
+        assert_eq!(
+            q.sql,
+            "SELECT * FROM t\nWHERE t.date >= @P1\n  AND t.date < @P2\n  AND t.u > @P3 AND t.d2 >= @P1"
+        );
+        assert_eq!(q.binds.len(), 3);
+        let q = t.render(PlaceholderStyle::Colon, from, to).unwrap();
+        assert_eq!(
+            q.sql,
+            "SELECT * FROM t\nWHERE t.date >= :1\n  AND t.date < :2\n  AND t.u > :3 AND t.d2 >= :4"
+        );
+        assert_eq!(q.binds.len(), 4);
+        assert_eq!(q.binds[3], Bind::Timestamp(from));
+        let exec = QueryTemplate::compile(
+            "EXEC dbo.sales_between @from = {{ last_update_time }}, @to = {{ upper_date_limit }}",
+        )
+        .unwrap()
+        .render(PlaceholderStyle::AtP, from, to)
+        .unwrap();
+        assert_eq!(exec.sql, "EXEC dbo.sales_between @from = @P1, @to = @P2");
+        let e = QueryTemplate::compile("EXEC dbo.sales N'{{ last_update_time }}'")
+            .unwrap()
+            .render(PlaceholderStyle::AtP, from, to)
+            .unwrap_err();
+        assert!(matches!(e, TemplateError::QuotedVariable { .. }), "{e}");
     }
 
     #[test]

@@ -1,44 +1,75 @@
-//! sqlx errors translated into [`SourceError`]s that name the cause and the fix.
+//! Driver errors translated into [`SourceError`]s that name the cause and the fix.
 
 use sluice_core::{ConnectionSecret, SourceError, SourceErrorKind};
 
-/// An error while connecting and setting up the session.
-pub fn classify_connect(e: sqlx::Error, secret: &ConnectionSecret) -> SourceError {
-    let target = match (&secret.host, secret.port) {
+/// `host:port` of the secret, for messages (the file path for SQLite).
+pub(crate) fn target(secret: &ConnectionSecret) -> String {
+    match (&secret.host, secret.port) {
         (Some(h), Some(p)) => format!("{h}:{p}"),
         (Some(h), None) => h.clone(),
         _ => secret.database.clone(),
-    };
+    }
+}
+
+/// How to fix a failed TLS handshake whose error text is `text`. rustls names the two
+/// usual verify-full failures; each has its own fix.
+pub(crate) fn tls_hint(secret: &ConnectionSecret, text: &str) -> String {
+    let host = secret.host.as_deref().unwrap_or("the host");
+    if text.contains("UnknownIssuer") || text.contains("unknown issuer") {
+        "the server's certificate is not signed by a CA Sluice trusts: put the PEM of the CA that signed it in the secret's ca_cert".to_string()
+    } else if text.contains("NotValidForName") || text.contains("not valid for name") {
+        format!(
+            "the server's certificate is not valid for the host name {host}: set the secret's host to a name on the certificate"
+        )
+    } else {
+        "check the secret's `tls` setting (verify-full needs a certificate for this host name signed by a trusted CA or the secret's ca_cert; require encrypts without verifying; disable only on private networks)".to_string()
+    }
+}
+
+/// The host cannot be reached at all.
+pub(crate) fn unreachable(secret: &ConnectionSecret, cause: impl std::fmt::Display) -> SourceError {
+    SourceError::new(
+        SourceErrorKind::Connect,
+        secret.redact(&format!(
+            "cannot reach {} at {}: {cause}; check host and port, and that the database accepts connections from Sluice (firewall, security group)",
+            secret.engine,
+            target(secret)
+        )),
+    )
+}
+
+/// Connecting took longer than [`crate::CONNECT_TIMEOUT`].
+pub(crate) fn timed_out(secret: &ConnectionSecret) -> SourceError {
+    SourceError::new(
+        SourceErrorKind::Connect,
+        format!(
+            "connecting to {} at {}:{} timed out after {} s; check host and port, and that the database accepts connections from Sluice (firewall, security group)",
+            secret.engine,
+            secret.host.as_deref().unwrap_or("localhost"),
+            secret
+                .port
+                .or(secret.engine.default_port())
+                .map_or_else(|| "default port".into(), |p| p.to_string()),
+            crate::CONNECT_TIMEOUT.as_secs()
+        ),
+    )
+}
+
+/// An error while connecting and setting up the session.
+pub fn classify_connect(e: sqlx::Error, secret: &ConnectionSecret) -> SourceError {
+    let target = target(secret);
     let tls_failure = |text: &str| {
         ["certificate", "TLS", "tls", "SSL", "handshake"]
             .iter()
             .any(|w| text.contains(w))
     };
-    let host = secret.host.as_deref().unwrap_or("the host");
-    // rustls names the two usual verify-full failures; each has its own fix.
-    let tls_hint = |text: &str| {
-        if text.contains("UnknownIssuer") || text.contains("unknown issuer") {
-            "the server's certificate is not signed by a CA Sluice trusts: put the PEM of the CA that signed it in the secret's ca_cert".to_string()
-        } else if text.contains("NotValidForName") || text.contains("not valid for name") {
-            format!(
-                "the server's certificate is not valid for the host name {host}: set the secret's host to a name on the certificate"
-            )
-        } else {
-            "check the secret's `tls` setting (verify-full needs a certificate for this host name signed by a trusted CA or the secret's ca_cert; require encrypts without verifying; disable only on private networks)".to_string()
-        }
-    };
+    let tls_hint = |text: &str| tls_hint(secret, text);
     let (kind, message) = match &e {
         sqlx::Error::Io(io) if tls_failure(&io.to_string()) => (
             SourceErrorKind::Tls,
             format!("TLS with {target} failed: {io}; {}", tls_hint(&io.to_string())),
         ),
-        sqlx::Error::Io(io) => (
-            SourceErrorKind::Connect,
-            format!(
-                "cannot reach {} at {target}: {io}; check host and port, and that the database accepts connections from Sluice (firewall, security group)",
-                secret.engine
-            ),
-        ),
+        sqlx::Error::Io(io) => return unreachable(secret, io),
         sqlx::Error::Tls(t) => (
             SourceErrorKind::Tls,
             format!("TLS with {target} failed: {t}; {}", tls_hint(&format!("{t:?} {t}"))),

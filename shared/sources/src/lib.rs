@@ -1,5 +1,5 @@
-//! `SourceReader` adapters: PostgreSQL, MySQL/MariaDB and SQLite through sqlx, directly
-//! or through an SSH tunnel.
+//! `SourceReader` adapters: PostgreSQL, MySQL/MariaDB and SQLite through sqlx, SQL
+//! Server through tiberius, directly or through an SSH tunnel.
 //!
 //! Every session is read-only, set to UTC and has a statement timeout; rows are
 //! streamed and each value converted to a typed [`Value`] by the engine's module.
@@ -8,6 +8,7 @@ mod error;
 mod mysql;
 mod postgres;
 mod sqlite;
+mod sqlserver;
 mod ssh;
 
 use std::sync::Arc;
@@ -40,16 +41,21 @@ impl SourceReader for SqlReader {
             return connect(secret, query_timeout).await;
         };
         let config_error = |m: &str| SourceError::new(sluice_core::SourceErrorKind::Config, m);
-        let (host, port) = match (secret.engine, secret.host.as_deref()) {
+        let host = match (secret.engine, secret.host.as_deref()) {
             (Engine::Sqlite, _) => return Err(config_error("ssh_tunnel does not apply to SQLite (a local file)")),
+            (Engine::Snowflake | Engine::Bigquery, _) => {
+                return Err(config_error(
+                    "ssh_tunnel does not apply to Snowflake or BigQuery, which Sluice reaches over HTTPS",
+                ));
+            }
             (_, None) => {
                 return Err(config_error(
                     "the secret has no host; with ssh_tunnel, host is the database as the bastion reaches it",
                 ));
             }
-            (Engine::Postgres, Some(h)) => (h, secret.port.unwrap_or(5432)),
-            (Engine::Mysql, Some(h)) => (h, secret.port.unwrap_or(3306)),
+            (_, Some(h)) => h,
         };
+        let port = secret.port.or(secret.engine.default_port()).unwrap_or_default();
         if secret.tls == sluice_core::TlsMode::VerifyFull {
             return Err(config_error(
                 "tls verify-full cannot be used through ssh_tunnel: the certificate's name cannot match the tunnel's local end; use require (the tunnel itself authenticates the bastion by its host key)",
@@ -76,6 +82,13 @@ async fn connect(secret: &ConnectionSecret, query_timeout: Duration) -> Result<B
         Engine::Postgres => Box::new(postgres::connect(secret, query_timeout).await?),
         Engine::Mysql => Box::new(mysql::connect(secret, query_timeout).await?),
         Engine::Sqlite => Box::new(sqlite::connect(secret).await?),
+        Engine::Sqlserver => Box::new(sqlserver::connect(secret, query_timeout).await?),
+        Engine::Oracle | Engine::Snowflake | Engine::Bigquery => {
+            return Err(SourceError::new(
+                sluice_core::SourceErrorKind::Config,
+                format!("the {} engine is not built in yet", secret.engine),
+            ));
+        }
     })
 }
 

@@ -7,7 +7,7 @@ use sluice_core::{Bind, ConnectionSecret, SourceError, TlsMode, Value};
 use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlRow, MySqlSslMode, MySqlValueRef};
 use sqlx::{Connection, Decode, MySql, Row as _, TypeInfo, ValueRef};
 
-use crate::{CONNECT_TIMEOUT, Dialect, Session, error, postgres::timed_out, undecodable};
+use crate::{CONNECT_TIMEOUT, Dialect, Session, error, undecodable};
 
 pub(crate) async fn connect(secret: &ConnectionSecret, query_timeout: Duration) -> Result<Session<My>, SourceError> {
     let mut options = MySqlConnectOptions::new()
@@ -33,7 +33,7 @@ pub(crate) async fn connect(secret: &ConnectionSecret, query_timeout: Duration) 
     }
     let mut conn = tokio::time::timeout(CONNECT_TIMEOUT, MySqlConnection::connect_with(&options))
         .await
-        .map_err(|_| timed_out(secret))?
+        .map_err(|_| error::timed_out(secret))?
         .map_err(|e| error::classify_connect(e, secret))?;
     sqlx::query("SET SESSION TRANSACTION READ ONLY")
         .execute(&mut conn)

@@ -40,22 +40,9 @@ pub(crate) async fn connect(secret: &ConnectionSecret, query_timeout: Duration) 
     }
     let conn = tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options))
         .await
-        .map_err(|_| timed_out(secret))?
+        .map_err(|_| error::timed_out(secret))?
         .map_err(|e| error::classify_connect(e, secret))?;
     Ok(Session { conn })
-}
-
-pub(crate) fn timed_out(secret: &ConnectionSecret) -> SourceError {
-    SourceError::new(
-        sluice_core::SourceErrorKind::Connect,
-        format!(
-            "connecting to {} at {}:{} timed out after {} s; check host and port, and that the database accepts connections from Sluice (firewall, security group)",
-            secret.engine,
-            secret.host.as_deref().unwrap_or("localhost"),
-            secret.port.map_or_else(|| "default port".into(), |p| p.to_string()),
-            CONNECT_TIMEOUT.as_secs()
-        ),
-    )
 }
 
 pub(crate) struct Pg;
