@@ -112,9 +112,10 @@ fn classify_connect(e: tiberius::error::Error, secret: &ConnectionSecret) -> Sou
     let target = error::target(secret);
     match &e {
         Error::Io { kind, .. } if *kind == std::io::ErrorKind::TimedOut => error::timed_out(secret),
-        Error::Io { kind, message } if matches!(kind, ConnectionRefused | HostUnreachable | NetworkUnreachable | NotFound) => {
-            error::unreachable(secret, message)
-        }
+        Error::Io {
+            kind: ConnectionRefused | HostUnreachable | NetworkUnreachable | NotFound,
+            message,
+        } => error::unreachable(secret, message),
         Error::Io { message, .. } => SourceError::new(
             SourceErrorKind::Connect,
             format!(
@@ -373,7 +374,7 @@ mod tests {
             ),
             (
                 ColumnType::Money,
-                ColumnData::F64(Some(123_456_789.0123)),
+                ColumnData::F64(Some(123_456_789.012_3)),
                 Value::Decimal("123456789.0123".into()),
             ),
             (
