@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Start, on loopback, every service the tests need and that is not running yet:
-# PostgreSQL, MariaDB and moto's server (DynamoDB, Secrets Manager, EventBridge), and
+# PostgreSQL, MariaDB, moto's server (DynamoDB, Secrets Manager, EventBridge), fakesnow
+# (Snowflake's REST protocol), and
 # TLS instances of PostgreSQL and MariaDB with a test CA (infra/tls.sh), and an
 # OpenSSH server for tunnels (infra/ssh.sh).
 # Idempotent: installs only what is missing (apt-get, pip into ./.venv) and leaves
@@ -84,6 +85,20 @@ if ! port_open "$MOTO_PORT"; then
   wait_port "$MOTO_PORT" moto "$STATE/moto.log"
 fi
 
+# --- fakesnow: Snowflake's connector REST protocol over DuckDB -----------------------
+SNOWFLAKE_PORT=${SLUICE_SNOWFLAKE_PORT:-8085}
+if ! port_open "$SNOWFLAKE_PORT"; then
+  if ! "$VENV/bin/python" -c 'import fakesnow.server' 2>/dev/null; then
+    log "installing fakesnow into $VENV"
+    # fakesnow does not import with snowflake-connector-python 5.
+    "$VENV/bin/pip" install -q --disable-pip-version-check 'fakesnow[server]==0.12.1' 'snowflake-connector-python<5'
+  fi
+  log "starting fakesnow (Snowflake) on 127.0.0.1:$SNOWFLAKE_PORT"
+  nohup "$VENV/bin/fakesnow" -s -p "$SNOWFLAKE_PORT" --host 127.0.0.1 >"$STATE/fakesnow.log" 2>&1 &
+  echo $! >"$STATE/fakesnow.pid"
+  wait_port "$SNOWFLAKE_PORT" fakesnow "$STATE/fakesnow.log"
+fi
+
 # --- TLS servers for verify-full (PostgreSQL :5433, MariaDB :3307) ----------------
 source "$ROOT/infra/tls.sh"
 
@@ -101,4 +116,5 @@ export SLUICE_TEST_PG_TLS_PORT=$PG_TLS_PORT
 export SLUICE_TEST_MYSQL_TLS_PORT=$MYSQL_TLS_PORT
 export SLUICE_TEST_SSH_DIR=$SSH_DIR
 export SLUICE_TEST_SSH_PORT=$SSH_PORT
+export SLUICE_TEST_SNOWFLAKE_PORT=$SNOWFLAKE_PORT
 ENV

@@ -25,6 +25,45 @@ pub fn aws_endpoint() -> String {
     std::env::var("SLUICE_TEST_AWS_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:5055".into())
 }
 
+pub fn snowflake_port() -> u16 {
+    std::env::var("SLUICE_TEST_SNOWFLAKE_PORT").map_or(8085, |p| p.parse().unwrap())
+}
+
+/// Runs one statement on fakesnow (infra/services.sh) in a session of the test's own,
+/// which commits: Sluice's own sessions never do.
+pub async fn snowflake_exec(database: Option<&str>, sql: &str) -> serde_json::Value {
+    let base = format!("http://127.0.0.1:{}", snowflake_port());
+    let http = reqwest::Client::new();
+    let mut login = http.post(format!("{base}/session/v1/login-request"));
+    if let Some(database) = database {
+        login = login.query(&[("databaseName", database), ("schemaName", "public")]);
+    }
+    let login: serde_json::Value = login
+        .json(
+            &json!({"data": {"LOGIN_NAME": "sluice", "PASSWORD": "sluice", "ACCOUNT_NAME": "SLUICETEST",
+                               "SESSION_PARAMETERS": {"AUTOCOMMIT": true}}}),
+        )
+        .send()
+        .await
+        .expect("fakesnow on 127.0.0.1 (start it with infra/services.sh)")
+        .json()
+        .await
+        .unwrap();
+    let token = login["data"]["token"].as_str().expect("a fakesnow session").to_string();
+    let answer: serde_json::Value = http
+        .post(format!("{base}/queries/v1/query-request"))
+        .header("Authorization", format!("Snowflake Token=\"{token}\""))
+        .json(&json!({"sqlText": sql, "asyncExec": false}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["success"], true, "{sql}: {answer}");
+    answer
+}
+
 /// A short random suffix for database and table names.
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}_{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
@@ -82,6 +121,19 @@ impl Database {
                     url,
                 }
             }
+            Engine::Snowflake => {
+                snowflake_exec(None, &format!("CREATE DATABASE {name}")).await;
+                snowflake_exec(None, &format!("CREATE SCHEMA {name}.public")).await;
+                let secret = json!({"engine": "snowflake", "account": "sluicetest", "host": "127.0.0.1",
+                                    "port": snowflake_port(), "tls": "disable", "database": name,
+                                    "schema": "public", "username": "sluice", "password": "sluice"});
+                Database {
+                    engine,
+                    url: name.clone(),
+                    name,
+                    secret,
+                }
+            }
             other => no_test_server(other),
         }
     }
@@ -110,6 +162,11 @@ impl Database {
                     .await
                     .unwrap();
             }
+            Engine::Snowflake => {
+                for statement in sql.split(';').filter(|s| !s.trim().is_empty()) {
+                    snowflake_exec(Some(&self.url), statement).await;
+                }
+            }
             other => no_test_server(other),
         }
     }
@@ -134,6 +191,10 @@ impl Database {
             Engine::Sqlite => {
                 "CREATE TABLE sales (id INTEGER PRIMARY KEY, user_id INTEGER NOT NULL, user_name TEXT,
                  team TEXT, amount REAL NOT NULL, date TEXT, updated_at TEXT NOT NULL);"
+            }
+            Engine::Snowflake => {
+                "CREATE TABLE sales (id bigint PRIMARY KEY, user_id int NOT NULL, user_name varchar(100),
+                 team varchar(50), amount number(12,2) NOT NULL, date timestamp_ntz, updated_at timestamp_ntz NOT NULL)"
             }
             other => no_test_server(other),
         };
@@ -168,6 +229,17 @@ impl Database {
                 ),
                 format!("strftime('%Y-%m-%d %H:%M:%f', 'now', '{offset}')"),
             ),
+            Engine::Snowflake => {
+                let (amount, unit) = offset.split_once(' ').unwrap();
+                let ids: Vec<String> = (first..first + count).map(|id| format!("({id})")).collect();
+                (
+                    format!("SELECT column1 AS id FROM VALUES {}", ids.join(",")),
+                    format!(
+                        "DATEADD({}, {amount}, CURRENT_TIMESTAMP())::timestamp_ntz",
+                        unit.trim_end_matches('s')
+                    ),
+                )
+            }
             other => no_test_server(other),
         };
         let sql = format!(
@@ -179,7 +251,7 @@ impl Database {
                 .replace("CONCAT('user ', 1 + id % 50)", "'user ' || (1 + id % 50)")
                 .replace("CONCAT('team ', id % 5)", "'team ' || (id % 5)"),
             Engine::Mysql => format!("SET SESSION max_recursive_iterations = 100000000; {sql}"),
-            Engine::Postgres => sql,
+            Engine::Postgres | Engine::Snowflake => sql,
             other => no_test_server(other),
         };
         self.exec(&sql).await;
@@ -205,6 +277,7 @@ impl Database {
             Engine::Postgres => "now()",
             Engine::Mysql => "UTC_TIMESTAMP(6)",
             Engine::Sqlite => "strftime('%Y-%m-%d %H:%M:%f', 'now')",
+            Engine::Snowflake => "CURRENT_TIMESTAMP()::timestamp_ntz",
             other => no_test_server(other),
         }
     }

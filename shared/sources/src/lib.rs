@@ -7,9 +7,11 @@
 mod error;
 mod mysql;
 mod postgres;
+mod snowflake;
 mod sqlite;
 mod sqlserver;
 mod ssh;
+mod web;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -83,7 +85,8 @@ async fn connect(secret: &ConnectionSecret, query_timeout: Duration) -> Result<B
         Engine::Mysql => Box::new(mysql::connect(secret, query_timeout).await?),
         Engine::Sqlite => Box::new(sqlite::connect(secret).await?),
         Engine::Sqlserver => Box::new(sqlserver::connect(secret, query_timeout).await?),
-        Engine::Oracle | Engine::Snowflake | Engine::Bigquery => {
+        Engine::Snowflake => Box::new(snowflake::connect(secret, query_timeout).await?),
+        Engine::Oracle | Engine::Bigquery => {
             return Err(SourceError::new(
                 sluice_core::SourceErrorKind::Config,
                 format!("the {} engine is not built in yet", secret.engine),
@@ -209,4 +212,30 @@ where
 /// A value the driver could not decode: the row is rejected with the type's name.
 fn undecodable(type_name: &str, e: impl std::fmt::Display) -> Value {
     Value::Unsupported(format!("{type_name} ({e})"))
+}
+
+/// An unscaled integer and its scale as exact decimal text: (12345, 2) is "123.45".
+pub(crate) fn decimal_text(unscaled: i128, scale: u32) -> String {
+    let digits = unscaled.unsigned_abs().to_string();
+    let scale = scale as usize;
+    let sign = if unscaled < 0 { "-" } else { "" };
+    if scale == 0 {
+        return format!("{sign}{digits}");
+    }
+    let padded = format!("{digits:0>width$}", width = scale + 1);
+    let (int, frac) = padded.split_at(padded.len() - scale);
+    format!("{sign}{int}.{frac}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decimal_text;
+
+    #[test]
+    fn decimals_keep_every_digit() {
+        assert_eq!(decimal_text(12345, 2), "123.45");
+        assert_eq!(decimal_text(-5, 4), "-0.0005");
+        assert_eq!(decimal_text(0, 0), "0");
+        assert_eq!(decimal_text(i128::from(i64::MAX), 0), "9223372036854775807");
+    }
 }

@@ -21,7 +21,7 @@ use tiberius::{AuthMethod, Client, ColumnData, ColumnType, Config, EncryptionLev
 use tokio::net::TcpStream;
 use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
 
-use crate::{CONNECT_TIMEOUT, error};
+use crate::{CONNECT_TIMEOUT, decimal_text, error};
 
 type Connection = Client<Compat<TcpStream>>;
 
@@ -296,7 +296,9 @@ pub(crate) fn value(column_type: ColumnType, data: &ColumnData<'static>) -> Valu
         ColumnData::String(v) => v.as_ref().map_or(Value::Null, |s| Value::Text(s.to_string())),
         ColumnData::Guid(v) => v.map_or(Value::Null, Value::Uuid),
         ColumnData::Binary(v) => v.as_ref().map_or(Value::Null, |b| Value::Bytes(b.to_vec())),
-        ColumnData::Numeric(v) => v.map_or(Value::Null, |n| Value::decimal(decimal_text(n.value(), n.scale()))),
+        ColumnData::Numeric(v) => v.map_or(Value::Null, |n| {
+            Value::decimal(decimal_text(n.value(), n.scale().into()))
+        }),
         ColumnData::Xml(v) => v.as_ref().map_or(Value::Null, |x| Value::Text(x.to_string())),
         ColumnData::DateTime(_) | ColumnData::SmallDateTime(_) | ColumnData::DateTime2(_) => {
             convert(data, |v: NaiveDateTime| Value::Timestamp(v.and_utc()))
@@ -305,19 +307,6 @@ pub(crate) fn value(column_type: ColumnType, data: &ColumnData<'static>) -> Valu
         ColumnData::Time(_) => convert(data, |v: NaiveTime| Value::Time(v)),
         ColumnData::DateTimeOffset(_) => convert(data, |v: DateTime<FixedOffset>| Value::Timestamp(v.to_utc())),
     }
-}
-
-/// An unscaled integer and its scale as exact decimal text: (12345, 2) is "123.45".
-fn decimal_text(unscaled: i128, scale: u8) -> String {
-    let digits = unscaled.unsigned_abs().to_string();
-    let scale = usize::from(scale);
-    let sign = if unscaled < 0 { "-" } else { "" };
-    if scale == 0 {
-        return format!("{sign}{digits}");
-    }
-    let padded = format!("{digits:0>width$}", width = scale + 1);
-    let (int, frac) = padded.split_at(padded.len() - scale);
-    format!("{sign}{int}.{frac}")
 }
 
 #[cfg(test)]
@@ -418,14 +407,6 @@ mod tests {
         for (column_type, data, expected) in cases {
             assert_eq!(value(column_type, &data), expected, "{column_type:?} {data:?}");
         }
-    }
-
-    #[test]
-    fn decimals_keep_every_digit() {
-        assert_eq!(decimal_text(12345, 2), "123.45");
-        assert_eq!(decimal_text(-5, 4), "-0.0005");
-        assert_eq!(decimal_text(0, 0), "0");
-        assert_eq!(decimal_text(i128::from(i64::MAX), 0), "9223372036854775807");
     }
 
     #[test]
