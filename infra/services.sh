@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Start, on loopback, every service the tests need and that is not running yet:
 # PostgreSQL, MariaDB, moto's server (DynamoDB, Secrets Manager, EventBridge), fakesnow
-# (Snowflake's REST protocol), and
+# (Snowflake's REST protocol), bqemulator (BigQuery's REST API), and
 # TLS instances of PostgreSQL and MariaDB with a test CA (infra/tls.sh), and an
 # OpenSSH server for tunnels (infra/ssh.sh).
 # Idempotent: installs only what is missing (apt-get, pip into ./.venv) and leaves
@@ -99,6 +99,31 @@ if ! port_open "$SNOWFLAKE_PORT"; then
   wait_port "$SNOWFLAKE_PORT" fakesnow "$STATE/fakesnow.log"
 fi
 
+# --- bqemulator: BigQuery's REST API over DuckDB, in a venv of its own -------------
+# It pins a DuckDB older than fakesnow's, and starts only when DuckDB's spatial
+# extension is already in place: it is copied from its PyPI package, not downloaded.
+BIGQUERY_PORT=${SLUICE_BIGQUERY_PORT:-9050}
+BQ_VENV="$ROOT/.venv-bq"
+if ! port_open "$BIGQUERY_PORT"; then
+  if ! "$BQ_VENV/bin/python" -c 'import bqemulator' 2>/dev/null; then
+    log "installing bqemulator into $BQ_VENV"
+    python3 -m venv "$BQ_VENV"
+    "$BQ_VENV/bin/pip" install -q --disable-pip-version-check 'bqemulator==1.4.0' 'duckdb==1.5.5' \
+      'duckdb-extension-spatial==1.5.5' numpy
+  fi
+  case "$(uname -m)" in aarch64|arm64) duck_arch=linux_arm64 ;; *) duck_arch=linux_amd64 ;; esac
+  ext_dir="$HOME/.duckdb/extensions/v1.5.5/$duck_arch"
+  if [ ! -f "$ext_dir/spatial.duckdb_extension" ]; then
+    mkdir -p "$ext_dir"
+    cp "$(find "$BQ_VENV" -name spatial.duckdb_extension | head -1)" "$ext_dir/"
+  fi
+  log "starting bqemulator (BigQuery) on 127.0.0.1:$BIGQUERY_PORT"
+  nohup "$BQ_VENV/bin/bqemulator" start --rest-port "$BIGQUERY_PORT" --grpc-port 0 --project sluice-test \
+    >"$STATE/bqemulator.log" 2>&1 &
+  echo $! >"$STATE/bqemulator.pid"
+  wait_port "$BIGQUERY_PORT" bqemulator "$STATE/bqemulator.log"
+fi
+
 # --- TLS servers for verify-full (PostgreSQL :5433, MariaDB :3307) ----------------
 source "$ROOT/infra/tls.sh"
 
@@ -117,4 +142,5 @@ export SLUICE_TEST_MYSQL_TLS_PORT=$MYSQL_TLS_PORT
 export SLUICE_TEST_SSH_DIR=$SSH_DIR
 export SLUICE_TEST_SSH_PORT=$SSH_PORT
 export SLUICE_TEST_SNOWFLAKE_PORT=$SNOWFLAKE_PORT
+export SLUICE_TEST_BIGQUERY_PORT=$BIGQUERY_PORT
 ENV

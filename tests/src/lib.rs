@@ -64,6 +64,39 @@ pub async fn snowflake_exec(database: Option<&str>, sql: &str) -> serde_json::Va
     answer
 }
 
+/// The project the BigQuery tests run their jobs in, on bqemulator.
+pub const BIGQUERY_PROJECT: &str = "sluice-test";
+
+pub fn bigquery_port() -> u16 {
+    std::env::var("SLUICE_TEST_BIGQUERY_PORT").map_or(9050, |p| p.parse().unwrap())
+}
+
+fn bigquery_base() -> String {
+    format!(
+        "http://127.0.0.1:{}/bigquery/v2/projects/{BIGQUERY_PROJECT}",
+        bigquery_port()
+    )
+}
+
+/// Runs one statement on bqemulator (infra/services.sh) with `dataset` as the default.
+pub async fn bigquery_exec(dataset: &str, sql: &str) -> serde_json::Value {
+    let answer: serde_json::Value = reqwest::Client::new()
+        .post(format!("{}/queries", bigquery_base()))
+        .json(&json!({"query": sql, "useLegacySql": false,
+                      "defaultDataset": {"projectId": BIGQUERY_PROJECT, "datasetId": dataset}}))
+        .send()
+        .await
+        .expect("bqemulator on 127.0.0.1 (start it with infra/services.sh)")
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        answer["errors"].is_null() && answer["error"].is_null(),
+        "{sql}: {answer}"
+    );
+    answer
+}
+
 /// A short random suffix for database and table names.
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}_{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
@@ -134,6 +167,24 @@ impl Database {
                     secret,
                 }
             }
+            Engine::Bigquery => {
+                let dataset = json!({"datasetReference": {"projectId": BIGQUERY_PROJECT, "datasetId": name}});
+                let created = reqwest::Client::new()
+                    .post(format!("{}/datasets", bigquery_base()))
+                    .json(&dataset)
+                    .send()
+                    .await
+                    .expect("bqemulator on 127.0.0.1 (start it with infra/services.sh)");
+                assert!(created.status().is_success(), "{:?}", created.text().await);
+                let secret = json!({"engine": "bigquery", "host": "127.0.0.1", "port": bigquery_port(),
+                                    "tls": "disable", "database": BIGQUERY_PROJECT, "schema": name});
+                Database {
+                    engine,
+                    url: name.clone(),
+                    name,
+                    secret,
+                }
+            }
             other => no_test_server(other),
         }
     }
@@ -167,6 +218,11 @@ impl Database {
                     snowflake_exec(Some(&self.url), statement).await;
                 }
             }
+            Engine::Bigquery => {
+                for statement in sql.split(';').filter(|s| !s.trim().is_empty()) {
+                    bigquery_exec(&self.url, statement).await;
+                }
+            }
             other => no_test_server(other),
         }
     }
@@ -196,6 +252,12 @@ impl Database {
                 "CREATE TABLE sales (id bigint PRIMARY KEY, user_id int NOT NULL, user_name varchar(100),
                  team varchar(50), amount number(12,2) NOT NULL, date timestamp_ntz, updated_at timestamp_ntz NOT NULL)"
             }
+            // bqemulator ignores a default dataset: names are qualified.
+            Engine::Bigquery => &format!(
+                "CREATE TABLE {}.sales (id INT64, user_id INT64, user_name STRING, team STRING, amount NUMERIC,
+                 date TIMESTAMP, updated_at TIMESTAMP)",
+                self.name
+            ),
             other => no_test_server(other),
         };
         self.exec(ddl).await;
@@ -204,6 +266,21 @@ impl Database {
 
     /// Inserts sales `first..first+count` with `updated_at` = now + `offset` ("-2 days", "0 seconds").
     pub async fn insert_sales(&self, first: usize, count: usize, offset: &str) {
+        if self.engine == Engine::Bigquery {
+            let (amount, unit) = offset.split_once(' ').unwrap();
+            let unit = unit.trim_end_matches('s').to_uppercase();
+            let now = format!("TIMESTAMP_ADD(CURRENT_TIMESTAMP(), INTERVAL {amount} {unit})");
+            return self
+                .exec(&format!(
+                    "INSERT INTO {}.sales (id, user_id, user_name, team, amount, date, updated_at)
+                     SELECT id, 1 + MOD(id, 50), CONCAT('user ', CAST(1 + MOD(id, 50) AS STRING)),
+                            CONCAT('team ', CAST(MOD(id, 5) AS STRING)), id * NUMERIC '1.25', {now}, {now}
+                     FROM UNNEST(GENERATE_ARRAY({first}, {})) AS id",
+                    self.name,
+                    first + count - 1
+                ))
+                .await;
+        }
         let (series, now) = match self.engine {
             Engine::Postgres => (
                 format!("SELECT g AS id FROM generate_series({first}, {}) g", first + count - 1),
@@ -278,6 +355,7 @@ impl Database {
             Engine::Mysql => "UTC_TIMESTAMP(6)",
             Engine::Sqlite => "strftime('%Y-%m-%d %H:%M:%f', 'now')",
             Engine::Snowflake => "CURRENT_TIMESTAMP()::timestamp_ntz",
+            Engine::Bigquery => "CURRENT_TIMESTAMP()",
             other => no_test_server(other),
         }
     }

@@ -23,7 +23,7 @@ pub use ports::*;
 pub use preview::Preview;
 pub use record::{Member, Record, RecordMapper, Reject};
 pub use run::{Run, RunStatus, Trigger};
-pub use source::{ConnectionSecret, Engine, SourceConfig, SshTunnel, SyncType, TlsMode};
+pub use source::{ConnectionSecret, Engine, ServiceAccountKey, SourceConfig, SshTunnel, SyncType, TlsMode};
 pub use sync::{Budget, ChunkOutcome, Stop, SyncError, SyncService, SyncSettings};
 pub use template::{Bind, PlaceholderStyle, QueryTemplate, RenderedQuery};
 pub use value::{Row, Value};

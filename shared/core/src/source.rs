@@ -224,7 +224,8 @@ pub struct ConnectionSecret {
     pub host: Option<String>,
     #[serde(default)]
     pub port: Option<u16>,
-    /// Database name; for SQLite, the file path.
+    /// Database name; for SQLite, the file path; for Oracle, the service name; for
+    /// BigQuery, the project that runs the query jobs.
     pub database: String,
     #[serde(default)]
     pub username: Option<String>,
@@ -248,7 +249,8 @@ pub struct ConnectionSecret {
     /// Snowflake: the role of the session.
     #[serde(default)]
     pub role: Option<String>,
-    /// Snowflake: the schema of the session.
+    /// Snowflake: the schema of the session. BigQuery: the default dataset, for table
+    /// names without one.
     #[serde(default)]
     pub schema: Option<String>,
     /// Snowflake key-pair authentication: the user's unencrypted PKCS#8 private key

@@ -4,6 +4,7 @@
 //! Every session is read-only, set to UTC and has a statement timeout; rows are
 //! streamed and each value converted to a typed [`Value`] by the engine's module.
 
+mod bigquery;
 mod error;
 mod mysql;
 mod postgres;
@@ -86,7 +87,8 @@ async fn connect(secret: &ConnectionSecret, query_timeout: Duration) -> Result<B
         Engine::Sqlite => Box::new(sqlite::connect(secret).await?),
         Engine::Sqlserver => Box::new(sqlserver::connect(secret, query_timeout).await?),
         Engine::Snowflake => Box::new(snowflake::connect(secret, query_timeout).await?),
-        Engine::Oracle | Engine::Bigquery => {
+        Engine::Bigquery => Box::new(bigquery::connect(secret, query_timeout).await?),
+        Engine::Oracle => {
             return Err(SourceError::new(
                 sluice_core::SourceErrorKind::Config,
                 format!("the {} engine is not built in yet", secret.engine),
