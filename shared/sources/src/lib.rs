@@ -7,6 +7,7 @@
 mod bigquery;
 mod error;
 mod mysql;
+mod oracle;
 mod postgres;
 mod snowflake;
 mod sqlite;
@@ -88,12 +89,7 @@ async fn connect(secret: &ConnectionSecret, query_timeout: Duration) -> Result<B
         Engine::Sqlserver => Box::new(sqlserver::connect(secret, query_timeout).await?),
         Engine::Snowflake => Box::new(snowflake::connect(secret, query_timeout).await?),
         Engine::Bigquery => Box::new(bigquery::connect(secret, query_timeout).await?),
-        Engine::Oracle => {
-            return Err(SourceError::new(
-                sluice_core::SourceErrorKind::Config,
-                format!("the {} engine is not built in yet", secret.engine),
-            ));
-        }
+        Engine::Oracle => Box::new(oracle::connect(secret, query_timeout).await?),
     })
 }
 
@@ -229,9 +225,28 @@ pub(crate) fn decimal_text(unscaled: i128, scale: u32) -> String {
     format!("{sign}{int}.{frac}")
 }
 
+/// A result column's name as the query wrote it: Snowflake and Oracle upper-case
+/// unquoted identifiers, so `user_id AS member_id` comes back as `MEMBER_ID`. A name
+/// with no lower-case letter is taken as unquoted and lower-cased; a quoted `"userId"`
+/// keeps its case.
+pub(crate) fn column_name(name: &str) -> String {
+    if name.chars().any(char::is_lowercase) {
+        name.to_string()
+    } else {
+        name.to_lowercase()
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::decimal_text;
+    use super::{column_name, decimal_text};
+
+    #[test]
+    fn unquoted_upper_case_names_are_lower_cased_and_quoted_names_kept() {
+        assert_eq!(column_name("MEMBER_ID"), "member_id");
+        assert_eq!(column_name("userId"), "userId");
+        assert_eq!(column_name("A1"), "a1");
+    }
 
     #[test]
     fn decimals_keep_every_digit() {

@@ -25,7 +25,7 @@ use serde::Deserialize;
 use serde_json::json;
 use sluice_core::{Bind, ConnectionSecret, RenderedQuery, Row, SourceError, SourceErrorKind, SourceSession, Value};
 
-use crate::{decimal_text, web};
+use crate::{column_name, decimal_text, web};
 
 pub(crate) struct Snowflake {
     http: reqwest::Client,
@@ -373,18 +373,6 @@ impl SourceSession for Snowflake {
     }
 }
 
-/// A result column's name as the query wrote it: Snowflake upper-cases unquoted
-/// identifiers, so `user_id AS member_id` comes back as `MEMBER_ID`. A name with no
-/// lower-case letter is taken as unquoted and lower-cased; a quoted `"userId"` keeps
-/// its case.
-pub(crate) fn column_name(name: &str) -> String {
-    if name.chars().any(char::is_lowercase) {
-        name.to_string()
-    } else {
-        name.to_lowercase()
-    }
-}
-
 /// The rows of one part of a result: the inline first part (`body` None) or a chunk.
 fn decode_part(result: &QueryResult, body: Option<Vec<u8>>, names: &Arc<[String]>) -> Result<Vec<Row>, SourceError> {
     let arrow = result.query_result_format.as_deref() != Some("json");
@@ -669,13 +657,6 @@ mod tests {
         for (kind, scale, text, expected) in cases {
             assert_eq!(json_value(text, &column(kind, scale)), expected, "{kind} {text}");
         }
-    }
-
-    #[test]
-    fn unquoted_upper_case_names_are_lower_cased_and_quoted_names_kept() {
-        assert_eq!(column_name("MEMBER_ID"), "member_id");
-        assert_eq!(column_name("userId"), "userId");
-        assert_eq!(column_name("A1"), "a1");
     }
 
     #[test]
