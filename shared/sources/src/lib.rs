@@ -1,5 +1,6 @@
 //! `SourceReader` adapters: PostgreSQL, MySQL/MariaDB and SQLite through sqlx, SQL
-//! Server through tiberius, directly or through an SSH tunnel.
+//! Server through tiberius, Oracle through ODPI-C, Snowflake and BigQuery over HTTPS;
+//! the SQL engines directly or through an SSH tunnel.
 //!
 //! Every session is read-only, set to UTC and has a statement timeout; rows are
 //! streamed and each value converted to a typed [`Value`] by the engine's module.
@@ -30,7 +31,7 @@ use sqlx::{Column, Database, Executor, IntoArguments};
 /// How long connecting may take before the host counts as unreachable.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Opens sessions on PostgreSQL, MySQL/MariaDB and SQLite, by the secret's engine.
+/// Opens sessions on every engine, by the secret's engine.
 #[derive(Debug, Default, Clone)]
 pub struct SqlReader;
 
