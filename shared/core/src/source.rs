@@ -28,7 +28,8 @@ impl Engine {
             Engine::Postgres => PlaceholderStyle::Dollar,
             Engine::Sqlserver => PlaceholderStyle::AtP,
             Engine::Oracle => PlaceholderStyle::Colon,
-            Engine::Mysql | Engine::Sqlite | Engine::Snowflake | Engine::Bigquery => PlaceholderStyle::Question,
+            Engine::Bigquery => PlaceholderStyle::AtLowerP,
+            Engine::Mysql | Engine::Sqlite | Engine::Snowflake => PlaceholderStyle::Question,
         }
     }
 

@@ -16,7 +16,9 @@ pub enum PlaceholderStyle {
     Dollar,
     /// `@P1`, `@P2` (SQL Server); a variable used twice reuses its number.
     AtP,
-    /// `?` (MySQL, SQLite, Snowflake, BigQuery); one bind per occurrence.
+    /// `@p1`, `@p2` (BigQuery's named parameters); a variable used twice reuses its number.
+    AtLowerP,
+    /// `?` (MySQL, SQLite, Snowflake); one bind per occurrence.
     Question,
     /// `:1`, `:2` (Oracle); one bind per occurrence, as Oracle binds SQL by position.
     Colon,
@@ -25,13 +27,17 @@ pub enum PlaceholderStyle {
 impl PlaceholderStyle {
     /// Whether a variable used twice is bound once and its placeholder repeated.
     fn reuses_numbers(self) -> bool {
-        matches!(self, PlaceholderStyle::Dollar | PlaceholderStyle::AtP)
+        matches!(
+            self,
+            PlaceholderStyle::Dollar | PlaceholderStyle::AtP | PlaceholderStyle::AtLowerP
+        )
     }
 
     fn write(self, sql: &mut String, n: usize) {
         match self {
             PlaceholderStyle::Dollar => sql.push('$'),
             PlaceholderStyle::AtP => sql.push_str("@P"),
+            PlaceholderStyle::AtLowerP => sql.push_str("@p"),
             PlaceholderStyle::Colon => sql.push(':'),
             PlaceholderStyle::Question => return sql.push('?'),
         }
@@ -334,6 +340,9 @@ mod tests {
         .render(PlaceholderStyle::AtP, from, to)
         .unwrap();
         assert_eq!(exec.sql, "EXEC dbo.sales_between @from = @P1, @to = @P2");
+        let q = t.render(PlaceholderStyle::AtLowerP, from, to).unwrap();
+        assert!(q.sql.ends_with("t.u > @p3 AND t.d2 >= @p1"), "{}", q.sql);
+        assert_eq!(q.binds.len(), 3);
         let e = QueryTemplate::compile("EXEC dbo.sales N'{{ last_update_time }}'")
             .unwrap()
             .render(PlaceholderStyle::AtP, from, to)

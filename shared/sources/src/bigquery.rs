@@ -1,5 +1,5 @@
 //! BigQuery over its REST API (v2): a service-account key is exchanged for an access
-//! token, the query runs as a query job with positional parameters, and the rows are
+//! token, the query runs as a query job with named parameters, and the rows are
 //! read page by page (`pageToken`), each page only when the rows before it are
 //! consumed.
 //!
@@ -206,24 +206,23 @@ impl BigQuery {
     }
 
     fn request_body(&self, query: &RenderedQuery, dry_run: bool) -> Json {
+        // The template writes @p1, @p2, ...: named parameters p1, p2, ...
         let parameters: Vec<Json> = query
             .binds
             .iter()
-            .map(|bind| match *bind {
-                Bind::Timestamp(t) => json!({
-                    "parameterType": {"type": "TIMESTAMP"},
-                    "parameterValue": {"value": t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)}
-                }),
-                Bind::UnixSeconds(s) => json!({
-                    "parameterType": {"type": "INT64"},
-                    "parameterValue": {"value": s.to_string()}
-                }),
+            .enumerate()
+            .map(|(i, bind)| {
+                let (kind, value) = match *bind {
+                    Bind::Timestamp(t) => ("TIMESTAMP", t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)),
+                    Bind::UnixSeconds(s) => ("INT64", s.to_string()),
+                };
+                json!({"name": format!("p{}", i + 1), "parameterType": {"type": kind}, "parameterValue": {"value": value}})
             })
             .collect();
         let mut body = json!({
             "query": query.sql,
             "useLegacySql": false,
-            "parameterMode": "POSITIONAL",
+            "parameterMode": "NAMED",
             "queryParameters": parameters,
             "dryRun": dry_run,
             "maxResults": PAGE_ROWS,
