@@ -137,9 +137,10 @@ async fn run(
         .columns(&query)
         .await
         .map_err(|e| format!("source database: {e}"))?;
+    let run_time = Utc::now();
     let mut mapper = match p.columns.is_empty() {
         true => None,
-        false => Some(RecordMapper::new(config.sync_type, &p.columns).map_err(|e| e.to_string())?),
+        false => Some(RecordMapper::new(config.sync_type, &p.columns, run_time).map_err(|e| e.to_string())?),
     };
     let mut rows = session.stream(&query);
     while let Some(row) = rows.next().await {
@@ -150,9 +151,17 @@ async fn run(
         }
         let mapper = match &mapper {
             Some(m) => m,
-            None => mapper.insert(RecordMapper::new(config.sync_type, &row.columns).map_err(|e| e.to_string())?),
+            None => {
+                mapper.insert(RecordMapper::new(config.sync_type, &row.columns, run_time).map_err(|e| e.to_string())?)
+            }
         };
-        match mapper.map(row) {
+        let mapped = mapper.map(row);
+        if let Ok(Some(warning)) = mapped.as_ref().map(|m| m.warning)
+            && !p.warnings.iter().any(|w| w == warning)
+        {
+            p.warnings.push(warning.to_string());
+        }
+        match mapped {
             Ok(mapped) if p.records.len() < PREVIEW_RECORDS => p.records.push(PreviewRecord {
                 key: mapped.record.key.clone(),
                 fields: mapped

@@ -4,6 +4,7 @@ use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::Xxh3;
 
+use crate::call::{Call, CallMapper};
 use crate::source::SyncType;
 use crate::value::{Row, Value};
 
@@ -24,16 +25,10 @@ pub struct Record {
 
 impl Record {
     pub fn new(key: String, fields: Row) -> Self {
-        let mut h = Xxh3::new();
-        for (name, value) in fields.iter() {
-            h.update(&(name.len() as u64).to_le_bytes());
-            h.update(name.as_bytes());
-            value.hash_into(&mut h);
-        }
         Record {
+            hash: content_hash(&fields),
             key,
             fields,
-            hash: h.digest128(),
         }
     }
 
@@ -48,6 +43,17 @@ impl Record {
             _ => None,
         }
     }
+}
+
+/// xxh3-128 of a row's names, types and values.
+pub(crate) fn content_hash(row: &Row) -> u128 {
+    let mut h = Xxh3::new();
+    for (name, value) in row.iter() {
+        h.update(&(name.len() as u64).to_le_bytes());
+        h.update(name.as_bytes());
+        value.hash_into(&mut h);
+    }
+    h.digest128()
 }
 
 /// Keeps the last record of each key, in first-seen order: DynamoDB refuses duplicate
@@ -99,21 +105,24 @@ pub enum MappingError {
     ReservedColumn { column: String },
 }
 
-/// A row mapped: the record, and for registrations the member it names.
+/// A row mapped: the record, for registrations the member it names, and a warning
+/// when the row goes through but is doubtful.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Mapped {
     pub record: Record,
     pub member: Option<Member>,
+    pub warning: Option<&'static str>,
 }
 
-/// Maps the rows of one result set; built once from its columns.
+/// Maps the rows of one result set by the sync type; built once from its columns.
 #[derive(Debug, Clone)]
-pub struct RecordMapper {
-    registration: RegistrationColumns,
+pub enum RecordMapper {
+    Registration(RegistrationColumns),
+    Call(CallMapper),
 }
 
 #[derive(Debug, Clone)]
-struct RegistrationColumns {
+pub struct RegistrationColumns {
     member_id: usize,
     member_name: usize,
     date: usize,
@@ -122,34 +131,47 @@ struct RegistrationColumns {
 }
 
 impl RecordMapper {
-    pub fn new(sync_type: SyncType, columns: &[String]) -> Result<Self, MappingError> {
+    /// `run_time` is the timestamp of a call whose row has none.
+    pub fn new(sync_type: SyncType, columns: &[String], run_time: DateTime<Utc>) -> Result<Self, MappingError> {
         if let Some(c) = columns.iter().find(|c| RESERVED_FIELDS.contains(&c.as_str())) {
             return Err(MappingError::ReservedColumn { column: c.clone() });
+        }
+        if let Some(call) = Call::of(sync_type) {
+            return Ok(RecordMapper::Call(CallMapper::new(call, columns, run_time)?));
         }
         let find = |column: &'static str| columns.iter().position(|c| c == column);
         let require = |column: &'static str| {
             find(column).ok_or_else(|| MappingError::MissingColumn {
                 column,
-                sync_type: match sync_type {
-                    SyncType::Registration => "registration",
-                },
+                sync_type: "registration",
                 returned: columns.join(", "),
             })
         };
-        Ok(RecordMapper {
-            registration: RegistrationColumns {
-                member_id: require("member_id")?,
-                member_name: require("member_name")?,
-                date: require("date")?,
-                reference: require("reference")?,
-                team_name: find("team_name"),
-            },
-        })
+        Ok(RecordMapper::Registration(RegistrationColumns {
+            member_id: require("member_id")?,
+            member_name: require("member_name")?,
+            date: require("date")?,
+            reference: require("reference")?,
+            team_name: find("team_name"),
+        }))
     }
 
     /// Maps one row, or says why it is rejected.
-    pub fn map(&self, mut row: Row) -> Result<Mapped, Reject> {
-        let c = &self.registration;
+    pub fn map(&self, row: Row) -> Result<Mapped, Reject> {
+        match self {
+            RecordMapper::Registration(columns) => columns.map(row),
+            RecordMapper::Call(mapper) => mapper.map(row).map(|call| Mapped {
+                record: call.record,
+                member: None,
+                warning: call.warning,
+            }),
+        }
+    }
+}
+
+impl RegistrationColumns {
+    fn map(&self, mut row: Row) -> Result<Mapped, Reject> {
+        let c = self;
         let reference = row.values[c.reference].as_key_text();
         let reject = |reason: String| Reject {
             reference: reference.clone(),
@@ -178,6 +200,7 @@ impl RecordMapper {
         Ok(Mapped {
             record: Record::new(key, row),
             member: Some(Member { member_id, name, team }),
+            warning: None,
         })
     }
 }
@@ -194,7 +217,7 @@ fn required_reason(column: &str, value: &Value) -> String {
 }
 
 /// Every value must be storable, and the record must fit in one item.
-fn check_values(row: &Row) -> Result<(), String> {
+pub(crate) fn check_values(row: &Row) -> Result<(), String> {
     let mut size = 0;
     for (name, value) in row.iter() {
         match value {
@@ -294,7 +317,7 @@ mod tests {
 
     #[test]
     fn maps_a_registration_and_its_member() {
-        let m = RecordMapper::new(SyncType::Registration, &columns()).unwrap();
+        let m = RecordMapper::new(SyncType::Registration, &columns(), Utc::now()).unwrap();
         let mapped = m.map(row(good())).unwrap();
         assert_eq!(mapped.record.key, "r-1");
         assert_eq!(
@@ -318,20 +341,20 @@ mod tests {
     #[test]
     fn missing_and_reserved_columns_fail_the_mapper() {
         let cols: Vec<String> = ["member_id", "date", "reference"].map(String::from).into();
-        let e = RecordMapper::new(SyncType::Registration, &cols).unwrap_err();
+        let e = RecordMapper::new(SyncType::Registration, &cols, Utc::now()).unwrap_err();
         assert!(e.to_string().contains("no `member_name` column"), "{e}");
         let cols: Vec<String> = ["member_id", "member_name", "date", "reference", "source_id"]
             .map(String::from)
             .into();
         assert!(matches!(
-            RecordMapper::new(SyncType::Registration, &cols),
+            RecordMapper::new(SyncType::Registration, &cols, Utc::now()),
             Err(MappingError::ReservedColumn { .. })
         ));
     }
 
     #[test]
     fn bad_required_values_reject_the_row_with_a_reason() {
-        let m = RecordMapper::new(SyncType::Registration, &columns()).unwrap();
+        let m = RecordMapper::new(SyncType::Registration, &columns(), Utc::now()).unwrap();
         let mut v = good();
         v[0] = Value::Null;
         let r = m.map(row(v)).unwrap_err();
@@ -358,7 +381,7 @@ mod tests {
 
     #[test]
     fn the_hash_follows_content_and_types() {
-        let m = RecordMapper::new(SyncType::Registration, &columns()).unwrap();
+        let m = RecordMapper::new(SyncType::Registration, &columns(), Utc::now()).unwrap();
         let a = m.map(row(good())).unwrap().record;
         assert_eq!(a.hash, m.map(row(good())).unwrap().record.hash);
         let mut v = good();
@@ -369,7 +392,7 @@ mod tests {
 
     #[test]
     fn duplicate_keys_keep_the_last_in_first_seen_order() {
-        let m = RecordMapper::new(SyncType::Registration, &columns()).unwrap();
+        let m = RecordMapper::new(SyncType::Registration, &columns(), Utc::now()).unwrap();
         let rec = |key: &str, amount: &str| {
             let mut v = good();
             v[3] = Value::Text(key.into());

@@ -11,6 +11,13 @@ pub const KEPT_REJECTS: usize = 20;
 /// Run logs are kept this long (DynamoDB TTL).
 pub const RUN_RETENTION_DAYS: i64 = 90;
 
+/// A kind of doubtful row, and how many rows of a run were of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Warning {
+    pub message: String,
+    pub rows: u64,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Trigger {
@@ -50,6 +57,9 @@ pub struct Run {
     pub rejects: Vec<Reject>,
     /// Why the run failed or was skipped; credentials redacted.
     pub message: Option<String>,
+    /// Rows that went through but are doubtful: each kind once, with its count.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<Warning>,
     /// The backfill job this run is a chunk of.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backfill_id: Option<String>,
@@ -73,6 +83,7 @@ impl Run {
             rows_rejected: 0,
             rejects: Vec::new(),
             message: None,
+            warnings: Vec::new(),
             backfill_id: None,
         }
     }
@@ -81,6 +92,16 @@ impl Run {
         self.rows_rejected += 1;
         if self.rejects.len() < KEPT_REJECTS {
             self.rejects.push(reject);
+        }
+    }
+
+    pub fn warn(&mut self, message: &str) {
+        match self.warnings.iter_mut().find(|w| w.message == message) {
+            Some(w) => w.rows += 1,
+            None => self.warnings.push(Warning {
+                message: message.to_string(),
+                rows: 1,
+            }),
         }
     }
 

@@ -66,6 +66,13 @@ impl fmt::Display for Engine {
 pub enum SyncType {
     /// Plecto-style registration: member_id, member_name, date, reference; team_name optional.
     Registration,
+    /// Customer.io-style calls (README "Sync types"): one call per row.
+    Identify,
+    Track,
+    Group,
+    Page,
+    Screen,
+    Alias,
 }
 
 /// A source as its owner configures it.

@@ -466,7 +466,7 @@ impl SyncService {
         let columns = session.columns(query).await?;
         let mut mapper = match columns.is_empty() {
             true => None,
-            false => Some(RecordMapper::new(config.sync_type, &columns)?),
+            false => Some(RecordMapper::new(config.sync_type, &columns, run.started_at)?),
         };
         let mut rows = session.stream(query);
         let mut members: HashMap<String, Member> = HashMap::new();
@@ -487,10 +487,13 @@ impl SyncService {
             let at_limit = row_limit.is_some_and(|l| run.rows_read >= l);
             let mapper = match &mapper {
                 Some(m) => m,
-                None => mapper.insert(RecordMapper::new(config.sync_type, &row.columns)?),
+                None => mapper.insert(RecordMapper::new(config.sync_type, &row.columns, run.started_at)?),
             };
             match mapper.map(row) {
                 Ok(mapped) => {
+                    if let Some(warning) = mapped.warning {
+                        run.warn(warning);
+                    }
                     if let Some(m) = mapped.member
                         && members.get(&m.member_id) != Some(&m)
                     {

@@ -1,0 +1,516 @@
+//! Customer.io-style calls (DESIGN §3): each row becomes one identify, track, group,
+//! page, screen or alias call, shaped as the Data Pipelines / Segment spec has it.
+//!
+//! Column names are matched without regard to case or underscores, because databases
+//! fold unquoted names (PostgreSQL to `userid`, Snowflake and Oracle to `USERID`):
+//! `userId`, `user_id` and `USERID` are all the user id. The columns the spec names go
+//! to the top level (or into `context`); every other column becomes a trait (identify,
+//! group) or a property (track, page, screen), with its type; a JSON column named
+//! `traits`, `properties` or `context` is merged into that object.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value as Json};
+
+use crate::record::{MappingError, Record, as_utc, check_values, content_hash};
+use crate::source::SyncType;
+use crate::value::{Row, Value};
+
+/// The calls of DESIGN §3.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Call {
+    Identify,
+    Track,
+    Group,
+    Page,
+    Screen,
+    Alias,
+}
+
+impl Call {
+    pub fn of(sync_type: SyncType) -> Option<Call> {
+        Some(match sync_type {
+            SyncType::Registration => return None,
+            SyncType::Identify => Call::Identify,
+            SyncType::Track => Call::Track,
+            SyncType::Group => Call::Group,
+            SyncType::Page => Call::Page,
+            SyncType::Screen => Call::Screen,
+            SyncType::Alias => Call::Alias,
+        })
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Call::Identify => "identify",
+            Call::Track => "track",
+            Call::Group => "group",
+            Call::Page => "page",
+            Call::Screen => "screen",
+            Call::Alias => "alias",
+        }
+    }
+
+    /// Where the other columns go.
+    fn payload(self) -> Option<&'static str> {
+        match self {
+            Call::Identify | Call::Group => Some("traits"),
+            Call::Track | Call::Page | Call::Screen => Some("properties"),
+            Call::Alias => None,
+        }
+    }
+}
+
+/// What a column is to a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Role {
+    UserId,
+    AnonymousId,
+    Event,
+    GroupId,
+    ObjectTypeId,
+    Name,
+    PreviousId,
+    Timestamp,
+    MessageId,
+    /// A field of `context`, by its spec name.
+    Context(&'static str),
+    /// A JSON column merged into the payload or the context.
+    Merged(&'static str),
+    /// A trait or property (a top-level custom field for alias).
+    Payload,
+}
+
+const CONTEXT_FIELDS: [&str; 9] = [
+    "ip",
+    "locale",
+    "userAgent",
+    "channel",
+    "campaign",
+    "page",
+    "device",
+    "os",
+    "app",
+];
+
+/// A column name without case or underscores: `user_id`, `USERID` and `userId` agree.
+fn folded(name: &str) -> String {
+    name.chars()
+        .filter(|c| *c != '_')
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+fn role(call: Call, column: &str) -> Role {
+    let name = folded(column);
+    match name.as_str() {
+        "userid" => Role::UserId,
+        "anonymousid" => Role::AnonymousId,
+        "timestamp" => Role::Timestamp,
+        "messageid" => Role::MessageId,
+        "event" if call == Call::Track => Role::Event,
+        "groupid" if call == Call::Group => Role::GroupId,
+        "objecttypeid" if call == Call::Group => Role::ObjectTypeId,
+        "name" if matches!(call, Call::Page | Call::Screen) => Role::Name,
+        "previousid" if call == Call::Alias => Role::PreviousId,
+        "traits" | "properties" if call.payload().is_some() => Role::Merged("payload"),
+        "context" => Role::Merged("context"),
+        _ => match CONTEXT_FIELDS.iter().find(|f| f.to_lowercase() == name) {
+            Some(field) => Role::Context(field),
+            None => Role::Payload,
+        },
+    }
+}
+
+/// Maps the rows of one result set to calls; built once from its columns.
+#[derive(Debug, Clone)]
+pub struct CallMapper {
+    call: Call,
+    roles: Vec<Role>,
+    /// The timestamp of a call whose row has none.
+    run_time: DateTime<Utc>,
+}
+
+/// A mapped call: the record, and a warning when the row is usable but doubtful.
+pub struct MappedCall {
+    pub record: Record,
+    pub warning: Option<&'static str>,
+}
+
+/// Why a group row without a user id still goes through.
+pub const GROUP_WITHOUT_USER: &str =
+    "group rows without userId go through, but Customer.io links people to a group by userId: select it";
+
+impl CallMapper {
+    pub fn new(call: Call, columns: &[String], run_time: DateTime<Utc>) -> Result<Self, MappingError> {
+        let roles: Vec<Role> = columns.iter().map(|c| role(call, c)).collect();
+        let has = |r: &Role| roles.contains(r);
+        let missing = |column: &'static str| MappingError::MissingColumn {
+            column,
+            sync_type: call.name(),
+            returned: columns.join(", "),
+        };
+        let ids = has(&Role::UserId) || has(&Role::AnonymousId);
+        let required: &[(&'static str, bool)] = match call {
+            Call::Identify => &[("userId` or `anonymousId", ids)],
+            Call::Track => &[("event", has(&Role::Event)), ("userId` or `anonymousId", ids)],
+            Call::Group => &[("groupId", has(&Role::GroupId))],
+            Call::Page | Call::Screen => &[("name", has(&Role::Name)), ("userId", has(&Role::UserId))],
+            Call::Alias => &[("userId", has(&Role::UserId)), ("previousId", has(&Role::PreviousId))],
+        };
+        if let Some((column, _)) = required.iter().find(|(_, present)| !present) {
+            return Err(missing(column));
+        }
+        Ok(CallMapper { call, roles, run_time })
+    }
+
+    /// Maps one row, or says why it is rejected.
+    pub fn map(&self, row: Row) -> Result<MappedCall, crate::record::Reject> {
+        let value = |role: &Role| {
+            self.roles
+                .iter()
+                .position(|r| r == role)
+                .map(|i| &row.values[i])
+                .filter(|v| !v.is_null())
+        };
+        let id = |role: &Role| value(role).and_then(Value::as_key_text);
+        let (user_id, anonymous_id, message_id) = (id(&Role::UserId), id(&Role::AnonymousId), id(&Role::MessageId));
+        let reject = |reason: String| crate::record::Reject {
+            reference: message_id
+                .clone()
+                .or_else(|| user_id.clone())
+                .or_else(|| anonymous_id.clone()),
+            reason,
+        };
+        let required_id = |role: &Role, column: &str| match (value(role), id(role)) {
+            (_, Some(id)) => Ok(id),
+            (None, _) => Err(reject(format!(
+                "{column} is null; {} calls require it",
+                self.call.name()
+            ))),
+            (Some(v), None) => Err(reject(format!(
+                "{column} is malformed: a {} value cannot be an id",
+                v.kind()
+            ))),
+        };
+        let required_text = |role: &Role, column: &str| match value(role) {
+            Some(Value::Text(s)) if !s.trim().is_empty() => Ok(s.clone()),
+            Some(v) => Err(reject(format!("{column} must be text, got {}", v.kind()))),
+            None => Err(reject(format!(
+                "{column} is null; {} calls require it",
+                self.call.name()
+            ))),
+        };
+        check_values(&row).map_err(&reject)?;
+        let hash = content_hash(&row);
+        let hash_hex = format!("{hash:032x}");
+
+        let mut top: Vec<(String, Value)> = vec![("type".into(), Value::Text(self.call.name().into()))];
+        let mut payload = Map::new();
+        let mut context = Map::new();
+        let mut custom = Vec::new();
+        if matches!(self.call, Call::Identify | Call::Track) && user_id.is_none() && anonymous_id.is_none() {
+            return Err(reject(format!(
+                "userId and anonymousId are both null; {} calls require one",
+                self.call.name()
+            )));
+        }
+        let key = match self.call {
+            Call::Identify => user_id.clone().or_else(|| anonymous_id.clone()).unwrap_or_default(),
+            Call::Track | Call::Page | Call::Screen => message_id.clone().unwrap_or_else(|| hash_hex.clone()),
+            Call::Group => {
+                let group = required_id(&Role::GroupId, "groupId")?;
+                top.push(("groupId".into(), Value::Text(group.clone())));
+                Json::from(vec![group, user_id.clone().unwrap_or_default()]).to_string()
+            }
+            Call::Alias => {
+                let (user, previous) = (
+                    required_id(&Role::UserId, "userId")?,
+                    required_id(&Role::PreviousId, "previousId")?,
+                );
+                top.push(("previousId".into(), Value::Text(previous.clone())));
+                Json::from(vec![user, previous]).to_string()
+            }
+        };
+        match self.call {
+            Call::Track => top.push(("event".into(), Value::Text(required_text(&Role::Event, "event")?))),
+            Call::Page | Call::Screen => {
+                required_id(&Role::UserId, "userId")?;
+                top.push(("name".into(), Value::Text(required_text(&Role::Name, "name")?)));
+            }
+            _ => {}
+        }
+        for (id, field) in [(&user_id, "userId"), (&anonymous_id, "anonymousId")] {
+            if let Some(id) = id {
+                top.push((field.into(), Value::Text(id.clone())));
+            }
+        }
+        top.push(("messageId".into(), Value::Text(message_id.clone().unwrap_or(hash_hex))));
+        let timestamp = match value(&Role::Timestamp) {
+            None => self.run_time,
+            Some(v) => as_utc(v).ok_or_else(|| {
+                reject(format!(
+                    "timestamp is malformed: a {} value that is not a date",
+                    v.kind()
+                ))
+            })?,
+        };
+        top.push(("timestamp".into(), Value::Timestamp(timestamp)));
+
+        for ((column, v), role) in row.iter().zip(&self.roles) {
+            match role {
+                Role::Payload if self.call.payload().is_some() => {
+                    payload.insert(column.to_string(), v.to_plain_json());
+                }
+                Role::Payload => custom.push((column.to_string(), v.clone())),
+                Role::Context(field) => {
+                    context.insert((*field).to_string(), v.to_plain_json());
+                }
+                Role::Merged(target) => match v {
+                    Value::Null => {}
+                    Value::Json(Json::Object(object)) => {
+                        let into = if *target == "context" {
+                            &mut context
+                        } else {
+                            &mut payload
+                        };
+                        for (k, v) in object {
+                            into.entry(k.clone()).or_insert_with(|| v.clone());
+                        }
+                    }
+                    other => return Err(reject(format!("{column} must be a JSON object, got {}", other.kind()))),
+                },
+                _ => {}
+            }
+        }
+        if self.call == Call::Group {
+            let object_type = value(&Role::ObjectTypeId)
+                .map(Value::to_plain_json)
+                .or_else(|| payload.get("object_type_id").cloned());
+            let object_type = match object_type {
+                None | Some(Json::Null) => "1".to_string(),
+                Some(Json::Number(n)) if n.is_u64() => n.to_string(),
+                Some(Json::String(s)) if !s.is_empty() && s.chars().all(|c| c.is_ascii_digit()) => s,
+                Some(other) => return Err(reject(format!("objectTypeId must be a whole number, got {other}"))),
+            };
+            top.push(("objectTypeId".into(), Value::Text(object_type)));
+        }
+        if let Some(name) = self.call.payload() {
+            top.push((name.into(), Value::Json(Json::Object(payload))));
+        }
+        if !context.is_empty() {
+            top.push(("context".into(), Value::Json(Json::Object(context))));
+        }
+        top.extend(custom);
+        let (columns, values): (Vec<String>, Vec<Value>) = top.into_iter().unzip();
+        let fields = Row {
+            columns: Arc::from(columns),
+            values,
+        };
+        let warning = (self.call == Call::Group && user_id.is_none()).then_some(GROUP_WITHOUT_USER);
+        // The hash is of the row as read, so a row read again is unchanged even when its
+        // call got the run's time as its timestamp.
+        Ok(MappedCall {
+            record: Record { key, fields, hash },
+            warning,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn run_time() -> DateTime<Utc> {
+        "2025-06-01T12:00:00Z".parse().unwrap()
+    }
+
+    fn mapper(call: Call, columns: &[&str]) -> Result<CallMapper, MappingError> {
+        CallMapper::new(
+            call,
+            &columns.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
+            run_time(),
+        )
+    }
+
+    fn row(columns: &[&str], values: Vec<Value>) -> Row {
+        Row {
+            columns: columns.iter().map(|c| c.to_string()).collect(),
+            values,
+        }
+    }
+
+    fn fields(record: &Record) -> Json {
+        Json::Object(
+            record
+                .fields
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_plain_json()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn identify_keys_by_user_and_puts_the_rest_in_traits_and_context() {
+        let columns = ["user_id", "email", "plan", "ip", "user_agent", "traits"];
+        let m = mapper(Call::Identify, &columns).unwrap();
+        let mapped = m
+            .map(row(
+                &columns,
+                vec![
+                    Value::Int(42),
+                    Value::Text("ada@example.com".into()),
+                    Value::Null,
+                    Value::Text("10.0.0.1".into()),
+                    Value::Text("curl".into()),
+                    Value::Json(json!({"nested": {"a": 1}, "email": "ignored"})),
+                ],
+            ))
+            .unwrap();
+        assert_eq!(mapped.record.key, "42");
+        let f = fields(&mapped.record);
+        assert_eq!(f["type"], "identify");
+        assert_eq!(f["userId"], "42");
+        assert_eq!(
+            f["traits"],
+            json!({"email": "ada@example.com", "plan": null, "nested": {"a": 1}})
+        );
+        assert_eq!(f["context"], json!({"ip": "10.0.0.1", "userAgent": "curl"}));
+        assert_eq!(f["timestamp"], "2025-06-01T12:00:00Z");
+        assert_eq!(f["messageId"].as_str().unwrap().len(), 32);
+        assert!(f.get("anonymousId").is_none());
+    }
+
+    #[test]
+    fn each_type_needs_its_columns() {
+        let cases: [(Call, &[&str], &str); 6] = [
+            (Call::Identify, &["email"], "userId` or `anonymousId"),
+            (Call::Track, &["userId"], "event"),
+            (Call::Group, &["userId"], "groupId"),
+            (Call::Page, &["userId"], "name"),
+            (Call::Screen, &["name"], "userId"),
+            (Call::Alias, &["userId"], "previousId"),
+        ];
+        for (call, columns, missing) in cases {
+            let e = mapper(call, columns).unwrap_err().to_string();
+            assert!(e.contains(&format!("no `{missing}` column")), "{call:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn null_required_values_reject_the_row_with_the_reason() {
+        let m = mapper(Call::Track, &["anonymousId", "event"]).unwrap();
+        let r = m.map(row(
+            &["anonymousId", "event"],
+            vec![Value::Null, Value::Text("x".into())],
+        ));
+        assert_eq!(
+            r.err().unwrap().reason,
+            "userId and anonymousId are both null; track calls require one"
+        );
+        let r = m.map(row(
+            &["anonymousId", "event"],
+            vec![Value::Text("a".into()), Value::Null],
+        ));
+        assert_eq!(r.err().unwrap().reason, "event is null; track calls require it");
+        let m = mapper(Call::Alias, &["userId", "previousId"]).unwrap();
+        let r = m.map(row(
+            &["userId", "previousId"],
+            vec![Value::Text("u".into()), Value::Null],
+        ));
+        assert_eq!(r.err().unwrap().reason, "previousId is null; alias calls require it");
+    }
+
+    #[test]
+    fn track_keys_by_message_id_or_by_the_rows_hash() {
+        let columns = ["userId", "event", "amount", "messageId", "timestamp"];
+        let m = mapper(Call::Track, &columns).unwrap();
+        let values = |message: Value| {
+            vec![
+                Value::Text("u1".into()),
+                Value::Text("Order Completed".into()),
+                Value::Decimal("12.5".into()),
+                message,
+                Value::Text("2025-01-02 03:04:05".into()),
+            ]
+        };
+        let keyed = m.map(row(&columns, values(Value::Text("m-1".into())))).unwrap().record;
+        assert_eq!(keyed.key, "m-1");
+        let f = fields(&keyed);
+        assert_eq!(
+            (f["event"].as_str(), f["messageId"].as_str()),
+            (Some("Order Completed"), Some("m-1"))
+        );
+        assert_eq!(f["properties"], json!({"amount": 12.5}));
+        assert_eq!(f["timestamp"], "2025-01-02T03:04:05Z");
+        let a = m.map(row(&columns, values(Value::Null))).unwrap().record;
+        let b = m.map(row(&columns, values(Value::Null))).unwrap().record;
+        assert_eq!(
+            (a.key.len(), &a.key, a.hash),
+            (32, &b.key, b.hash),
+            "a re-read row keeps its key and hash"
+        );
+    }
+
+    #[test]
+    fn group_object_type_defaults_to_one_and_a_missing_user_warns() {
+        let m = mapper(Call::Group, &["groupId", "name", "object_type_id"]).unwrap();
+        let mapped = m
+            .map(row(
+                &["groupId", "name", "object_type_id"],
+                vec![Value::Int(9), Value::Text("Acme".into()), Value::Null],
+            ))
+            .unwrap();
+        assert_eq!(mapped.record.key, r#"["9",""]"#);
+        assert_eq!(mapped.warning, Some(GROUP_WITHOUT_USER));
+        let f = fields(&mapped.record);
+        assert_eq!(
+            (f["groupId"].as_str(), f["objectTypeId"].as_str()),
+            (Some("9"), Some("1"))
+        );
+        assert_eq!(f["traits"], json!({"name": "Acme"}));
+
+        let m = mapper(Call::Group, &["group_id", "user_id", "traits"]).unwrap();
+        let traits = Value::Json(json!({"object_type_id": "2", "plan": "pro"}));
+        let mapped = m
+            .map(row(
+                &["group_id", "user_id", "traits"],
+                vec![Value::Int(9), Value::Int(4), traits],
+            ))
+            .unwrap();
+        assert_eq!(mapped.record.key, r#"["9","4"]"#);
+        assert_eq!(mapped.warning, None);
+        assert_eq!(fields(&mapped.record)["objectTypeId"], "2");
+        let bad = Value::Json(json!({"object_type_id": "two"}));
+        let r = m.map(row(
+            &["group_id", "user_id", "traits"],
+            vec![Value::Int(9), Value::Int(4), bad],
+        ));
+        assert!(r.err().unwrap().reason.contains("objectTypeId must be a whole number"));
+    }
+
+    #[test]
+    fn alias_and_page_take_their_fields() {
+        let m = mapper(Call::Alias, &["USERID", "PREVIOUSID"]).unwrap();
+        let a = m
+            .map(row(
+                &["USERID", "PREVIOUSID"],
+                vec![Value::Int(1), Value::Text("anon-1".into())],
+            ))
+            .unwrap();
+        assert_eq!(a.record.key, r#"["1","anon-1"]"#);
+        assert_eq!(fields(&a.record)["previousId"], "anon-1");
+        let m = mapper(Call::Page, &["userid", "name", "path"]).unwrap();
+        let p = m
+            .map(row(
+                &["userid", "name", "path"],
+                vec![Value::Int(1), Value::Text("Home".into()), Value::Text("/".into())],
+            ))
+            .unwrap();
+        let f = fields(&p.record);
+        assert_eq!((f["type"].as_str(), f["name"].as_str()), (Some("page"), Some("Home")));
+        assert_eq!(f["properties"], json!({"path": "/"}));
+    }
+}
