@@ -67,7 +67,8 @@ async fn bigquery_types_become_typed_values_and_only_selects_run() {
     assert!((chrono::Utc::now() - now).num_seconds().abs() < 60, "{now}");
 
     let query = QueryTemplate::compile(&format!(
-        "SELECT * FROM {}.typed WHERE ts >= {{{{ last_update_time }}}} AND ts < {{{{ upper_date_limit }}}} ORDER BY id",
+        "SELECT * FROM {}.typed WHERE ts >= {{{{ last_update_time }}}} AND ts < {{{{ upper_date_limit }}}}
+           AND UNIX_SECONDS(ts) >= {{{{ last_sync_time }}}} ORDER BY id",
         db.name
     ))
     .unwrap()

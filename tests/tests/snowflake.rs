@@ -75,7 +75,8 @@ async fn snowflake_types_become_typed_values_and_binds_are_typed() {
     );
 
     let query = sluice_core::QueryTemplate::compile(
-        "SELECT * FROM typed WHERE ts >= {{ last_update_time }} AND ts < {{ upper_date_limit }} ORDER BY id",
+        "SELECT * FROM typed WHERE ts >= {{ last_update_time }} AND ts < {{ upper_date_limit }}
+           AND DATE_PART(epoch_second, ts) >= {{ last_sync_time }} ORDER BY id",
     )
     .unwrap()
     .render(

@@ -125,6 +125,10 @@ trait Dialect: Send + 'static {
         query: sqlx::query::Query<'q, Self::Db, <Self::Db as Database>::Arguments>,
         bind: Bind,
     ) -> sqlx::query::Query<'q, Self::Db, <Self::Db as Database>::Arguments>;
+    /// The type [`Dialect::bind`] sends `bind` as. Describing a query declares them, so
+    /// the statement the driver caches expects what the run binds (left to infer,
+    /// PostgreSQL would take `extract(epoch ...) >= $3` as numeric).
+    fn bind_type(bind: Bind) -> <Self::Db as Database>::TypeInfo;
     /// What a column's values need to be decoded, worked out once per result set.
     type Column: Send + 'static;
     fn column(column: &<Self::Db as Database>::Column) -> Self::Column;
@@ -151,7 +155,8 @@ where
     }
 
     async fn columns(&mut self, query: &RenderedQuery) -> Result<Vec<String>, SourceError> {
-        describe_columns(&mut self.conn, &query.sql).await
+        let types: Vec<_> = query.binds.iter().map(|b| D::bind_type(*b)).collect();
+        describe_columns(&mut self.conn, &query.sql, &types).await
     }
 
     fn stream<'a>(&'a mut self, query: &'a RenderedQuery) -> BoxStream<'a, Result<Row, SourceError>> {
@@ -193,13 +198,16 @@ where
 
 /// The columns `sql` returns, from preparing it (the driver caches the statement,
 /// so the query that follows reuses it).
-async fn describe_columns<DB, C>(conn: &mut C, sql: &str) -> Result<Vec<String>, SourceError>
+async fn describe_columns<DB, C>(conn: &mut C, sql: &str, types: &[DB::TypeInfo]) -> Result<Vec<String>, SourceError>
 where
     DB: Database,
     for<'c> &'c mut C: Executor<'c, Database = DB>,
 {
     let statement = conn
-        .prepare(sqlx::SqlSafeStr::into_sql_str(sqlx::AssertSqlSafe(sql.to_string())))
+        .prepare_with(
+            sqlx::SqlSafeStr::into_sql_str(sqlx::AssertSqlSafe(sql.to_string())),
+            types,
+        )
         .await
         .map_err(error::classify_query)?;
     Ok(sqlx::Statement::columns(&statement)

@@ -77,6 +77,13 @@ impl Dialect for My {
         }
     }
 
+    fn bind_type(bind: Bind) -> <MySql as sqlx::Database>::TypeInfo {
+        match bind {
+            Bind::Timestamp(_) => <chrono::NaiveDateTime as sqlx::Type<MySql>>::type_info(),
+            Bind::UnixSeconds(_) => <i64 as sqlx::Type<MySql>>::type_info(),
+        }
+    }
+
     /// The column's type info: it carries the collation, which the value's does not.
     type Column = sqlx::mysql::MySqlTypeInfo;
 

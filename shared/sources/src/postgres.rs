@@ -65,6 +65,13 @@ impl Dialect for Pg {
         }
     }
 
+    fn bind_type(bind: Bind) -> <Postgres as sqlx::Database>::TypeInfo {
+        match bind {
+            Bind::Timestamp(_) => <DateTime<Utc> as sqlx::Type<Postgres>>::type_info(),
+            Bind::UnixSeconds(_) => <i64 as sqlx::Type<Postgres>>::type_info(),
+        }
+    }
+
     /// The column's type name.
     type Column = String;
 

@@ -63,6 +63,13 @@ impl Dialect for Lite {
         }
     }
 
+    fn bind_type(bind: Bind) -> <Sqlite as sqlx::Database>::TypeInfo {
+        match bind {
+            Bind::Timestamp(_) => <String as sqlx::Type<Sqlite>>::type_info(),
+            Bind::UnixSeconds(_) => <i64 as sqlx::Type<Sqlite>>::type_info(),
+        }
+    }
+
     /// Whether the column is declared BOOLEAN.
     type Column = bool;
 

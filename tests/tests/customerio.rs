@@ -1,0 +1,317 @@
+//! Customer.io-style sync types end to end: PostgreSQL rows become identify, track,
+//! group, page, screen and alias calls in DynamoDB (moto). For each type: the stored
+//! calls have the spec's shape, a second sync of the same rows writes nothing, an
+//! update changes the call in place, and rows missing a required value are rejected
+//! with the reason while the others go through.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde_json::{Value as Json, json};
+use sluice_core::{Engine, Run, RunStatus, Store, SyncService, SyncType, Trigger};
+use sluice_tests::*;
+
+struct Scenario {
+    db: Database,
+    store: Arc<dyn Store>,
+    svc: SyncService,
+    id: String,
+}
+
+impl Scenario {
+    /// A table made by `ddl` (its rows stamped now, so every sync reads them again
+    /// through the lookback) and a source of `sync_type` over `query`.
+    async fn new(sync_type: SyncType, ddl: &str, query: &str) -> Self {
+        let db = Database::new(Engine::Postgres).await;
+        db.exec(ddl).await;
+        let store = store(StoreKind::Dynamo).await;
+        let mut src = source(&unique("cio"), &db, query);
+        src.sync_type = sync_type;
+        store.put_source(&src).await.unwrap();
+        let svc = service(store.clone(), secrets_for(&src, &db));
+        Scenario {
+            db,
+            store,
+            svc,
+            id: src.id,
+        }
+    }
+
+    async fn sync(&self) -> Run {
+        let run = self.svc.run(&self.id, Trigger::Schedule, None).await.unwrap();
+        assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.message);
+        run
+    }
+
+    async fn call(&self, key: &str) -> BTreeMap<String, Json> {
+        self.store
+            .get_record(&self.id, key)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("no call with key {key}"))
+            .fields
+    }
+
+    /// The first sync: `written` calls, and the rejects' reasons.
+    async fn first_sync(&self, written: u64, reasons: &[&str]) -> Run {
+        let run = self.sync().await;
+        assert_eq!(
+            (run.rows_written, run.rows_rejected),
+            (written, reasons.len() as u64),
+            "{run:?}"
+        );
+        let got: Vec<&str> = run.rejects.iter().map(|r| r.reason.as_str()).collect();
+        assert_eq!(got, reasons);
+        assert_eq!(self.store.count_records(&self.id).await.unwrap(), written);
+        run
+    }
+
+    /// Syncing the same rows again adds and rewrites nothing; `update` then changes one
+    /// call in place.
+    async fn resync_then_update(&self, calls: u64, update: &str) {
+        let again = self.sync().await;
+        assert_eq!((again.rows_written, again.rows_unchanged), (0, calls), "{again:?}");
+        self.db.exec(update).await;
+        let changed = self.sync().await;
+        assert_eq!(
+            (changed.rows_written, changed.rows_unchanged),
+            (1, calls - 1),
+            "{changed:?}"
+        );
+        assert_eq!(self.store.count_records(&self.id).await.unwrap(), calls);
+    }
+}
+
+fn is_message_id(v: &Json) -> bool {
+    v.as_str()
+        .is_some_and(|s| s.len() == 32 && s.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+fn is_iso_utc(v: &Json) -> bool {
+    v.as_str()
+        .is_some_and(|s| s.ends_with('Z') && chrono::DateTime::parse_from_rfc3339(s).is_ok())
+}
+
+const WINDOW: &str = "WHERE updated_at >= {{ last_update_time }} AND updated_at < {{ upper_date_limit }}";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identify() {
+    let s = Scenario::new(
+        SyncType::Identify,
+        "CREATE TABLE people (id int, user_id text, anonymous_id text, email text, plan text, ip text,
+                              prefs jsonb, updated_at timestamptz DEFAULT now());
+         INSERT INTO people (id, user_id, anonymous_id, email, plan, ip, prefs) VALUES
+           (1, 'u1', NULL, 'ada@example.com', 'pro', '10.0.0.1', '{\"theme\": \"dark\"}'),
+           (2, NULL, 'anon-2', 'bob@example.com', 'free', NULL, NULL),
+           (3, NULL, NULL, 'nobody@example.com', 'free', NULL, NULL)",
+        // Customer.io's variable: the window's start as Unix seconds.
+        &format!(
+            "SELECT user_id, anonymous_id, email, plan, ip, prefs FROM people {WINDOW}
+             AND extract(epoch FROM updated_at) >= {{{{ last_sync_time }}}}"
+        ),
+    )
+    .await;
+    s.first_sync(2, &["userId and anonymousId are both null; identify calls require one"])
+        .await;
+    let u1 = s.call("u1").await;
+    assert_eq!(u1["type"], "identify");
+    assert_eq!(u1["userId"], "u1");
+    assert!(!u1.contains_key("anonymousId"));
+    assert_eq!(
+        u1["traits"],
+        json!({"email": "ada@example.com", "plan": "pro", "prefs": {"theme": "dark"}}),
+        "JSON columns stay nested"
+    );
+    assert_eq!(u1["context"], json!({"ip": "10.0.0.1"}));
+    assert!(
+        is_iso_utc(&u1["timestamp"]) && is_message_id(&u1["messageId"]),
+        "{u1:?}"
+    );
+    let anon = s.call("anon-2").await;
+    assert_eq!(
+        (anon["anonymousId"].as_str(), anon.get("userId")),
+        (Some("anon-2"), None)
+    );
+
+    s.resync_then_update(
+        2,
+        "UPDATE people SET plan = 'enterprise', updated_at = now() WHERE id = 1",
+    )
+    .await;
+    assert_eq!(s.call("u1").await["traits"]["plan"], "enterprise");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn track() {
+    let s = Scenario::new(
+        SyncType::Track,
+        "CREATE TABLE orders (id int, user_id text, event text, amount numeric(10,2), message_id text,
+                              occurred_at timestamptz, locale text, updated_at timestamptz DEFAULT now());
+         INSERT INTO orders (id, user_id, event, amount, message_id, occurred_at, locale) VALUES
+           (1, 'u1', 'Order Completed', 12.50, 'm-1', '2025-01-02 03:04:05+00', 'en-GB'),
+           (2, 'u2', 'Signed Up', NULL, 'm-2', NULL, NULL),
+           (3, 'u3', NULL, 1, 'm-3', NULL, NULL),
+           (4, NULL, 'Order Completed', 2, 'm-4', NULL, NULL)",
+        &format!("SELECT user_id, event, amount, message_id, occurred_at AS timestamp, locale FROM orders {WINDOW}"),
+    )
+    .await;
+    s.first_sync(
+        2,
+        &[
+            "event is null; track calls require it",
+            "userId and anonymousId are both null; track calls require one",
+        ],
+    )
+    .await;
+    let m1 = s.call("m-1").await;
+    assert_eq!(
+        (
+            m1["type"].as_str(),
+            m1["event"].as_str(),
+            m1["userId"].as_str(),
+            m1["messageId"].as_str()
+        ),
+        (Some("track"), Some("Order Completed"), Some("u1"), Some("m-1"))
+    );
+    assert_eq!(m1["properties"], json!({"amount": 12.5}));
+    assert_eq!(m1["context"], json!({"locale": "en-GB"}));
+    assert_eq!(m1["timestamp"], "2025-01-02T03:04:05Z");
+    let m2 = s.call("m-2").await;
+    assert!(
+        is_iso_utc(&m2["timestamp"]),
+        "the run's time when the row has none: {m2:?}"
+    );
+
+    s.resync_then_update(2, "UPDATE orders SET amount = 99, updated_at = now() WHERE id = 1")
+        .await;
+    assert_eq!(s.call("m-1").await["properties"]["amount"], 99);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group() {
+    let s = Scenario::new(
+        SyncType::Group,
+        "CREATE TABLE companies (id int, group_id text, user_id text, name text, object_type_id int,
+                                 updated_at timestamptz DEFAULT now());
+         INSERT INTO companies (id, group_id, user_id, name, object_type_id) VALUES
+           (1, 'g1', 'u1', 'Acme', NULL),
+           (2, 'g2', NULL, 'Beta', 2),
+           (3, NULL, 'u3', 'Gamma', NULL)",
+        &format!("SELECT group_id, user_id, name, object_type_id FROM companies {WINDOW}"),
+    )
+    .await;
+    // The test query shows the calls the rows would become, and the warning.
+    let config = s.store.get_source(&s.id).await.unwrap().unwrap().config;
+    let preview = s.svc.preview(&config, None).await.unwrap();
+    assert_eq!((preview.row_count, preview.rows_rejected), (3, 1));
+    assert_eq!(preview.records[0].key, r#"["g1","u1"]"#);
+    assert_eq!(preview.records[0].fields["type"], "group");
+    assert_eq!(preview.records[0].fields["traits"], json!({"name": "Acme"}));
+    assert!(preview.warnings[0].contains("without userId"), "{:?}", preview.warnings);
+    assert_eq!(
+        s.store.count_records(&s.id).await.unwrap(),
+        0,
+        "a preview writes nothing"
+    );
+
+    let run = s.first_sync(2, &["groupId is null; group calls require it"]).await;
+    assert_eq!(run.warnings.len(), 1, "{run:?}");
+    assert_eq!(run.warnings[0].rows, 1);
+    assert!(run.warnings[0].message.contains("without userId"));
+    let g1 = s.call(r#"["g1","u1"]"#).await;
+    assert_eq!(
+        (
+            g1["type"].as_str(),
+            g1["groupId"].as_str(),
+            g1["userId"].as_str(),
+            g1["objectTypeId"].as_str()
+        ),
+        (Some("group"), Some("g1"), Some("u1"), Some("1"))
+    );
+    assert_eq!(g1["traits"], json!({"name": "Acme"}));
+    let g2 = s.call(r#"["g2",""]"#).await;
+    assert_eq!(g2["objectTypeId"], "2", "objectTypeId is a stringified integer");
+
+    s.resync_then_update(
+        2,
+        "UPDATE companies SET name = 'Acme Inc', updated_at = now() WHERE id = 1",
+    )
+    .await;
+    assert_eq!(s.call(r#"["g1","u1"]"#).await["traits"]["name"], "Acme Inc");
+}
+
+/// Page and screen calls have the same rules.
+async fn named_call(sync_type: SyncType, kind: &str) {
+    let s = Scenario::new(
+        sync_type,
+        "CREATE TABLE views (id int, user_id text, name text, path text, message_id text,
+                             updated_at timestamptz DEFAULT now());
+         INSERT INTO views (id, user_id, name, path, message_id) VALUES
+           (1, 'u1', 'Home', '/', 'v-1'),
+           (2, NULL, 'Pricing', '/pricing', 'v-2'),
+           (3, 'u3', NULL, '/x', 'v-3'),
+           (4, 'u4', 'Docs', '/docs', NULL)",
+        &format!("SELECT user_id, name, path, message_id FROM views {WINDOW}"),
+    )
+    .await;
+    s.first_sync(
+        2,
+        &[
+            &format!("userId is null; {kind} calls require it"),
+            &format!("name is null; {kind} calls require it"),
+        ],
+    )
+    .await;
+    let v1 = s.call("v-1").await;
+    assert_eq!(
+        (v1["type"].as_str(), v1["name"].as_str(), v1["userId"].as_str()),
+        (Some(kind), Some("Home"), Some("u1"))
+    );
+    assert_eq!(v1["properties"], json!({"path": "/"}));
+    s.resync_then_update(2, "UPDATE views SET path = '/home', updated_at = now() WHERE id = 1")
+        .await;
+    assert_eq!(s.call("v-1").await["properties"]["path"], "/home");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn page() {
+    named_call(SyncType::Page, "page").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn screen() {
+    named_call(SyncType::Screen, "screen").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alias() {
+    let s = Scenario::new(
+        SyncType::Alias,
+        "CREATE TABLE merges (id int, user_id text, previous_id text, origin text,
+                              updated_at timestamptz DEFAULT now());
+         INSERT INTO merges (id, user_id, previous_id, origin) VALUES
+           (1, 'u1', 'anon-1', 'web'),
+           (2, 'u2', NULL, 'web'),
+           (3, NULL, 'anon-3', 'app')",
+        &format!("SELECT user_id, previous_id, origin FROM merges {WINDOW}"),
+    )
+    .await;
+    s.first_sync(
+        1,
+        &[
+            "previousId is null; alias calls require it",
+            "userId is null; alias calls require it",
+        ],
+    )
+    .await;
+    let a = s.call(r#"["u1","anon-1"]"#).await;
+    assert_eq!(
+        (a["type"].as_str(), a["userId"].as_str(), a["previousId"].as_str()),
+        (Some("alias"), Some("u1"), Some("anon-1"))
+    );
+    assert!(!a.contains_key("traits") && !a.contains_key("properties"), "{a:?}");
+    assert_eq!(a["origin"], "web", "other columns are kept as fields");
+    s.resync_then_update(1, "UPDATE merges SET origin = 'app', updated_at = now() WHERE id = 1")
+        .await;
+    assert_eq!(s.call(r#"["u1","anon-1"]"#).await["origin"], "app");
+}
