@@ -80,7 +80,8 @@ if ! port_open "$MOTO_PORT"; then
     "$VENV/bin/pip" install -q --disable-pip-version-check 'moto[server]>=5.1,<6'
   fi
   log "starting moto on 127.0.0.1:$MOTO_PORT"
-  nohup "$VENV/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT" >"$STATE/moto.log" 2>&1 &
+  # Through infra/moto_server.py: moto with DynamoDB's atomic conditional writes.
+  nohup "$VENV/bin/python" "$ROOT/infra/moto_server.py" -H 127.0.0.1 -p "$MOTO_PORT" >"$STATE/moto.log" 2>&1 &
   echo $! >"$STATE/moto.pid"
   wait_port "$MOTO_PORT" moto "$STATE/moto.log"
 fi

@@ -20,7 +20,13 @@ async fn concurrent_runs(kind: StoreKind) {
     let mut statuses = [a.unwrap(), b.unwrap()];
     statuses.sort_by_key(|r| r.status as u8);
     let [ran, skipped] = statuses;
-    assert_eq!((ran.status, skipped.status), (RunStatus::Succeeded, RunStatus::Skipped));
+    assert_eq!(
+        (ran.status, skipped.status),
+        (RunStatus::Succeeded, RunStatus::Skipped),
+        "{:?} / {:?}",
+        ran.message,
+        skipped.message
+    );
     assert!(
         skipped
             .message
