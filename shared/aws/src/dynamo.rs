@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, DeleteRequest, KeySchemaElement, KeyType, KeysAndAttributes, Put,
     PutRequest, ReturnValue, ScalarAttributeType, Select, TimeToLiveSpecification, TransactWriteItem, Update,
@@ -69,10 +69,21 @@ pub struct DynamoStore {
     tables: TableNames,
 }
 
-fn sdk<E: std::error::Error + Send + Sync + 'static, R: std::fmt::Debug + Send + Sync + 'static>(
-    operation: &'static str,
-) -> impl FnOnce(SdkError<E, R>) -> StoreError {
-    move |e| StoreError::backend(operation, DisplayErrorContext(e).to_string())
+fn sdk<E, R>(operation: &'static str) -> impl FnOnce(SdkError<E, R>) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    move |e| {
+        let missing_table = e.as_service_error().and_then(|s| s.code()) == Some("ResourceNotFoundException");
+        let mut message = crate::aws_error(e);
+        if missing_table {
+            message.push_str(
+                " (a table is missing: deploy the stack, or check SLUICE_SOURCES_TABLE, SLUICE_RECORDS_TABLE, SLUICE_RUNS_TABLE and SLUICE_MEMBERS_TABLE)",
+            );
+        }
+        StoreError::backend(operation, message)
+    }
 }
 
 fn key(pk: (&str, &str), sk: Option<(&str, &str)>) -> Item {

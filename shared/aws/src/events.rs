@@ -2,7 +2,6 @@
 
 use async_trait::async_trait;
 use aws_sdk_eventbridge::Client;
-use aws_sdk_eventbridge::error::DisplayErrorContext;
 use aws_sdk_eventbridge::types::PutEventsRequestEntry;
 use sluice_core::{Backfill, BoxError, Events, Run};
 
@@ -47,7 +46,7 @@ impl EventBridgeEvents {
             .entries(entry)
             .send()
             .await
-            .map_err(|e| DisplayErrorContext(e).to_string())?;
+            .map_err(crate::aws_error)?;
         if out.failed_entry_count() > 0 {
             let why = out
                 .entries()

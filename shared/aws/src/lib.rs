@@ -12,6 +12,26 @@ pub use events::{BACKFILL_REQUESTED, BackfillRequested, EventBridgeEvents, RUN_C
 pub use schedules::{ScheduleTarget, SchedulerSchedules, rate_expression};
 pub use secrets::SecretsManagerSecrets;
 
+use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+
+/// What an AWS service said: its own code and message when it refused a request (the
+/// SDK's full context would dump the raw response into the run log), the full context
+/// for transport failures (which name the endpoint and the cause).
+pub(crate) fn aws_error<E, R>(e: SdkError<E, R>) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    match e.as_service_error() {
+        Some(refusal) => format!(
+            "{}: {}",
+            refusal.code().unwrap_or("an unnamed service error"),
+            refusal.message().unwrap_or("no message")
+        ),
+        None => DisplayErrorContext(e).to_string(),
+    }
+}
+
 /// Loads the shared AWS configuration (region, credentials). `AWS_ENDPOINT_URL` (or
 /// `endpoint_url`) points every client at a local endpoint such as moto.
 pub async fn sdk_config(endpoint_url: Option<&str>) -> aws_config::SdkConfig {

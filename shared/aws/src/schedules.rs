@@ -3,10 +3,10 @@
 
 use async_trait::async_trait;
 use aws_sdk_scheduler::Client;
-use aws_sdk_scheduler::error::DisplayErrorContext;
 use aws_sdk_scheduler::primitives::DateTime as AwsDateTime;
 use aws_sdk_scheduler::types::{
-    ActionAfterCompletion, FlexibleTimeWindow, FlexibleTimeWindowMode, RetryPolicy, ScheduleState, Target,
+    ActionAfterCompletion, DeadLetterConfig, FlexibleTimeWindow, FlexibleTimeWindowMode, RetryPolicy, ScheduleState,
+    Target,
 };
 use sluice_core::{Schedule, ScheduleError, Schedules};
 
@@ -19,6 +19,9 @@ pub struct ScheduleTarget {
     pub function_arn: String,
     /// `SLUICE_SCHEDULER_ROLE_ARN`: the role the scheduler invokes it with.
     pub role_arn: String,
+    /// `SLUICE_SCHEDULE_DLQ_ARN`: the SQS queue that keeps invocations the scheduler
+    /// could not deliver, once its retries are spent.
+    pub dead_letter_arn: Option<String>,
 }
 
 pub struct SchedulerSchedules {
@@ -40,6 +43,7 @@ impl SchedulerSchedules {
                 group,
                 function_arn: String::new(),
                 role_arn: String::new(),
+                dead_letter_arn: None,
             },
         }
     }
@@ -83,6 +87,12 @@ impl Schedules for SchedulerSchedules {
                     .maximum_retry_attempts(2)
                     .maximum_event_age_in_seconds(300)
                     .build(),
+            )
+            .set_dead_letter_config(
+                self.target
+                    .dead_letter_arn
+                    .as_ref()
+                    .map(|arn| DeadLetterConfig::builder().arn(arn).build()),
             )
             .build()
             .map_err(|e| failed("building", id, e))?;
@@ -128,10 +138,10 @@ impl Schedules for SchedulerSchedules {
                     .action_after_completion(ActionAfterCompletion::None)
                     .send()
                     .await
-                    .map_err(|e| failed("creating", id, DisplayErrorContext(e)))?;
+                    .map_err(|e| failed("creating", id, crate::aws_error(e)))?;
                 Ok(())
             }
-            Err(e) => Err(failed("updating", id, DisplayErrorContext(e))),
+            Err(e) => Err(failed("updating", id, crate::aws_error(e))),
         }
     }
 
@@ -143,7 +153,7 @@ impl Schedules for SchedulerSchedules {
             .group_name(&self.target.group)
             .send()
             .await
-            .map_err(|e| failed("reading", source_id, DisplayErrorContext(e)))?;
+            .map_err(|e| failed("reading", source_id, crate::aws_error(e)))?;
         let expression = rate_expression(every_minutes);
         if current.schedule_expression() == Some(expression.as_str()) {
             return Ok(());
@@ -164,7 +174,7 @@ impl Schedules for SchedulerSchedules {
             .set_action_after_completion(current.action_after_completion().cloned())
             .send()
             .await
-            .map_err(|e| failed("updating", source_id, DisplayErrorContext(e)))?;
+            .map_err(|e| failed("updating", source_id, crate::aws_error(e)))?;
         Ok(())
     }
 
@@ -184,7 +194,7 @@ impl Schedules for SchedulerSchedules {
             {
                 Ok(())
             }
-            Err(e) => Err(failed("deleting", source_id, DisplayErrorContext(e))),
+            Err(e) => Err(failed("deleting", source_id, crate::aws_error(e))),
         }
     }
 }

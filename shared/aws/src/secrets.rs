@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use aws_sdk_secretsmanager::Client;
-use aws_sdk_secretsmanager::error::DisplayErrorContext;
 use sluice_core::{ConnectionSecret, SecretWriter, Secrets, SecretsError};
 use tokio::sync::Mutex;
 
@@ -51,7 +50,7 @@ impl Secrets for SecretsManagerSecrets {
                 } else {
                     SecretsError::Backend {
                         id: secret_id.to_string(),
-                        source: DisplayErrorContext(e).to_string().into(),
+                        source: crate::aws_error(e).into(),
                     }
                 }
             })?;
@@ -71,12 +70,14 @@ impl Secrets for SecretsManagerSecrets {
     }
 }
 
-fn backend<E: std::error::Error + Send + Sync + 'static, R: std::fmt::Debug + Send + Sync + 'static>(
-    secret_id: &str,
-) -> impl FnOnce(aws_sdk_secretsmanager::error::SdkError<E, R>) -> SecretsError {
+fn backend<E, R>(secret_id: &str) -> impl FnOnce(aws_sdk_secretsmanager::error::SdkError<E, R>) -> SecretsError
+where
+    E: aws_sdk_secretsmanager::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
     move |e| SecretsError::Backend {
         id: secret_id.to_string(),
-        source: DisplayErrorContext(e).to_string().into(),
+        source: crate::aws_error(e).into(),
     }
 }
 
