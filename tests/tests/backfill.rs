@@ -34,6 +34,7 @@ impl Deployment {
             lease: Duration::from_secs(960),
             backfill_retry: Duration::from_secs(1),
             schedule_group: None,
+            metrics_namespace: "Sluice/test".into(),
         };
         let backfiller = backfiller(&sdk, &config);
         Deployment {
@@ -512,6 +513,7 @@ async fn a_killed_backfill_is_resumed_by_the_pump() {
         lease: Duration::from_secs(960),
         backfill_retry: Duration::from_secs(1),
         schedule_group: None,
+        metrics_namespace: "Sluice/test".into(),
     };
     let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk().await), config.tables.clone());
     // The killed process's secret lives in its config file; the function reads Secrets Manager.

@@ -47,6 +47,7 @@ async fn scheduled_invocation_syncs_logs_and_announces_the_run() {
         lease: Duration::from_secs(960),
         backfill_retry: Duration::from_secs(30),
         schedule_group: None,
+        metrics_namespace: "Sluice/test".into(),
     };
     let svc = sync_service(&sdk, &config);
 

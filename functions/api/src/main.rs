@@ -3,7 +3,7 @@
 use aws_lambda_events::apigw::ApiGatewayProxyRequest;
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 use sluice_api::handle;
-use sluice_lambda::{ApiConfig, init_tracing, source_admin};
+use sluice_lambda::{ApiConfig, source_admin};
 
 // Rows are many small allocations; mimalloc spends far less time on them than glibc.
 #[global_allocator]
@@ -11,10 +11,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    init_tracing();
+    let init = sluice_lambda::init().await;
     let config = ApiConfig::from_env()?;
-    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-    let admin = &source_admin(&sdk, &config);
+    let admin = &source_admin(&init.sdk, &config);
+    init.ready();
     lambda_runtime::run(service_fn(move |event: LambdaEvent<ApiGatewayProxyRequest>| async move {
         Ok::<_, Error>(handle(admin, &event.payload).await)
     }))

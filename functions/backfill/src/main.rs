@@ -2,7 +2,7 @@
 
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 use sluice_backfill::handle;
-use sluice_lambda::{FunctionConfig, backfiller, init_tracing};
+use sluice_lambda::{FunctionConfig, backfiller};
 
 // Rows are many small allocations; mimalloc spends far less time on them than glibc.
 #[global_allocator]
@@ -10,10 +10,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    init_tracing();
+    let init = sluice_lambda::init().await;
     let config = FunctionConfig::from_env()?;
-    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-    let backfiller = backfiller(&sdk, &config);
+    let backfiller = backfiller(&init.sdk, &config);
+    init.ready();
     lambda_runtime::run(service_fn(|event: LambdaEvent<serde_json::Value>| {
         handle(&backfiller, event)
     }))

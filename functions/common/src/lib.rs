@@ -27,6 +27,9 @@ pub struct FunctionConfig {
     /// `SLUICE_SCHEDULE_GROUP`: where the sources' schedules live, so the sync can adapt
     /// their rate; without it the adaptive frequency is only recorded.
     pub schedule_group: Option<String>,
+    /// `SLUICE_METRICS_NAMESPACE`: the CloudWatch namespace of the runs' metrics; default
+    /// `Sluice`.
+    pub metrics_namespace: String,
 }
 
 fn seconds(name: &str, default: u64) -> Result<Duration, String> {
@@ -47,6 +50,7 @@ impl FunctionConfig {
             lease: seconds("SLUICE_LEASE_SECONDS", 960)?,
             backfill_retry: seconds("SLUICE_BACKFILL_RETRY_SECONDS", 30)?,
             schedule_group: std::env::var("SLUICE_SCHEDULE_GROUP").ok(),
+            metrics_namespace: std::env::var("SLUICE_METRICS_NAMESPACE").unwrap_or_else(|_| "Sluice".into()),
         })
     }
 }
@@ -55,7 +59,8 @@ impl FunctionConfig {
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
     pub function: FunctionConfig,
-    /// `SLUICE_SCHEDULE_GROUP`, `SLUICE_SYNC_FUNCTION_ARN`, `SLUICE_SCHEDULER_ROLE_ARN`.
+    /// `SLUICE_SCHEDULE_GROUP`, `SLUICE_SYNC_FUNCTION_ARN`, `SLUICE_SCHEDULER_ROLE_ARN`,
+    /// `SLUICE_SCHEDULE_DLQ_ARN`.
     pub schedules: ScheduleTarget,
     /// `SLUICE_SECRETS_PREFIX`: secrets the API creates are named `{prefix}{source_id}`.
     pub secrets_prefix: String,
@@ -70,6 +75,7 @@ impl ApiConfig {
                 group: var("SLUICE_SCHEDULE_GROUP")?,
                 function_arn: var("SLUICE_SYNC_FUNCTION_ARN")?,
                 role_arn: var("SLUICE_SCHEDULER_ROLE_ARN")?,
+                dead_letter_arn: std::env::var("SLUICE_SCHEDULE_DLQ_ARN").ok(),
             },
             secrets_prefix: std::env::var("SLUICE_SECRETS_PREFIX").unwrap_or_else(|_| "sluice/".into()),
         })
@@ -116,6 +122,7 @@ pub fn sync_service(sdk: &aws_config::SdkConfig, config: &FunctionConfig) -> Syn
         )),
         SyncSettings {
             lease: config.lease,
+            metrics_namespace: Some(config.metrics_namespace.clone()),
             ..SyncSettings::default()
         },
     );
@@ -145,10 +152,36 @@ pub fn deadline(context: &lambda_runtime::Context, margin: Duration) -> Instant 
     Instant::now() + remaining.saturating_sub(margin)
 }
 
+/// What a function's init builds first: its JSON logs and the SDK's configuration.
+pub struct Init {
+    started: Instant,
+    pub sdk: aws_config::SdkConfig,
+}
+
+/// Starts a function's init: JSON logs, then the SDK's configuration (region and
+/// credentials from the Lambda environment).
+pub async fn init() -> Init {
+    let started = Instant::now();
+    init_tracing();
+    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    Init { started, sdk }
+}
+
+impl Init {
+    /// Ends the init, once the clients are built: logs how long it took, the part of a
+    /// cold start that is ours.
+    pub fn ready(self) {
+        tracing::info!(
+            init_ms = self.started.elapsed().as_secs_f64() * 1e3,
+            "clients built; serving invocations"
+        );
+    }
+}
+
 /// JSON logs for CloudWatch at the level `RUST_LOG` or `AWS_LAMBDA_LOG_LEVEL` names
 /// (`error`, `warn`, `info`, `debug`, `trace`; default `info`). A plain level rather than
 /// per-target filters keeps `regex` out of the binary.
-pub fn init_tracing() {
+fn init_tracing() {
     let level = std::env::var("RUST_LOG")
         .or_else(|_| std::env::var("AWS_LAMBDA_LOG_LEVEL"))
         .ok()

@@ -6,6 +6,7 @@ pub mod backfill;
 pub mod backfiller;
 pub mod cadence;
 pub mod call;
+pub mod metrics;
 pub mod ports;
 pub mod preview;
 pub mod record;

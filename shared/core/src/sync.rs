@@ -34,6 +34,9 @@ pub struct SyncSettings {
     pub batch_size: usize,
     /// Write calls in flight at once.
     pub max_in_flight: usize,
+    /// Where each run's metrics go, as an Embedded Metric Format line on stdout
+    /// (CloudWatch Logs extracts them in Lambda); `None` prints none.
+    pub metrics_namespace: Option<String>,
 }
 
 impl Default for SyncSettings {
@@ -42,6 +45,7 @@ impl Default for SyncSettings {
             lease: Duration::from_secs(16 * 60),
             batch_size: 100,
             max_in_flight: 8,
+            metrics_namespace: None,
         }
     }
 }
@@ -302,6 +306,9 @@ impl SyncService {
             "run finished"
         );
         self.store.put_run(&run).await?;
+        if let Some(namespace) = &self.settings.metrics_namespace {
+            println!("{}", crate::metrics::emf(&run, namespace, Utc::now()));
+        }
         if let Err(e) = self.events.run_completed(&run).await {
             warn!(error = %e, "could not publish sluice.run.completed");
         }
@@ -343,6 +350,8 @@ impl SyncService {
             .get_source(&id)
             .await?
             .ok_or_else(|| SyncError::UnknownSource(id.clone()))?;
+        // Known from here, so that a run failing before it reads still reports the lag.
+        run.watermark = state.watermark;
         if !state.config.enabled {
             return Ok(Outcome::Skipped("the source is disabled".into()));
         }
