@@ -37,11 +37,13 @@ impl Api {
                 lease: std::time::Duration::from_secs(960),
                 backfill_retry: std::time::Duration::from_secs(30),
                 schedule_group: Some(group.clone()),
+                metrics_namespace: "Sluice/test".into(),
             },
             schedules: ScheduleTarget {
                 group,
                 function_arn: "arn:aws:lambda:us-east-1:123456789012:function:sluice-sync".into(),
                 role_arn: "arn:aws:iam::123456789012:role/sluice-scheduler".into(),
+                dead_letter_arn: Some("arn:aws:sqs:us-east-1:123456789012:sluice-failed-invocations".into()),
             },
             secrets_prefix: format!("{}/", unique("sluice")),
         };
@@ -141,6 +143,10 @@ async fn create_test_schedule_sync_read_patch_and_delete_a_source() {
     let target = schedule.target().unwrap();
     assert_eq!(target.arn(), api.config.schedules.function_arn);
     assert_eq!(target.role_arn(), api.config.schedules.role_arn);
+    assert_eq!(
+        target.dead_letter_config().and_then(|d| d.arn()),
+        api.config.schedules.dead_letter_arn.as_deref()
+    );
     let retry = target.retry_policy().unwrap();
     assert_eq!(
         (retry.maximum_retry_attempts(), retry.maximum_event_age_in_seconds()),
