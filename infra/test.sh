@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine or a dirty one: installs and starts what is
-# missing (PostgreSQL, MariaDB, moto; cfn-lint and SAM for the template), then runs the
-# unit and integration tests against those real services.
+# missing (PostgreSQL, MariaDB, moto, fakesnow, bqemulator, OpenSSH; SAM, cfn-lint and
+# cargo-lambda), lints the template, runs the unit and integration tests against those
+# real services, and finally packages the functions with `sam build` (arm64, through
+# cargo-lambda), so packaging cannot break unnoticed.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -17,3 +19,5 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --no-fail-fast
 fi
+# Packaging, as a user deploys: sam build of every function for arm64.
+bash infra/sam-build.sh
