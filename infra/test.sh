@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine or a dirty one: installs and starts what is
-# missing (PostgreSQL, MariaDB, moto, fakesnow, bqemulator, OpenSSH; SAM, cfn-lint and
-# cargo-lambda), lints the template, runs the unit and integration tests against those
+# missing (PostgreSQL, MariaDB, moto, fakesnow, bqemulator, OpenSSH, Babelfish; SAM,
+# cfn-lint and cargo-lambda), lints the template and the code (rustfmt, clippy with
+# warnings as errors), runs the unit and integration tests against those
 # real services, and finally packages the functions with `sam build` (arm64, through
 # cargo-lambda), so packaging cannot break unnoticed.
 set -euo pipefail
@@ -12,6 +13,7 @@ command -v cargo >/dev/null || { echo "cargo is required (https://rustup.rs)" >&
 eval "$(bash infra/services.sh)"
 bash infra/lint-template.sh
 cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
 # The CLI tests run the sluice binary; build it with the workspace's feature set first.
 cargo build --workspace --bins
 if cargo nextest --version >/dev/null 2>&1; then

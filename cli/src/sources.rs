@@ -14,15 +14,9 @@ async fn view(store: &dyn Store, config: &SourceConfig) -> anyhow::Result<Source
         Some(mut state) => {
             // The file is what the CLI syncs; the stored config may be older.
             state.config = config.clone();
-            state.into()
+            SourceView::new(state, chrono::Utc::now())
         }
-        None => SourceView {
-            config: config.clone(),
-            watermark: None,
-            running: false,
-            active_backfill: None,
-            effective_frequency_minutes: config.frequency_minutes,
-        },
+        None => SourceView::unsaved(config.clone()),
     })
 }
 

@@ -7,11 +7,16 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde_json::json;
+// The store ports, so that tests call them on any store.
+pub use sluice_core::{BackfillJobs, RecordReader, RecordWriter, RunLog, SourceStore};
+
 use sluice_aws::{DynamoStore, TableNames};
 use sluice_core::{Engine, Events, SourceConfig, Store, SyncService, SyncSettings, SyncType};
 use sluice_local::{EmbeddedStore, FileSecrets, LogEvents};
 use sluice_sources::SqlReader;
 use sqlx::{Connection, Executor};
+
+pub mod sqlserver;
 
 pub fn pg_url() -> String {
     std::env::var("SLUICE_TEST_PG_URL").unwrap_or_else(|_| "postgres://sluice:sluice@127.0.0.1:5432/postgres".into())
@@ -95,6 +100,11 @@ pub async fn bigquery_exec(dataset: &str, sql: &str) -> serde_json::Value {
         "{sql}: {answer}"
     );
     answer
+}
+
+/// The test CA and server certificates of infra/tls.sh.
+pub fn tls_dir() -> String {
+    std::env::var("SLUICE_TEST_TLS_DIR").unwrap_or_else(|_| "/var/lib/sluice-tests/tls".into())
 }
 
 /// A short random suffix for database and table names.
@@ -185,6 +195,16 @@ impl Database {
                     secret,
                 }
             }
+            Engine::Sqlserver => {
+                sqlserver::exec(sqlserver::tls_port(), "master", &format!("CREATE DATABASE {name}")).await;
+                let secret = sqlserver::secret(&name, sqlserver::tls_port(), "require");
+                Database {
+                    engine,
+                    url: name.clone(),
+                    name,
+                    secret,
+                }
+            }
             other => no_test_server(other),
         }
     }
@@ -223,6 +243,7 @@ impl Database {
                     bigquery_exec(&self.url, statement).await;
                 }
             }
+            Engine::Sqlserver => sqlserver::exec(sqlserver::tls_port(), &self.name, sql).await,
             other => no_test_server(other),
         }
     }
@@ -251,6 +272,11 @@ impl Database {
             Engine::Snowflake => {
                 "CREATE TABLE sales (id bigint PRIMARY KEY, user_id int NOT NULL, user_name varchar(100),
                  team varchar(50), amount number(12,2) NOT NULL, date timestamp_ntz, updated_at timestamp_ntz NOT NULL)"
+            }
+            Engine::Sqlserver => {
+                "CREATE TABLE sales (id bigint PRIMARY KEY, user_id int NOT NULL, user_name nvarchar(100),
+                 team nvarchar(50), amount decimal(12,2) NOT NULL, date datetime2(6), updated_at datetime2(6) NOT NULL);
+                 CREATE INDEX sales_updated_at ON sales (updated_at);"
             }
             // bqemulator ignores a default dataset: names are qualified.
             Engine::Bigquery => &format!(
@@ -317,6 +343,17 @@ impl Database {
                     ),
                 )
             }
+            Engine::Sqlserver => {
+                let (amount, unit) = offset.split_once(' ').unwrap();
+                (
+                    format!(
+                        "SELECT TOP ({count}) ROW_NUMBER() OVER (ORDER BY (SELECT NULL)) + {} AS id
+                         FROM sys.all_objects a CROSS JOIN sys.all_objects b",
+                        first - 1
+                    ),
+                    format!("DATEADD({}, {amount}, SYSUTCDATETIME())", unit.trim_end_matches('s')),
+                )
+            }
             other => no_test_server(other),
         };
         let sql = format!(
@@ -328,7 +365,7 @@ impl Database {
                 .replace("CONCAT('user ', 1 + id % 50)", "'user ' || (1 + id % 50)")
                 .replace("CONCAT('team ', id % 5)", "'team ' || (id % 5)"),
             Engine::Mysql => format!("SET SESSION max_recursive_iterations = 100000000; {sql}"),
-            Engine::Postgres | Engine::Snowflake => sql,
+            Engine::Postgres | Engine::Snowflake | Engine::Sqlserver => sql,
             other => no_test_server(other),
         };
         self.exec(&sql).await;
@@ -356,6 +393,7 @@ impl Database {
             Engine::Sqlite => "strftime('%Y-%m-%d %H:%M:%f', 'now')",
             Engine::Snowflake => "CURRENT_TIMESTAMP()::timestamp_ntz",
             Engine::Bigquery => "CURRENT_TIMESTAMP()",
+            Engine::Sqlserver => "SYSUTCDATETIME()",
             other => no_test_server(other),
         }
     }
@@ -520,6 +558,7 @@ pub fn secrets_for(source: &SourceConfig, db: &Database) -> BTreeMap<String, ser
 pub enum OpenTransaction {
     Postgres(sqlx::PgConnection),
     Mysql(sqlx::MySqlConnection),
+    Sqlserver(Box<sqlserver::Client>),
 }
 
 impl Database {
@@ -544,6 +583,16 @@ impl Database {
                 c.execute(sqlx::AssertSqlSafe(insert)).await.unwrap();
                 OpenTransaction::Mysql(c)
             }
+            Engine::Sqlserver => {
+                let mut c = sqlserver::client(sqlserver::tls_port(), &self.name).await;
+                c.simple_query(format!("BEGIN TRANSACTION; {insert}"))
+                    .await
+                    .unwrap()
+                    .into_results()
+                    .await
+                    .unwrap();
+                OpenTransaction::Sqlserver(Box::new(c))
+            }
             Engine::Sqlite => panic!("the late-commit scenario runs on server databases"),
             other => no_test_server(other),
         }
@@ -555,6 +604,9 @@ impl OpenTransaction {
         match self {
             OpenTransaction::Postgres(mut c) => drop(c.execute("COMMIT").await.unwrap()),
             OpenTransaction::Mysql(mut c) => drop(c.execute("COMMIT").await.unwrap()),
+            OpenTransaction::Sqlserver(mut c) => {
+                drop(c.simple_query("COMMIT").await.unwrap().into_results().await.unwrap())
+            }
         }
     }
 }

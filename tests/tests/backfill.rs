@@ -8,7 +8,7 @@ use chrono::{DurationRound, TimeDelta, Utc};
 use serde_json::{Value as Json, json};
 use sluice_aws::DynamoStore;
 use sluice_backfill::handle;
-use sluice_core::{Backfiller, Engine, RunStatus, SourceConfig, Store, Trigger};
+use sluice_core::{Backfiller, Engine, RunStatus, SourceConfig, Trigger};
 use sluice_lambda::{FunctionConfig, backfiller, sync_service};
 use sluice_tests::*;
 

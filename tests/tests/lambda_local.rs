@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
-use sluice_core::{Engine, Store};
+use sluice_core::Engine;
 use sluice_tests::*;
 
 fn repo_root() -> PathBuf {

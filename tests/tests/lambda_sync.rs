@@ -4,7 +4,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lambda_runtime::{Context, Diagnostic, LambdaEvent};
-use sluice_core::{Engine, RunStatus, Store};
+use sluice_core::{Engine, RunStatus};
 use sluice_lambda::{FunctionConfig, sync_service};
 use sluice_sync::{SyncEvent, handle};
 use sluice_tests::*;

@@ -113,7 +113,8 @@ async fn the_documented_schemas_have_the_fields_the_handlers_send() {
     assert_matches(&doc, "Source", &serde_json::to_value(&view).unwrap());
     assert_matches(&doc, "SourceConfig", &serde_json::to_value(&src).unwrap());
 
-    let mut run = Run::start("docs", Trigger::Backfill).finish(RunStatus::Succeeded, None);
+    let now = chrono::Utc::now();
+    let mut run = Run::start("r".into(), "docs", Trigger::Backfill, now).finish(RunStatus::Succeeded, None, now);
     run.backfill_id = Some("job".into());
     assert_matches(&doc, "Run", &serde_json::to_value(&run).unwrap());
 
@@ -122,7 +123,7 @@ async fn the_documented_schemas_have_the_fields_the_handlers_send() {
         end: Some("2025-01-03".into()),
         chunk: None,
     };
-    let mut job = Backfill::plan("docs", &request, chrono::Utc::now()).unwrap();
+    let mut job = Backfill::plan("j".into(), "docs", &request, now).unwrap();
     job.chunk_failed(0, "run", "boom", chrono::Utc::now(), chrono::Duration::seconds(5));
     let sent = serde_json::to_value(sluice_backfill::JobView::new(&job)).unwrap();
     assert_matches(&doc, "Backfill", &sent);

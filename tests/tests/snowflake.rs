@@ -65,7 +65,8 @@ async fn snowflake_types_become_typed_values_and_binds_are_typed() {
     // request Sluice builds with a private key is one Snowflake's protocol accepts.
     let mut secret: ConnectionSecret = serde_json::from_value(db.secret.clone()).unwrap();
     secret.password = None;
-    secret.private_key = Some(std::fs::read_to_string("../shared/sources/testdata/rsa_pkcs8.pem").unwrap());
+    let key = std::fs::read_to_string("../shared/sources/testdata/rsa_pkcs8.pem").unwrap();
+    secret.options.insert("private_key".into(), key.into());
     let mut session = SqlReader.open(&secret, Duration::from_secs(30)).await.unwrap();
 
     let now = session.now().await.unwrap();

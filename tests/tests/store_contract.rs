@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use chrono::{Duration, TimeZone, Utc};
 use sluice_core::{
-    Backfill, BackfillCreated, BackfillRequest, JobStatus, LeaseOutcome, Member, Record, Row, Run, RunStatus, Store,
-    StoreError, Trigger, Value,
+    Backfill, BackfillCreated, BackfillRequest, IdSource, JobStatus, LeaseOutcome, Member, Record, RecordBatch, Row,
+    Run, RunStatus, SaveOutcome, Store, StoreError, Trigger, UuidIds, Value,
 };
 use sluice_tests::*;
 
@@ -107,19 +107,22 @@ async fn contract(store: Arc<dyn Store>) {
         (later + Duration::hours(1)).timestamp()
     );
 
-    // Records: 60 records with duplicates inside the batch (the last wins); then the
+    // Records: 60 records from 61 rows (a batch keeps the last of a key); then the
     // same records again are unchanged, a changed one is written.
-    let mut batch: Vec<Record> = (0..60).map(|i| record(&format!("k{i}"), i)).collect();
-    batch.push(record("k3", 333));
-    let stats = store.write_records(&id, batch, true).await.unwrap();
+    let mut rows: Vec<Record> = (0..60).map(|i| record(&format!("k{i}"), i)).collect();
+    rows.push(record("k3", 333));
+    let stats = store.write_records(&id, RecordBatch::new(rows), true).await.unwrap();
     assert_eq!((stats.written, stats.unchanged), (60, 0));
     assert_eq!(store.count_records(&id).await.unwrap(), 60);
     let again: Vec<Record> = (0..60)
         .map(|i| record(&format!("k{i}"), if i == 3 { 333 } else { i }))
         .collect();
-    let stats = store.write_records(&id, again, true).await.unwrap();
+    let stats = store.write_records(&id, RecordBatch::new(again), true).await.unwrap();
     assert_eq!((stats.written, stats.unchanged), (0, 60));
-    let stats = store.write_records(&id, vec![record("k5", 555)], true).await.unwrap();
+    let stats = store
+        .write_records(&id, RecordBatch::new(vec![record("k5", 555)]), true)
+        .await
+        .unwrap();
     assert_eq!((stats.written, stats.unchanged), (1, 0));
     let k3 = store.get_record(&id, "k3").await.unwrap().unwrap();
     assert_eq!(k3.hash, record("k3", 333).hash_hex());
@@ -149,9 +152,15 @@ async fn contract(store: Arc<dyn Store>) {
     assert_eq!(teams, ["North", "South"]);
 
     // Runs: newest first, limited, every field kept.
-    let mut first = Run::start(&id, Trigger::Schedule).finish(RunStatus::Succeeded, None);
+    let ids = UuidIds;
+    let mut first =
+        Run::start(ids.sortable_id(now), &id, Trigger::Schedule, now).finish(RunStatus::Succeeded, None, now);
     first.rows_read = 5;
-    let second = Run::start(&id, Trigger::Manual).finish(RunStatus::Failed, Some("boom".into()));
+    let second = Run::start(ids.sortable_id(now), &id, Trigger::Manual, now).finish(
+        RunStatus::Failed,
+        Some("boom".into()),
+        now + Duration::seconds(2),
+    );
     store.put_run(&first).await.unwrap();
     store.put_run(&second).await.unwrap();
     assert_eq!(
@@ -181,7 +190,7 @@ async fn contract(store: Arc<dyn Store>) {
     );
     store.put_source(&kept).await.unwrap();
     store
-        .write_records(&kept.id, vec![record("a", 1)], false)
+        .write_records(&kept.id, RecordBatch::new(vec![record("a", 1)]), false)
         .await
         .unwrap();
     assert_eq!(store.delete_source(&kept.id, false).await.unwrap(), 0);
@@ -200,9 +209,10 @@ async fn backfill_contract(store: &dyn Store, id: &str) {
         end: Some("2025-01-04".into()),
         chunk: None,
     };
-    let mut job = Backfill::plan(id, &request, Utc::now()).unwrap();
-    let other = Backfill::plan(id, &request, Utc::now()).unwrap();
-    let orphan = Backfill::plan("no-such-source", &request, Utc::now()).unwrap();
+    let (ids, now) = (UuidIds, Utc::now());
+    let mut job = Backfill::plan(ids.sortable_id(now), id, &request, now).unwrap();
+    let other = Backfill::plan(ids.sortable_id(now), id, &request, now).unwrap();
+    let orphan = Backfill::plan(ids.sortable_id(now), "no-such-source", &request, now).unwrap();
     assert_eq!(
         store.create_backfill(&orphan).await.unwrap(),
         BackfillCreated::SourceNotFound
@@ -231,10 +241,10 @@ async fn backfill_contract(store: &dyn Store, id: &str) {
     // Saves bump the version; a stale copy is refused.
     let mut stale = job.clone();
     job.start_chunk(0, Utc::now());
-    assert!(store.save_backfill(&mut job).await.unwrap());
+    assert_eq!(store.save_backfill(&mut job).await.unwrap(), SaveOutcome::Saved);
     assert_eq!(job.version, 1);
     stale.start_chunk(1, Utc::now());
-    assert!(!store.save_backfill(&mut stale).await.unwrap());
+    assert_eq!(store.save_backfill(&mut stale).await.unwrap(), SaveOutcome::Stale);
     assert_eq!(store.get_backfill(id, &job.id).await.unwrap().unwrap(), job);
 
     // A cancel request survives the worker's next save.
@@ -242,7 +252,7 @@ async fn backfill_contract(store: &dyn Store, id: &str) {
     assert!(store.request_backfill_cancel(id, &job.id, at).await.unwrap());
     assert!(!store.request_backfill_cancel(id, "nope", at).await.unwrap());
     job.chunks[0].status = sluice_core::ChunkStatus::Done;
-    assert!(store.save_backfill(&mut job).await.unwrap());
+    assert_eq!(store.save_backfill(&mut job).await.unwrap(), SaveOutcome::Saved);
     let stored = store.get_backfill(id, &job.id).await.unwrap().unwrap();
     assert_eq!(stored.cancel_requested_at, Some(at));
 
@@ -250,7 +260,7 @@ async fn backfill_contract(store: &dyn Store, id: &str) {
     let mut job = stored;
     job.finish(Utc::now());
     assert_eq!(job.status, JobStatus::Cancelled);
-    assert!(store.save_backfill(&mut job).await.unwrap());
+    assert_eq!(store.save_backfill(&mut job).await.unwrap(), SaveOutcome::Saved);
     assert_eq!(store.get_source(id).await.unwrap().unwrap().active_backfill, None);
     assert!(!store.active_backfills().await.unwrap().iter().any(|(s, _)| s == id));
     assert_eq!(store.create_backfill(&other).await.unwrap(), BackfillCreated::Created);
@@ -272,4 +282,9 @@ async fn dynamodb_store_keeps_the_contract() {
 #[tokio::test]
 async fn embedded_store_keeps_the_contract() {
     contract(store(StoreKind::Embedded).await).await;
+}
+
+#[tokio::test]
+async fn memory_store_keeps_the_contract() {
+    contract(Arc::new(sluice_core::testing::MemoryStore::new())).await;
 }

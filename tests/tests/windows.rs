@@ -1,8 +1,9 @@
 //! Catch-up (DESIGN §3): a gap longer than `max_window_seconds` is read in consecutive
-//! windows while the time budget lasts, the watermark moving after each; a template
-//! without `upper_date_limit` cannot be narrowed and reads up to the source clock at once.
+//! windows, the watermark moving after each; a window the time budget cannot finish is
+//! narrowed; a template without `upper_date_limit` cannot be narrowed and reads up to
+//! the source clock at once.
 
-use std::time::Instant;
+use tokio::time::Instant;
 
 use chrono::{Duration, SubsecRound, Utc};
 use sluice_core::{Engine, RunStatus, Trigger};
@@ -34,21 +35,29 @@ async fn a_long_gap_is_caught_up_window_by_window() {
     store.put_source(&src).await.unwrap();
     let svc = service(store.clone(), secrets_for(&src, &db));
 
-    // A budget already spent: one window runs, then the run stops and says where it got.
+    // A budget already spent: the first window stops at once, the watermark stays,
+    // and the next runs read in half-day windows.
     let first = svc.run(&src.id, Trigger::Schedule, Some(Instant::now())).await.unwrap();
     assert_eq!(first.status, RunStatus::Succeeded, "{:?}", first.message);
-    assert_eq!(first.window_start, Some(start));
-    assert_eq!(first.window_end, Some(start + Duration::days(1)));
-    assert_eq!(first.watermark, Some(start + Duration::days(1)));
-    assert_eq!(first.rows_read, 0, "the first day of the gap holds no rows");
+    assert!(
+        first
+            .message
+            .as_deref()
+            .unwrap()
+            .starts_with("the time budget ran out before the end of the window"),
+        "{first:?}"
+    );
+    assert_eq!((first.window_start, first.watermark), (Some(start), None));
+    let state = store.get_source(&src.id).await.unwrap().unwrap();
+    assert_eq!(state.narrowed_window_seconds, Some(43_200));
 
-    // With time to spare, the next run goes through every remaining window.
+    // With time to spare, the next run goes through every window, then windows are
+    // whole again.
     let second = svc.run(&src.id, Trigger::Schedule, None).await.unwrap();
     assert_eq!(second.status, RunStatus::Succeeded, "{:?}", second.message);
-    assert_eq!(
-        second.window_start,
-        Some(start + Duration::days(1) - Duration::seconds(300))
-    );
+    assert_eq!(second.window_start, Some(start));
+    let state = store.get_source(&src.id).await.unwrap().unwrap();
+    assert_eq!(state.narrowed_window_seconds, None);
     assert_eq!(second.rows_read, ROWS as u64);
     let watermark = store.get_source(&src.id).await.unwrap().unwrap().watermark.unwrap();
     assert!(
@@ -72,10 +81,16 @@ async fn without_an_upper_bound_the_window_is_not_narrowed() {
     src.initial_watermark = Some(Utc::now() - Duration::days(11));
     src.max_window_seconds = Some(86_400);
     store.put_source(&src).await.unwrap();
-    let run = service(store.clone(), secrets_for(&src, &db))
-        .run(&src.id, Trigger::Schedule, Some(Instant::now()))
-        .await
-        .unwrap();
+    let svc = service(store.clone(), secrets_for(&src, &db));
+    // Out of time, such a window cannot be narrowed: the run says how to fix it.
+    let run = svc.run(&src.id, Trigger::Schedule, Some(Instant::now())).await.unwrap();
+    assert!(
+        run.message.as_deref().unwrap().contains("{{ upper_date_limit }}"),
+        "{run:?}"
+    );
+    let state = store.get_source(&src.id).await.unwrap().unwrap();
+    assert_eq!((state.watermark, state.narrowed_window_seconds), (None, None));
+    let run = svc.run(&src.id, Trigger::Schedule, None).await.unwrap();
     assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.message);
     assert_eq!(run.rows_read, ROWS as u64, "one window, up to the source clock");
     assert!(run.watermark.unwrap() > Utc::now() - Duration::minutes(1));

@@ -2,8 +2,12 @@
 //! and the import log. JSON in and out; no answer ever holds a secret value.
 
 use aws_lambda_events::apigw::{ApiGatewayProxyRequest, ApiGatewayProxyResponse};
+use serde::Deserialize;
 use serde_json::{Value as Json, json};
-use sluice_core::{AdminError, SourceAdmin};
+use sluice_core::backfill::parse_instant;
+use sluice_core::{
+    AdminError, ConnectionSecret, FieldError, SourceAdmin, SourceConfig, SourceInput, TestQuery, Window,
+};
 use sluice_lambda::http::{error_body, json_body, no_route, path_param, respond, route};
 use tracing::{error, info};
 
@@ -34,10 +38,17 @@ pub async fn handle(admin: &SourceAdmin, request: &ApiGatewayProxyRequest) -> Ap
     let required = |body: Option<Json>| body.ok_or_else(|| bad("body", "is required: a JSON object"));
     let result: Result<(i64, Json), AdminError> = async {
         Ok(match (method, resource) {
-            ("POST", "/sources") => (201, json!(admin.create(required(body)?).await?)),
+            ("POST", "/sources") => (
+                201,
+                json!(admin.create(source_input(admin, required(body)?, None)?).await?),
+            ),
             ("GET", "/sources") => (200, json!({ "sources": admin.list().await? })),
             ("GET", "/sources/{id}") => (200, json!(admin.get(id).await?)),
-            ("PATCH", "/sources/{id}") => (200, json!(admin.patch(id, required(body)?).await?)),
+            ("PATCH", "/sources/{id}") => {
+                let current = admin.get(id).await?.config;
+                let input = source_input(admin, merge_patch(&current, required(body)?)?, Some(id))?;
+                (200, json!(admin.replace(id, input).await?))
+            }
             ("DELETE", "/sources/{id}") => {
                 let purge = match query("purge") {
                     None | Some("false") => false,
@@ -47,7 +58,9 @@ pub async fn handle(admin: &SourceAdmin, request: &ApiGatewayProxyRequest) -> Ap
                 let purged = admin.delete(id, purge).await?;
                 (200, json!({ "deleted": id, "records_purged": purged }))
             }
-            ("POST", "/sources/{id}/test-query") => (200, json!(admin.test_query(id, body).await?)),
+            ("POST", "/sources/{id}/test-query") => {
+                (200, json!(admin.test_query(id, test_query(admin, id, body)?).await?))
+            }
             ("GET", "/sources/{id}/runs") => {
                 let limit = match query("limit") {
                     None => DEFAULT_PAGE,
@@ -80,6 +93,7 @@ pub async fn handle(admin: &SourceAdmin, request: &ApiGatewayProxyRequest) -> Ap
             }
             let message = match &e {
                 AdminError::BadRequest(r) => r.reason.clone(),
+                AdminError::Conflict(id) => format!("{e}; change it with PATCH /sources/{id}"),
                 other => other.to_string(),
             };
             respond(status, &error_body(code, field, &message))
@@ -88,5 +102,112 @@ pub async fn handle(admin: &SourceAdmin, request: &ApiGatewayProxyRequest) -> Ap
 }
 
 fn bad(field: &str, reason: &str) -> AdminError {
-    AdminError::BadRequest(sluice_core::RequestError::new(field, reason))
+    AdminError::BadRequest(FieldError::new(field, reason))
+}
+
+/// A source from a request body: a [`SourceConfig`] plus either `secret_id` (an
+/// existing secret) or `connection` (stored as the secret Sluice owns). `path_id` is
+/// the id the URL names, which the body must not contradict.
+fn source_input(admin: &SourceAdmin, mut body: Json, path_id: Option<&str>) -> Result<SourceInput, FieldError> {
+    let Some(object) = body.as_object_mut() else {
+        return Err(FieldError::new("body", "must be a JSON object (a source)"));
+    };
+    let connection = match object.remove("connection") {
+        None | Some(Json::Null) => None,
+        Some(c) => Some(
+            serde_json::from_value::<ConnectionSecret>(c).map_err(|e| FieldError::new("connection", e.to_string()))?,
+        ),
+    };
+    if let (Some(path_id), Some(Json::String(body_id))) = (path_id, object.get("id"))
+        && body_id != path_id
+    {
+        return Err(FieldError::new(
+            "id",
+            format!("is {body_id:?} but the URL names {path_id:?}"),
+        ));
+    }
+    if connection.is_some() && !object.contains_key("secret_id") {
+        let id = object.get("id").and_then(Json::as_str).unwrap_or_default();
+        object.insert("secret_id".into(), Json::String(admin.owned_secret(id)));
+    }
+    let config: SourceConfig = serde_path_to_error::deserialize(body).map_err(|e| {
+        let path = e.path().to_string();
+        match path.as_str() {
+            "." => serde_error(&e.inner().to_string()),
+            _ => FieldError::new(path, e.inner().to_string()),
+        }
+    })?;
+    Ok(SourceInput { config, connection })
+}
+
+/// `current` with the top-level fields of `changes` replaced (a JSON merge patch of
+/// one level); the id cannot change.
+fn merge_patch(current: &SourceConfig, changes: Json) -> Result<Json, FieldError> {
+    let Json::Object(changes) = changes else {
+        return Err(FieldError::new("body", "must be a JSON object of the fields to change"));
+    };
+    let mut merged = serde_json::to_value(current).expect("configs serialize");
+    for (field, value) in changes {
+        if field == "id" && value != Json::String(current.id.clone()) {
+            return Err(FieldError::new("id", "cannot change; create a new source instead"));
+        }
+        merged[field] = value;
+    }
+    Ok(merged)
+}
+
+/// The body of a test query: an unsaved source (and its connection), and a window.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TestQueryBody {
+    source: Option<Json>,
+    connection: Option<Json>,
+    window: Option<WindowBody>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WindowBody {
+    last_update_time: String,
+    upper_date_limit: String,
+}
+
+fn test_query(admin: &SourceAdmin, id: &str, body: Option<Json>) -> Result<TestQuery, FieldError> {
+    let body: TestQueryBody = match body {
+        None => TestQueryBody::default(),
+        Some(b) => serde_json::from_value(b).map_err(|e| serde_error(&e.to_string()))?,
+    };
+    let window = body
+        .window
+        .map(|w| {
+            Ok::<_, FieldError>(Window {
+                from: parse_instant("window.last_update_time", &w.last_update_time)?,
+                to: parse_instant("window.upper_date_limit", &w.upper_date_limit)?,
+            })
+        })
+        .transpose()?;
+    let source = match body.source {
+        None => None,
+        Some(mut source) => {
+            if let Some(connection) = body.connection {
+                source["connection"] = connection;
+            }
+            if source.get("id").is_none() {
+                source["id"] = Json::String(id.into());
+            }
+            Some(source_input(admin, source, Some(id))?)
+        }
+    };
+    Ok(TestQuery { source, window })
+}
+
+/// A serde message as a field error: the field a missing or unknown field message
+/// names, else the body.
+fn serde_error(message: &str) -> FieldError {
+    let field = ["missing field `", "unknown field `"]
+        .iter()
+        .find_map(|p| message.strip_prefix(p))
+        .and_then(|rest| rest.split('`').next())
+        .unwrap_or("body");
+    FieldError::new(field, message)
 }

@@ -137,6 +137,9 @@ pub async fn api(backfiller: &Backfiller, request: &ApiGatewayProxyRequest) -> A
             }
             let message = match &e {
                 BackfillError::BadRequest(r) => r.reason.clone(),
+                BackfillError::Conflict { source_id, existing } => {
+                    format!("{e} (DELETE /sources/{source_id}/backfills/{existing})")
+                }
                 other => other.to_string(),
             };
             let mut body = error_body(code, field, &message);
@@ -149,7 +152,7 @@ pub async fn api(backfiller: &Backfiller, request: &ApiGatewayProxyRequest) -> A
 }
 
 fn parse_body(request: &ApiGatewayProxyRequest) -> Result<BackfillRequest, BackfillError> {
-    let bad = |reason: String| BackfillError::BadRequest(sluice_core::RequestError::new("body", reason));
+    let bad = |reason: String| BackfillError::BadRequest(sluice_core::FieldError::new("body", reason));
     match json_body(request).map_err(bad)? {
         None => Err(bad(
             r#"is empty; send {"start": "2024-01-01", "end": "2024-04-01", "chunk": "1d"}"#.into(),

@@ -2,7 +2,9 @@
 //! clients and services built once at init, JSON logs, and the time budget.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
 
 use sluice_aws::{
     DynamoStore, EventBridgeEvents, ScheduleTarget, SchedulerSchedules, SecretsManagerSecrets, TableNames,
@@ -12,6 +14,22 @@ use sluice_core::{Backfiller, SourceAdmin, SyncService, SyncSettings};
 use sluice_sources::SqlReader;
 
 pub mod http;
+mod metrics;
+
+pub use metrics::{EmfMetrics, emf};
+
+/// A setting of the function's environment that is missing or malformed.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvError {
+    #[error("the environment variable {0} is not set (template.yaml sets it)")]
+    Missing(&'static str),
+    #[error("{name} must be whole seconds, got {value:?}")]
+    NotSeconds { name: &'static str, value: String },
+}
+
+fn var(name: &'static str) -> Result<String, EnvError> {
+    std::env::var(name).map_err(|_| EnvError::Missing(name))
+}
 
 /// Settings of a function, from its environment (template.yaml sets them).
 #[derive(Debug, Clone)]
@@ -32,20 +50,31 @@ pub struct FunctionConfig {
     pub metrics_namespace: String,
 }
 
-fn seconds(name: &str, default: u64) -> Result<Duration, String> {
+fn seconds(name: &'static str, default: u64) -> Result<Duration, EnvError> {
     match std::env::var(name) {
-        Ok(v) => v
+        Ok(value) => value
             .parse()
             .map(Duration::from_secs)
-            .map_err(|_| format!("{name} must be whole seconds, got {v:?}")),
+            .map_err(|_| EnvError::NotSeconds { name, value }),
         Err(_) => Ok(Duration::from_secs(default)),
     }
 }
 
+/// `SLUICE_SOURCES_TABLE`, `SLUICE_RECORDS_TABLE`, `SLUICE_RUNS_TABLE` and
+/// `SLUICE_MEMBERS_TABLE` (set by template.yaml).
+fn tables() -> Result<TableNames, EnvError> {
+    Ok(TableNames {
+        sources: var("SLUICE_SOURCES_TABLE")?,
+        records: var("SLUICE_RECORDS_TABLE")?,
+        runs: var("SLUICE_RUNS_TABLE")?,
+        members: var("SLUICE_MEMBERS_TABLE")?,
+    })
+}
+
 impl FunctionConfig {
-    pub fn from_env() -> Result<Self, String> {
+    pub fn from_env() -> Result<Self, EnvError> {
         Ok(FunctionConfig {
-            tables: TableNames::from_env()?,
+            tables: tables()?,
             event_bus: std::env::var("SLUICE_EVENT_BUS").unwrap_or_else(|_| "default".into()),
             lease: seconds("SLUICE_LEASE_SECONDS", 960)?,
             backfill_retry: seconds("SLUICE_BACKFILL_RETRY_SECONDS", 30)?,
@@ -67,8 +96,7 @@ pub struct ApiConfig {
 }
 
 impl ApiConfig {
-    pub fn from_env() -> Result<Self, String> {
-        let var = |name: &str| std::env::var(name).map_err(|_| format!("the environment variable {name} is not set"));
+    pub fn from_env() -> Result<Self, EnvError> {
         Ok(ApiConfig {
             function: FunctionConfig::from_env()?,
             schedules: ScheduleTarget {
@@ -122,10 +150,12 @@ pub fn sync_service(sdk: &aws_config::SdkConfig, config: &FunctionConfig) -> Syn
         )),
         SyncSettings {
             lease: config.lease,
-            metrics_namespace: Some(config.metrics_namespace.clone()),
             ..SyncSettings::default()
         },
-    );
+    )
+    .with_observer(Arc::new(EmfMetrics {
+        namespace: config.metrics_namespace.clone(),
+    }));
     match &config.schedule_group {
         Some(group) => service.with_schedules(Arc::new(SchedulerSchedules::rates_only(
             aws_sdk_scheduler::Client::new(sdk),

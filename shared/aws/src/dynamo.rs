@@ -15,11 +15,13 @@ use aws_sdk_dynamodb::types::{
 };
 use chrono::{DateTime, Utc};
 use rand::Rng;
-use sluice_core::record::dedup_last;
-use sluice_core::window::{from_micros, to_micros};
+use sluice_core::stored::{
+    StoredSource, decode_job, decode_run, encode_config, encode_job, encode_run, job_status, to_micros,
+};
 use sluice_core::{
-    Backfill, BackfillCreated, Cadence, Lease, LeaseOutcome, Member, Record, Run, SourceConfig, SourceState, Store,
-    StoreError, StoredRecord, Value, WriteStats,
+    BackendError, Backfill, BackfillCreated, BackfillJobs, Cadence, LeaseOutcome, Member, Record, RecordBatch,
+    RecordReader, RecordWriter, Run, RunLog, SaveOutcome, SourceConfig, SourceState, SourceStore, StoreError,
+    StoredRecord, Value, WriteStats,
 };
 
 use crate::item::{Item, attribute, n, plain_json, s};
@@ -49,18 +51,6 @@ impl TableNames {
             members: format!("{prefix}Members"),
         }
     }
-
-    /// From `SLUICE_SOURCES_TABLE`, `SLUICE_RECORDS_TABLE`, `SLUICE_RUNS_TABLE` and
-    /// `SLUICE_MEMBERS_TABLE` (set by template.yaml); the error names the missing one.
-    pub fn from_env() -> Result<Self, String> {
-        let var = |name: &str| std::env::var(name).map_err(|_| format!("the environment variable {name} is not set"));
-        Ok(TableNames {
-            sources: var("SLUICE_SOURCES_TABLE")?,
-            records: var("SLUICE_RECORDS_TABLE")?,
-            runs: var("SLUICE_RUNS_TABLE")?,
-            members: var("SLUICE_MEMBERS_TABLE")?,
-        })
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -75,14 +65,13 @@ where
     R: std::fmt::Debug + Send + Sync + 'static,
 {
     move |e| {
-        let missing_table = e.as_service_error().and_then(|s| s.code()) == Some("ResourceNotFoundException");
-        let mut message = crate::aws_error(e);
-        if missing_table {
-            message.push_str(
+        let mut error = crate::aws_error(e);
+        if error.code.as_deref() == Some("ResourceNotFoundException") {
+            error.message.push_str(
                 " (a table is missing: deploy the stack, or check SLUICE_SOURCES_TABLE, SLUICE_RECORDS_TABLE, SLUICE_RUNS_TABLE and SLUICE_MEMBERS_TABLE)",
             );
         }
-        StoreError::backend(operation, message)
+        StoreError::backend(operation, error)
     }
 }
 
@@ -171,31 +160,17 @@ impl DynamoStore {
     }
 
     fn state(item: &Item) -> Result<SourceState, StoreError> {
-        let id = s(item, "source_id").unwrap_or_default();
-        let corrupt = |reason: String| StoreError::Corrupt {
-            what: format!("source {id}"),
-            reason,
-        };
-        let config = s(item, "config").ok_or_else(|| corrupt("no config attribute".into()))?;
-        let config: SourceConfig = serde_json::from_str(&config).map_err(|e| corrupt(e.to_string()))?;
-        let lease = match (s(item, "lease_token"), n(item, "lease_expires_us")) {
-            (Some(token), Some(us)) => Some(Lease {
-                token,
-                expires_at: from_micros(us),
-            }),
-            _ => None,
-        };
-        Ok(SourceState {
-            config,
-            watermark: n(item, "watermark_us").map(from_micros),
-            lease,
+        StoredSource {
+            config: s(item, "config"),
+            watermark_us: n(item, "watermark_us"),
+            lease_token: s(item, "lease_token"),
+            lease_expires_us: n(item, "lease_expires_us"),
             active_backfill: s(item, "active_backfill"),
-            cadence: Cadence {
-                effective_minutes: n(item, "effective_minutes").unwrap_or(0) as u32,
-                fast_runs: n(item, "fast_runs").unwrap_or(0) as u32,
-            },
-            narrowed_window_seconds: n(item, "narrowed_window_s"),
-        })
+            effective_minutes: n(item, "effective_minutes"),
+            fast_runs: n(item, "fast_runs"),
+            narrowed_window_s: n(item, "narrowed_window_s"),
+        }
+        .decode(&s(item, "source_id").unwrap_or_default())
     }
 
     async fn get_item_consistent(&self, id: &str) -> Result<Option<Item>, StoreError> {
@@ -234,10 +209,10 @@ impl DynamoStore {
                     if attempt >= ATTEMPTS {
                         return Err(StoreError::backend(
                             "writing records (BatchWriteItem)",
-                            format!(
+                            BackendError::message(format!(
                                 "{} items still unprocessed after {ATTEMPTS} attempts (throttled)",
                                 pending.len()
-                            ),
+                            )),
                         ));
                     }
                     backoff(attempt).await;
@@ -287,7 +262,9 @@ impl DynamoStore {
                     if attempt >= ATTEMPTS {
                         return Err(StoreError::backend(
                             "reading record hashes (BatchGetItem)",
-                            "keys still unprocessed (throttled)",
+                            BackendError::message(format!(
+                                "keys still unprocessed after {ATTEMPTS} attempts (throttled)"
+                            )),
                         ));
                     }
                     backoff(attempt).await;
@@ -371,24 +348,19 @@ fn backfill_pk(source_id: &str) -> String {
 
 impl DynamoStore {
     fn backfill(item: &Item) -> Result<Backfill, StoreError> {
-        let body = s(item, "body").unwrap_or_default();
-        let mut job: Backfill = serde_json::from_str(&body).map_err(|e| StoreError::Corrupt {
-            what: format!("backfill {}", s(item, "run_id").unwrap_or_default()),
-            reason: e.to_string(),
-        })?;
-        job.version = n(item, "version").unwrap_or(0) as u64;
-        job.cancel_requested_at = n(item, "cancel_requested_us").map(from_micros);
-        Ok(job)
+        decode_job(
+            &s(item, "run_id").unwrap_or_default(),
+            &s(item, "body").unwrap_or_default(),
+            n(item, "version").unwrap_or(0),
+            n(item, "cancel_requested_us"),
+        )
     }
 
     /// The update that saves `job`'s body if the stored version is still `job.version`.
     fn backfill_update(&self, job: &Backfill) -> Update {
         let mut values = HashMap::from([
-            (
-                ":b".to_string(),
-                AttributeValue::S(serde_json::to_string(job).expect("jobs serialize")),
-            ),
-            (":s".to_string(), AttributeValue::S(job_status(job))),
+            (":b".to_string(), AttributeValue::S(encode_job(job))),
+            (":s".to_string(), AttributeValue::S(job_status(job).into())),
             (":v".to_string(), num(job.version as i64)),
             (":nv".to_string(), num(job.version as i64 + 1)),
         ]);
@@ -415,17 +387,7 @@ impl DynamoStore {
 }
 
 fn run_body(source_id: &str, item: &Item) -> Result<Run, StoreError> {
-    serde_json::from_str(&s(item, "body").unwrap_or_default()).map_err(|e| StoreError::Corrupt {
-        what: format!("a run of {source_id}"),
-        reason: e.to_string(),
-    })
-}
-
-fn job_status(job: &Backfill) -> String {
-    serde_json::to_value(job.status)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
+    decode_run(source_id, &s(item, "body").unwrap_or_default())
 }
 
 fn is_condition_failed<R>(e: &SdkError<aws_sdk_dynamodb::operation::update_item::UpdateItemError, R>) -> bool {
@@ -434,17 +396,14 @@ fn is_condition_failed<R>(e: &SdkError<aws_sdk_dynamodb::operation::update_item:
 }
 
 #[async_trait]
-impl Store for DynamoStore {
+impl SourceStore for DynamoStore {
     async fn put_source(&self, config: &SourceConfig) -> Result<(), StoreError> {
         self.client
             .update_item()
             .table_name(&self.tables.sources)
             .set_key(Some(key(("source_id", &config.id), None)))
             .update_expression("SET config = :c")
-            .expression_attribute_values(
-                ":c",
-                AttributeValue::S(serde_json::to_string(config).expect("config serializes")),
-            )
+            .expression_attribute_values(":c", AttributeValue::S(encode_config(config)))
             .send()
             .await
             .map_err(sdk("saving a source"))?;
@@ -456,6 +415,45 @@ impl Store for DynamoStore {
             .await?
             .map(|item| Self::state(&item))
             .transpose()
+    }
+
+    async fn list_sources(&self) -> Result<Vec<SourceState>, StoreError> {
+        let mut sources = self
+            .scan_sources(None, "listing sources")
+            .await?
+            .iter()
+            .map(Self::state)
+            .collect::<Result<Vec<_>, _>>()?;
+        sources.sort_by(|a, b| a.config.id.cmp(&b.config.id));
+        Ok(sources)
+    }
+
+    async fn delete_source(&self, id: &str, purge_records: bool) -> Result<u64, StoreError> {
+        let mut purged = 0;
+        if purge_records {
+            let (items, _) = self.query_all(&self.tables.records, ("source_id", id), false).await?;
+            let deletes: Vec<WriteRequest> = items
+                .iter()
+                .filter_map(|i| s(i, "record_key"))
+                .map(|k| {
+                    let delete = DeleteRequest::builder()
+                        .set_key(Some(key(("source_id", id), Some(("record_key", &k)))))
+                        .build()
+                        .expect("key set");
+                    WriteRequest::builder().delete_request(delete).build()
+                })
+                .collect();
+            purged = deletes.len() as u64;
+            self.batch_write(&self.tables.records, deletes).await?;
+        }
+        self.client
+            .delete_item()
+            .table_name(&self.tables.sources)
+            .set_key(Some(key(("source_id", id), None)))
+            .send()
+            .await
+            .map_err(sdk("deleting a source"))?;
+        Ok(purged)
     }
 
     async fn acquire_lease(
@@ -481,9 +479,9 @@ impl Store for DynamoStore {
             .send()
             .await;
         match out {
-            Ok(out) => Ok(LeaseOutcome::Acquired(Self::state(
+            Ok(out) => Ok(LeaseOutcome::Acquired(Box::new(Self::state(
                 &out.attributes.unwrap_or_default(),
-            )?)),
+            )?))),
             Err(e) if is_condition_failed(&e) => Ok(match self.get_source(id).await? {
                 None => LeaseOutcome::NotFound,
                 Some(state) => LeaseOutcome::Held {
@@ -540,13 +538,56 @@ impl Store for DynamoStore {
         }
     }
 
+    async fn set_narrowed_window(&self, id: &str, seconds: Option<i64>) -> Result<(), StoreError> {
+        let update = self
+            .client
+            .update_item()
+            .table_name(&self.tables.sources)
+            .set_key(Some(key(("source_id", id), None)))
+            .condition_expression("attribute_exists(source_id)");
+        let update = match seconds {
+            Some(s) => update
+                .update_expression("SET narrowed_window_s = :s")
+                .expression_attribute_values(":s", num(s)),
+            None => update.update_expression("REMOVE narrowed_window_s"),
+        };
+        match update.send().await {
+            Ok(_) => Ok(()),
+            Err(e) if is_condition_failed(&e) => Ok(()),
+            Err(e) => Err(sdk("saving the narrowed window")(e)),
+        }
+    }
+
+    async fn set_cadence(&self, id: &str, cadence: Cadence) -> Result<(), StoreError> {
+        let out = self
+            .client
+            .update_item()
+            .table_name(&self.tables.sources)
+            .set_key(Some(key(("source_id", id), None)))
+            .update_expression("SET effective_minutes = :e, fast_runs = :f")
+            .condition_expression("attribute_exists(source_id)")
+            .expression_attribute_values(":e", num(cadence.effective_minutes.into()))
+            .expression_attribute_values(":f", num(cadence.fast_runs.into()))
+            .send()
+            .await;
+        match out {
+            Ok(_) => Ok(()),
+            // Deleted meanwhile: nothing to keep.
+            Err(e) if is_condition_failed(&e) => Ok(()),
+            Err(e) => Err(sdk("saving the schedule's cadence")(e)),
+        }
+    }
+}
+
+#[async_trait]
+impl RecordWriter for DynamoStore {
     async fn write_records(
         &self,
         source_id: &str,
-        records: Vec<Record>,
+        batch: RecordBatch,
         check_unchanged: bool,
     ) -> Result<WriteStats, StoreError> {
-        let mut records = dedup_last(records);
+        let mut records = batch.into_records();
         let mut stats = WriteStats::default();
         if check_unchanged {
             let stored = self.stored_hashes(source_id, &records).await?;
@@ -600,7 +641,10 @@ impl Store for DynamoStore {
         }
         self.batch_write(&self.tables.members, requests).await
     }
+}
 
+#[async_trait]
+impl RunLog for DynamoStore {
     async fn put_run(&self, run: &Run) -> Result<(), StoreError> {
         let status = serde_json::to_value(run.status).expect("status serializes");
         self.client
@@ -614,10 +658,7 @@ impl Store for DynamoStore {
             )
             .item("started_at", AttributeValue::S(Value::iso_timestamp(&run.started_at)))
             .item("expires_at", num(run.expires_at().timestamp()))
-            .item(
-                "body",
-                AttributeValue::S(serde_json::to_string(run).expect("runs serialize")),
-            )
+            .item("body", AttributeValue::S(encode_run(run)))
             .send()
             .await
             .map_err(sdk("writing the run log"))?;
@@ -653,147 +694,14 @@ impl Store for DynamoStore {
             .map_err(sdk("reading a run"))?;
         out.item.as_ref().map(|item| run_body(source_id, item)).transpose()
     }
+}
 
-    async fn list_sources(&self) -> Result<Vec<SourceState>, StoreError> {
-        let mut sources = self
-            .scan_sources(None, "listing sources")
-            .await?
-            .iter()
-            .map(Self::state)
-            .collect::<Result<Vec<_>, _>>()?;
-        sources.sort_by(|a, b| a.config.id.cmp(&b.config.id));
-        Ok(sources)
-    }
-
-    async fn delete_source(&self, id: &str, purge_records: bool) -> Result<u64, StoreError> {
-        let mut purged = 0;
-        if purge_records {
-            let (items, _) = self.query_all(&self.tables.records, ("source_id", id), false).await?;
-            let deletes: Vec<WriteRequest> = items
-                .iter()
-                .filter_map(|i| s(i, "record_key"))
-                .map(|k| {
-                    let delete = DeleteRequest::builder()
-                        .set_key(Some(key(("source_id", id), Some(("record_key", &k)))))
-                        .build()
-                        .expect("key set");
-                    WriteRequest::builder().delete_request(delete).build()
-                })
-                .collect();
-            purged = deletes.len() as u64;
-            self.batch_write(&self.tables.records, deletes).await?;
-        }
-        self.client
-            .delete_item()
-            .table_name(&self.tables.sources)
-            .set_key(Some(key(("source_id", id), None)))
-            .send()
-            .await
-            .map_err(sdk("deleting a source"))?;
-        Ok(purged)
-    }
-
-    async fn get_record(&self, source_id: &str, record_key: &str) -> Result<Option<StoredRecord>, StoreError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.tables.records)
-            .set_key(Some(key(("source_id", source_id), Some(("record_key", record_key)))))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(sdk("reading a record"))?;
-        Ok(out.item.map(|item| {
-            let hash = s(&item, "_hash").unwrap_or_default();
-            let fields: BTreeMap<String, serde_json::Value> = item
-                .iter()
-                .filter(|(k, _)| !matches!(k.as_str(), "source_id" | "record_key" | "_hash"))
-                .map(|(k, v)| (k.clone(), plain_json(v)))
-                .collect();
-            StoredRecord {
-                key: record_key.to_string(),
-                hash,
-                fields,
-            }
-        }))
-    }
-
-    async fn count_records(&self, source_id: &str) -> Result<u64, StoreError> {
-        Ok(self
-            .query_all(&self.tables.records, ("source_id", source_id), true)
-            .await?
-            .1)
-    }
-
-    async fn list_members(&self, member_id_source: &str) -> Result<(Vec<Member>, Vec<String>), StoreError> {
-        let (items, _) = self
-            .query_all(
-                &self.tables.members,
-                ("pk", &format!("member#{member_id_source}")),
-                false,
-            )
-            .await?;
-        let members = items
-            .iter()
-            .map(|i| Member {
-                member_id: s(i, "sk").unwrap_or_default(),
-                name: s(i, "name").unwrap_or_default(),
-                team: s(i, "team"),
-            })
-            .collect();
-        let (items, _) = self
-            .query_all(&self.tables.members, ("pk", &format!("team#{member_id_source}")), false)
-            .await?;
-        Ok((members, items.iter().filter_map(|i| s(i, "sk")).collect()))
-    }
-
-    async fn set_narrowed_window(&self, id: &str, seconds: Option<i64>) -> Result<(), StoreError> {
-        let update = self
-            .client
-            .update_item()
-            .table_name(&self.tables.sources)
-            .set_key(Some(key(("source_id", id), None)))
-            .condition_expression("attribute_exists(source_id)");
-        let update = match seconds {
-            Some(s) => update
-                .update_expression("SET narrowed_window_s = :s")
-                .expression_attribute_values(":s", num(s)),
-            None => update.update_expression("REMOVE narrowed_window_s"),
-        };
-        match update.send().await {
-            Ok(_) => Ok(()),
-            Err(e) if is_condition_failed(&e) => Ok(()),
-            Err(e) => Err(sdk("saving the narrowed window")(e)),
-        }
-    }
-
-    async fn set_cadence(&self, id: &str, cadence: Cadence) -> Result<(), StoreError> {
-        let out = self
-            .client
-            .update_item()
-            .table_name(&self.tables.sources)
-            .set_key(Some(key(("source_id", id), None)))
-            .update_expression("SET effective_minutes = :e, fast_runs = :f")
-            .condition_expression("attribute_exists(source_id)")
-            .expression_attribute_values(":e", num(cadence.effective_minutes.into()))
-            .expression_attribute_values(":f", num(cadence.fast_runs.into()))
-            .send()
-            .await;
-        match out {
-            Ok(_) => Ok(()),
-            // Deleted meanwhile: nothing to keep.
-            Err(e) if is_condition_failed(&e) => Ok(()),
-            Err(e) => Err(sdk("saving the schedule's cadence")(e)),
-        }
-    }
-
+#[async_trait]
+impl BackfillJobs for DynamoStore {
     async fn create_backfill(&self, job: &Backfill) -> Result<BackfillCreated, StoreError> {
         let mut item = key(("source_id", &backfill_pk(&job.source_id)), Some(("run_id", &job.id)));
-        item.insert(
-            "body".into(),
-            AttributeValue::S(serde_json::to_string(job).expect("jobs serialize")),
-        );
-        item.insert("status".into(), AttributeValue::S(job_status(job)));
+        item.insert("body".into(), AttributeValue::S(encode_job(job)));
+        item.insert("status".into(), AttributeValue::S(job_status(job).into()));
         item.insert("version".into(), num(job.version as i64));
         let put = Put::builder()
             .table_name(&self.tables.runs)
@@ -864,7 +772,7 @@ impl Store for DynamoStore {
         out.items().iter().map(Self::backfill).collect()
     }
 
-    async fn save_backfill(&self, job: &mut Backfill) -> Result<bool, StoreError> {
+    async fn save_backfill(&self, job: &mut Backfill) -> Result<SaveOutcome, StoreError> {
         let update = self.backfill_update(job);
         let saved = if job.is_active() {
             match self
@@ -911,10 +819,11 @@ impl Store for DynamoStore {
                 Err(e) => return Err(sdk("finishing a backfill")(e)),
             }
         };
-        if saved {
-            job.version += 1;
+        if !saved {
+            return Ok(SaveOutcome::Stale);
         }
-        Ok(saved)
+        job.version += 1;
+        Ok(SaveOutcome::Saved)
     }
 
     async fn request_backfill_cancel(
@@ -951,5 +860,62 @@ impl Store for DynamoStore {
             .iter()
             .filter_map(|item| Some((s(item, "source_id")?, s(item, "active_backfill")?)))
             .collect())
+    }
+}
+
+#[async_trait]
+impl RecordReader for DynamoStore {
+    async fn get_record(&self, source_id: &str, record_key: &str) -> Result<Option<StoredRecord>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.tables.records)
+            .set_key(Some(key(("source_id", source_id), Some(("record_key", record_key)))))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(sdk("reading a record"))?;
+        Ok(out.item.map(|item| {
+            let hash = s(&item, "_hash").unwrap_or_default();
+            let fields: BTreeMap<String, serde_json::Value> = item
+                .iter()
+                .filter(|(k, _)| !matches!(k.as_str(), "source_id" | "record_key" | "_hash"))
+                .map(|(k, v)| (k.clone(), plain_json(v)))
+                .collect();
+            StoredRecord {
+                key: record_key.to_string(),
+                hash,
+                fields,
+            }
+        }))
+    }
+
+    async fn count_records(&self, source_id: &str) -> Result<u64, StoreError> {
+        Ok(self
+            .query_all(&self.tables.records, ("source_id", source_id), true)
+            .await?
+            .1)
+    }
+
+    async fn list_members(&self, member_id_source: &str) -> Result<(Vec<Member>, Vec<String>), StoreError> {
+        let (items, _) = self
+            .query_all(
+                &self.tables.members,
+                ("pk", &format!("member#{member_id_source}")),
+                false,
+            )
+            .await?;
+        let members = items
+            .iter()
+            .map(|i| Member {
+                member_id: s(i, "sk").unwrap_or_default(),
+                name: s(i, "name").unwrap_or_default(),
+                team: s(i, "team"),
+            })
+            .collect();
+        let (items, _) = self
+            .query_all(&self.tables.members, ("pk", &format!("team#{member_id_source}")), false)
+            .await?;
+        Ok((members, items.iter().filter_map(|i| s(i, "sk")).collect()))
     }
 }

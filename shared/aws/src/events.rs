@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use aws_sdk_eventbridge::Client;
 use aws_sdk_eventbridge::types::PutEventsRequestEntry;
-use sluice_core::{Backfill, BoxError, Events, Run};
+use sluice_core::{BackendError, Backfill, Events, EventsError, Run};
 
 pub struct EventBridgeEvents {
     client: Client,
@@ -33,11 +33,12 @@ pub struct BackfillRequested {
 }
 
 impl EventBridgeEvents {
-    async fn put(&self, detail_type: &str, detail: String) -> Result<(), BoxError> {
+    async fn put(&self, event: &'static str, detail: String) -> Result<(), EventsError> {
+        let failed = |source: BackendError| EventsError { event, source };
         let entry = PutEventsRequestEntry::builder()
             .event_bus_name(&self.bus)
             .source(EVENT_SOURCE)
-            .detail_type(detail_type)
+            .detail_type(event)
             .detail(detail)
             .build();
         let out = self
@@ -46,7 +47,7 @@ impl EventBridgeEvents {
             .entries(entry)
             .send()
             .await
-            .map_err(crate::aws_error)?;
+            .map_err(|e| failed(crate::aws_error(e)))?;
         if out.failed_entry_count() > 0 {
             let why = out
                 .entries()
@@ -54,7 +55,9 @@ impl EventBridgeEvents {
                 .filter_map(|e| e.error_message())
                 .collect::<Vec<_>>()
                 .join("; ");
-            return Err(format!("EventBridge refused the event: {why}").into());
+            return Err(failed(BackendError::message(format!(
+                "EventBridge refused the event: {why}"
+            ))));
         }
         Ok(())
     }
@@ -62,15 +65,20 @@ impl EventBridgeEvents {
 
 #[async_trait]
 impl Events for EventBridgeEvents {
-    async fn run_completed(&self, run: &Run) -> Result<(), BoxError> {
-        self.put(RUN_COMPLETED, serde_json::to_string(run)?).await
+    async fn run_completed(&self, run: &Run) -> Result<(), EventsError> {
+        self.put(RUN_COMPLETED, serde_json::to_string(run).expect("runs serialize"))
+            .await
     }
 
-    async fn backfill_requested(&self, job: &Backfill) -> Result<(), BoxError> {
+    async fn backfill_requested(&self, job: &Backfill) -> Result<(), EventsError> {
         let detail = BackfillRequested {
             source_id: job.source_id.clone(),
             backfill_id: job.id.clone(),
         };
-        self.put(BACKFILL_REQUESTED, serde_json::to_string(&detail)?).await
+        self.put(
+            BACKFILL_REQUESTED,
+            serde_json::to_string(&detail).expect("details serialize"),
+        )
+        .await
     }
 }

@@ -13,22 +13,23 @@ pub use schedules::{ScheduleTarget, SchedulerSchedules, rate_expression};
 pub use secrets::SecretsManagerSecrets;
 
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use sluice_core::BackendError;
 
-/// What an AWS service said: its own code and message when it refused a request (the
-/// SDK's full context would dump the raw response into the run log), the full context
-/// for transport failures (which name the endpoint and the cause).
-pub(crate) fn aws_error<E, R>(e: SdkError<E, R>) -> String
+/// What an AWS service said, as the one error type every AWS adapter returns: its own
+/// code and message when it refused a request (the SDK's full context would dump the
+/// raw response into the run log), the full context for transport failures (which name
+/// the endpoint and the cause).
+pub(crate) fn aws_error<E, R>(e: SdkError<E, R>) -> BackendError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     R: std::fmt::Debug + Send + Sync + 'static,
 {
     match e.as_service_error() {
-        Some(refusal) => format!(
-            "{}: {}",
-            refusal.code().unwrap_or("an unnamed service error"),
-            refusal.message().unwrap_or("no message")
+        Some(refusal) => BackendError::new(
+            Some(refusal.code().unwrap_or("an unnamed service error").to_string()),
+            refusal.message().unwrap_or("no message"),
         ),
-        None => DisplayErrorContext(e).to_string(),
+        None => BackendError::message(DisplayErrorContext(e).to_string()),
     }
 }
 

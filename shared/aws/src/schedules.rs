@@ -57,11 +57,11 @@ pub fn rate_expression(minutes: u32) -> String {
     }
 }
 
-fn failed(operation: &'static str, source_id: &str, e: impl std::fmt::Display) -> ScheduleError {
+fn failed(operation: &'static str, source_id: &str, source: sluice_core::BackendError) -> ScheduleError {
     ScheduleError {
         operation,
         source_id: source_id.to_string(),
-        source: e.to_string().into(),
+        source,
     }
 }
 
@@ -73,7 +73,7 @@ impl Schedules for SchedulerSchedules {
             return Err(failed(
                 "creating",
                 id,
-                "this process only changes rates (no target configured)",
+                sluice_core::BackendError::message("this process only changes rates (no target configured)"),
             ));
         }
         let input = serde_json::json!({ "source_id": id }).to_string();
@@ -95,11 +95,11 @@ impl Schedules for SchedulerSchedules {
                     .map(|arn| DeadLetterConfig::builder().arn(arn).build()),
             )
             .build()
-            .map_err(|e| failed("building", id, e))?;
+            .map_err(|e| failed("building", id, sluice_core::BackendError::message(e.to_string())))?;
         let window = FlexibleTimeWindow::builder()
             .mode(FlexibleTimeWindowMode::Off)
             .build()
-            .map_err(|e| failed("building", id, e))?;
+            .map_err(|e| failed("building", id, sluice_core::BackendError::message(e.to_string())))?;
         let state = if schedule.enabled {
             ScheduleState::Enabled
         } else {

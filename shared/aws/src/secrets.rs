@@ -50,7 +50,7 @@ impl Secrets for SecretsManagerSecrets {
                 } else {
                     SecretsError::Backend {
                         id: secret_id.to_string(),
-                        source: crate::aws_error(e).into(),
+                        source: crate::aws_error(e),
                     }
                 }
             })?;
@@ -77,7 +77,7 @@ where
 {
     move |e| SecretsError::Backend {
         id: secret_id.to_string(),
-        source: crate::aws_error(e).into(),
+        source: crate::aws_error(e),
     }
 }
 

@@ -1,33 +1,32 @@
-//! Managing sources (issue 4): create, change and delete them with their secret and
-//! schedule, run the test query, read the import log. What a settings page calls.
+//! Managing sources: create, change and delete them with their secret and schedule,
+//! run the test query, read the import log. What a settings page calls; the requests
+//! arrive parsed (the API function reads JSON bodies, the CLI its files).
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
-use serde_json::Value as Json;
+use serde::Serialize;
 
-use crate::backfill::{RequestError, parse_instant};
 use crate::cadence::Cadence;
 use crate::ports::{
-    Schedule, ScheduleError, Schedules, SecretWriter, Secrets, SecretsError, SourceReader, SourceState, Store,
-    StoreError,
+    Clock, Schedule, ScheduleError, Schedules, SecretWriter, Secrets, SecretsError, SourceReader, SourceState, Store,
+    StoreError, SystemClock,
 };
 use crate::preview::Preview;
 use crate::run::Run;
-use crate::source::{ConnectionSecret, SourceConfig};
+use crate::source::{ConnectionSecret, FieldError, SourceConfig};
 use crate::window::Window;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
     #[error("{0}")]
-    BadRequest(#[from] RequestError),
+    BadRequest(#[from] FieldError),
     #[error("source `{0}` does not exist")]
     NotFound(String),
     #[error("run `{run_id}` of source `{source_id}` does not exist")]
     RunNotFound { source_id: String, run_id: String },
-    #[error("source `{0}` already exists; change it with PATCH /sources/{0}")]
+    #[error("source `{0}` already exists")]
     Conflict(String),
     #[error("{0}")]
     Secrets(#[from] SecretsError),
@@ -52,14 +51,26 @@ pub struct SourceView {
     pub effective_frequency_minutes: u32,
 }
 
-impl From<SourceState> for SourceView {
-    fn from(s: SourceState) -> Self {
+impl SourceView {
+    /// The source's state as seen at `now`.
+    pub fn new(s: SourceState, now: DateTime<Utc>) -> Self {
         SourceView {
             effective_frequency_minutes: s.cadence.minutes(s.config.frequency_minutes),
-            running: s.lease.is_some_and(|l| l.expires_at > Utc::now()),
+            running: s.lease.is_some_and(|l| l.expires_at > now),
             config: s.config,
             watermark: s.watermark,
             active_backfill: s.active_backfill,
+        }
+    }
+
+    /// A source that has never been stored.
+    pub fn unsaved(config: SourceConfig) -> Self {
+        SourceView {
+            effective_frequency_minutes: config.frequency_minutes,
+            config,
+            watermark: None,
+            running: false,
+            active_backfill: None,
         }
     }
 }
@@ -71,20 +82,21 @@ pub struct RunsPage {
     pub next: Option<String>,
 }
 
-/// The body of a test query: an unsaved config (and its connection), and a window.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TestQuery {
-    source: Option<Json>,
-    connection: Option<Json>,
-    window: Option<WindowBody>,
+/// A source as its owner sends it: the config, and either a `connection` to store as
+/// the secret Sluice owns (`secret_id` then names it, see [`SourceAdmin::owned_secret`])
+/// or none (`secret_id` names an existing secret).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceInput {
+    pub config: SourceConfig,
+    pub connection: Option<ConnectionSecret>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct WindowBody {
-    last_update_time: String,
-    upper_date_limit: String,
+/// A test query: of the saved source, or of an unsaved one, for a given window or the
+/// next run's.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TestQuery {
+    pub source: Option<SourceInput>,
+    pub window: Option<Window>,
 }
 
 pub struct SourceAdmin {
@@ -93,6 +105,7 @@ pub struct SourceAdmin {
     secrets: Arc<dyn Secrets>,
     secret_writer: Arc<dyn SecretWriter>,
     schedules: Arc<dyn Schedules>,
+    clock: Arc<dyn Clock>,
     /// Secrets that Sluice creates are named `{secret_prefix}{source_id}`.
     secret_prefix: String,
 }
@@ -112,50 +125,62 @@ impl SourceAdmin {
             secrets,
             secret_writer,
             schedules,
+            clock: Arc::new(SystemClock),
             secret_prefix: secret_prefix.into(),
         }
     }
 
-    /// Creates a source from the JSON of a [`SourceConfig`], plus either `secret_id` (an
-    /// existing secret) or `connection` (stored as a new secret), and its schedule.
-    pub async fn create(&self, body: Json) -> Result<SourceView, AdminError> {
-        let (config, connection) = self.parse(body, None)?;
+    /// Reads time through `clock` instead of the system's.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The name of the secret Sluice stores a new source's connection as.
+    pub fn owned_secret(&self, id: &str) -> String {
+        format!("{}{id}", self.secret_prefix)
+    }
+
+    /// Creates a source, its secret when it brings a connection, and its schedule.
+    pub async fn create(&self, input: SourceInput) -> Result<SourceView, AdminError> {
+        self.check(&input)?;
+        let config = &input.config;
         if self.store.get_source(&config.id).await?.is_some() {
-            return Err(AdminError::Conflict(config.id));
+            return Err(AdminError::Conflict(config.id.clone()));
         }
-        self.keep_secret(&config, connection.as_ref()).await?;
-        self.store.put_source(&config).await?;
-        self.schedules.put_schedule(&schedule_of(&config)).await?;
+        self.keep_secret(config, input.connection.as_ref()).await?;
+        self.store.put_source(config).await?;
+        self.schedules.put_schedule(&schedule_of(config)).await?;
         self.get(&config.id).await
     }
 
     pub async fn get(&self, id: &str) -> Result<SourceView, AdminError> {
-        Ok(self.state(id).await?.into())
+        Ok(SourceView::new(self.state(id).await?, self.clock.now()))
     }
 
     pub async fn list(&self) -> Result<Vec<SourceView>, AdminError> {
-        Ok(self.store.list_sources().await?.into_iter().map(Into::into).collect())
+        let now = self.clock.now();
+        Ok(self
+            .store
+            .list_sources()
+            .await?
+            .into_iter()
+            .map(|s| SourceView::new(s, now))
+            .collect())
     }
 
-    /// Changes the fields `body` names (a JSON merge of the top-level fields); a new
-    /// `connection` replaces the secret's value. The schedule follows the frequency,
-    /// `enabled` and `start_at`.
-    pub async fn patch(&self, id: &str, body: Json) -> Result<SourceView, AdminError> {
+    /// Replaces the config of source `id`; a new `connection` replaces the secret's
+    /// value. The schedule follows the frequency, `enabled` and `start_at`.
+    pub async fn replace(&self, id: &str, input: SourceInput) -> Result<SourceView, AdminError> {
         let current = self.state(id).await?;
-        let Json::Object(changes) = body else {
-            return Err(RequestError::new("body", "must be a JSON object of the fields to change").into());
-        };
-        let mut merged = serde_json::to_value(&current.config).expect("configs serialize");
-        for (field, value) in changes {
-            if field == "id" && value != Json::String(id.into()) {
-                return Err(RequestError::new("id", "cannot change; create a new source instead").into());
-            }
-            merged[field] = value;
+        if input.config.id != id {
+            return Err(FieldError::new("id", "cannot change; create a new source instead").into());
         }
-        let (config, connection) = self.parse(merged, Some(id))?;
-        self.keep_secret(&config, connection.as_ref()).await?;
-        self.store.put_source(&config).await?;
-        let mut schedule = schedule_of(&config);
+        self.check(&input)?;
+        let config = &input.config;
+        self.keep_secret(config, input.connection.as_ref()).await?;
+        self.store.put_source(config).await?;
+        let mut schedule = schedule_of(config);
         if config.frequency_minutes == current.config.frequency_minutes {
             // The adaptive frequency stands until the owner picks a new one.
             schedule.every_minutes = current.cadence.minutes(config.frequency_minutes);
@@ -177,48 +202,34 @@ impl SourceAdmin {
         Ok(self.store.delete_source(id, purge).await?)
     }
 
-    /// The test query of the saved source `id`, or of the unsaved config in `body`
-    /// (`{"source": {...}, "connection": {...}, "window": {...}}`, each optional).
-    pub async fn test_query(&self, id: &str, body: Option<Json>) -> Result<Preview, AdminError> {
-        let request: TestQuery = match body {
-            None => TestQuery::default(),
-            Some(b) => serde_json::from_value(b).map_err(|e| serde_error(&e.to_string()))?,
-        };
-        let window = request
-            .window
-            .map(|w| {
-                Ok::<_, RequestError>(Window {
-                    from: parse_instant("window.last_update_time", &w.last_update_time)?,
-                    to: parse_instant("window.upper_date_limit", &w.upper_date_limit)?,
-                })
-            })
-            .transpose()?;
-        if window.is_some_and(|w| w.to <= w.from) {
-            return Err(RequestError::new("window.upper_date_limit", "must be after last_update_time").into());
+    /// The test query of the saved source `id`, or of the unsaved source the request
+    /// brings (its connection used for this query only). Writes nothing.
+    pub async fn test_query(&self, id: &str, request: TestQuery) -> Result<Preview, AdminError> {
+        if let Some(w) = request.window
+            && w.to <= w.from
+        {
+            return Err(FieldError::new("window.upper_date_limit", "must be after last_update_time").into());
         }
         let state = self.store.get_source(id).await?;
-        let config = match request.source {
-            Some(mut source) => {
-                if let Some(connection) = request.connection {
-                    source["connection"] = connection;
+        let inline;
+        let (config, secrets): (&SourceConfig, &dyn Secrets) = match &request.source {
+            Some(input) => {
+                self.check(input)?;
+                match &input.connection {
+                    Some(c) => {
+                        inline = InlineSecret(c.clone());
+                        (&input.config, &inline)
+                    }
+                    None => (&input.config, &*self.secrets),
                 }
-                if source.get("id").is_none() {
-                    source["id"] = Json::String(id.into());
-                }
-                let (config, connection) = self.parse(source, Some(id))?;
-                if let Some(connection) = connection {
-                    let inline = InlineSecret(connection);
-                    return Ok(crate::preview::preview(&*self.reader, &inline, &config, state.as_ref(), window).await);
-                }
-                config
             }
-            None => state
-                .as_ref()
-                .ok_or_else(|| AdminError::NotFound(id.into()))?
-                .config
-                .clone(),
+            None => {
+                let state = state.as_ref().ok_or_else(|| AdminError::NotFound(id.into()))?;
+                (&state.config, &*self.secrets)
+            }
         };
-        Ok(crate::preview::preview(&*self.reader, &*self.secrets, &config, state.as_ref(), window).await)
+        let now = self.clock.now();
+        Ok(crate::preview::preview(&*self.reader, secrets, config, state.as_ref(), request.window, now).await)
     }
 
     /// A page of the source's import log, newest first.
@@ -247,8 +258,27 @@ impl SourceAdmin {
             .ok_or_else(|| AdminError::NotFound(id.into()))
     }
 
-    fn owned_secret(&self, id: &str) -> String {
-        format!("{}{id}", self.secret_prefix)
+    /// What a source must be before anything is stored: a valid config, and a
+    /// connection (if any) of its engine, stored under the secret Sluice owns.
+    fn check(&self, input: &SourceInput) -> Result<(), FieldError> {
+        let config = &input.config;
+        config.validate()?;
+        let Some(c) = &input.connection else { return Ok(()) };
+        if c.engine != config.engine {
+            return Err(FieldError::new(
+                "connection.engine",
+                format!("is {} but the source's engine is {}", c.engine, config.engine),
+            ));
+        }
+        if config.secret_id != self.owned_secret(&config.id) {
+            return Err(FieldError::new(
+                "secret_id",
+                "give either secret_id (an existing secret) or connection (stored as a new secret), not both",
+            ));
+        }
+        self.reader
+            .check(c)
+            .map_err(|e| FieldError::new("connection", e.message))
     }
 
     /// Stores a new connection, or checks that the referenced secret exists.
@@ -262,82 +292,12 @@ impl SourceAdmin {
             None => match self.secrets.connection(&config.secret_id).await {
                 Ok(_) => Ok(()),
                 Err(e @ (SecretsError::NotFound { .. } | SecretsError::Malformed { .. })) => {
-                    Err(RequestError::new("secret_id", e.to_string()).into())
+                    Err(FieldError::new("secret_id", e.to_string()).into())
                 }
                 Err(e) => Err(e.into()),
             },
         }
     }
-
-    /// A config (and the connection it brings) from JSON, validated. `path_id` is the id
-    /// the URL names, which the body must not contradict.
-    fn parse(
-        &self,
-        mut body: Json,
-        path_id: Option<&str>,
-    ) -> Result<(SourceConfig, Option<ConnectionSecret>), AdminError> {
-        let Some(object) = body.as_object_mut() else {
-            return Err(RequestError::new("body", "must be a JSON object (a source)").into());
-        };
-        let connection = match object.remove("connection") {
-            None | Some(Json::Null) => None,
-            Some(c) => Some(
-                serde_json::from_value::<ConnectionSecret>(c)
-                    .map_err(|e| RequestError::new("connection", e.to_string()))?,
-            ),
-        };
-        if let (Some(path_id), Some(Json::String(body_id))) = (path_id, object.get("id"))
-            && body_id != path_id
-        {
-            return Err(RequestError::new("id", format!("is {body_id:?} but the URL names {path_id:?}")).into());
-        }
-        if connection.is_some() {
-            let id = object.get("id").and_then(Json::as_str).unwrap_or_default().to_string();
-            let owned = Json::String(self.owned_secret(&id));
-            match object.get("secret_id") {
-                None => {
-                    object.insert("secret_id".into(), owned);
-                }
-                Some(given) if *given == owned => {}
-                Some(_) => {
-                    return Err(RequestError::new(
-                        "secret_id",
-                        "give either secret_id (an existing secret) or connection (stored as a new secret), not both",
-                    )
-                    .into());
-                }
-            }
-        }
-        let config: SourceConfig = serde_path_to_error::deserialize(body).map_err(|e| {
-            let path = e.path().to_string();
-            match path.as_str() {
-                "." => serde_error(&e.inner().to_string()),
-                _ => RequestError::new(path, e.inner().to_string()),
-            }
-        })?;
-        config.validate().map_err(|e| RequestError::new(e.field, e.reason))?;
-        if let Some(c) = &connection
-            && c.engine != config.engine
-        {
-            return Err(RequestError::new(
-                "connection.engine",
-                format!("is {} but the source's engine is {}", c.engine, config.engine),
-            )
-            .into());
-        }
-        Ok((config, connection))
-    }
-}
-
-/// A serde message as a field error: the field a missing or unknown field message
-/// names, else the body.
-fn serde_error(message: &str) -> RequestError {
-    let field = ["missing field `", "unknown field `"]
-        .iter()
-        .find_map(|p| message.strip_prefix(p))
-        .and_then(|rest| rest.split('`').next())
-        .unwrap_or("body");
-    RequestError::new(field, message)
 }
 
 fn schedule_of(config: &SourceConfig) -> Schedule {

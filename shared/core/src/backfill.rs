@@ -5,6 +5,7 @@
 use chrono::{DateTime, Duration, NaiveDate, NaiveDateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::source::FieldError;
 use crate::window::Window;
 
 /// More chunks than this is refused: each chunk is a run and a line in the job.
@@ -17,25 +18,8 @@ pub const MIN_CHUNK_SECONDS: i64 = 60;
 /// fits one stored item.
 const MAX_ERROR_CHARS: usize = 300;
 
-/// A bad request: the field and why, for a 400 answer.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize)]
-#[error("{field}: {reason}")]
-pub struct RequestError {
-    pub field: String,
-    pub reason: String,
-}
-
-impl RequestError {
-    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        RequestError {
-            field: field.into(),
-            reason: reason.into(),
-        }
-    }
-}
-
-fn bad(field: &str, reason: impl Into<String>) -> RequestError {
-    RequestError::new(field, reason)
+fn bad(field: &str, reason: impl Into<String>) -> FieldError {
+    FieldError::new(field, reason)
 }
 
 /// What a user asks for: `{"start": ISO-8601, "end": ISO-8601, "chunk": "1d"}`.
@@ -50,7 +34,7 @@ pub struct BackfillRequest {
 
 /// `2024-01-31T10:00:00Z`, `2024-01-31T10:00:00+02:00`, `2024-01-31T10:00:00` (UTC) or
 /// `2024-01-31` (midnight UTC).
-pub fn parse_instant(field: &'static str, text: &str) -> Result<DateTime<Utc>, RequestError> {
+pub fn parse_instant(field: &'static str, text: &str) -> Result<DateTime<Utc>, FieldError> {
     let text = text.trim();
     if let Ok(t) = DateTime::parse_from_rfc3339(text) {
         return Ok(t.with_timezone(&Utc));
@@ -68,7 +52,7 @@ pub fn parse_instant(field: &'static str, text: &str) -> Result<DateTime<Utc>, R
 }
 
 /// `15m`, `6h`, `1d`, `7d` as a duration.
-pub fn parse_chunk(text: &str) -> Result<Duration, RequestError> {
+pub fn parse_chunk(text: &str) -> Result<Duration, FieldError> {
     let malformed = || {
         bad(
             "chunk",
@@ -206,18 +190,23 @@ pub struct Progress {
 
 /// What a worker does next with a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NextStep {
+pub enum Action {
     /// Run the chunk at this index.
     Run(usize),
     /// Only failed chunks waiting for their retry remain; the first is due then.
     WaitUntil(DateTime<Utc>),
-    /// Nothing is left to run.
-    Finished,
+    /// Seal the job: nothing is left to run, or it was cancelled.
+    Finish,
 }
 
 impl Backfill {
-    /// Validates a request against `now` and plans its chunks.
-    pub fn plan(source_id: &str, request: &BackfillRequest, now: DateTime<Utc>) -> Result<Self, RequestError> {
+    /// Validates a request against `now` and plans its chunks, as the job `id`.
+    pub fn plan(
+        id: String,
+        source_id: &str,
+        request: &BackfillRequest,
+        now: DateTime<Utc>,
+    ) -> Result<Self, FieldError> {
         let required = |field, v: &Option<String>| {
             v.as_deref()
                 .ok_or_else(|| bad(field, "is required (an ISO-8601 date or timestamp)"))
@@ -252,7 +241,7 @@ impl Backfill {
             .map(Chunk::new)
             .collect();
         Ok(Backfill {
-            id: uuid::Uuid::now_v7().to_string(),
+            id,
             source_id: source_id.to_string(),
             start,
             end,
@@ -307,7 +296,12 @@ impl Backfill {
             .collect()
     }
 
-    pub fn next_step(&self, now: DateTime<Utc>) -> NextStep {
+    /// What to do next at `now`: a cancelled job is sealed, then the first chunk that
+    /// is due runs; with only retries waiting, wait for the first of them.
+    pub fn next_action(&self, now: DateTime<Utc>) -> Action {
+        if self.cancel_requested_at.is_some() {
+            return Action::Finish;
+        }
         let mut wait: Option<DateTime<Utc>> = None;
         for (i, c) in self.chunks.iter().enumerate() {
             if c.status != ChunkStatus::Pending {
@@ -315,10 +309,10 @@ impl Backfill {
             }
             match c.retry_at {
                 Some(at) if at > now => wait = Some(wait.map_or(at, |w| w.min(at))),
-                _ => return NextStep::Run(i),
+                _ => return Action::Run(i),
             }
         }
-        wait.map_or(NextStep::Finished, NextStep::WaitUntil)
+        wait.map_or(Action::Finish, Action::WaitUntil)
     }
 
     /// Chunks left `running` by a worker that stopped (crash, timeout) run again; the
@@ -449,11 +443,17 @@ mod tests {
 
     #[test]
     fn a_range_is_planned_in_chunks_with_a_shorter_last_one() {
-        let job = Backfill::plan("s", &request("2025-01-01", "2025-01-03T12:00:00Z", None), now()).unwrap();
+        let job = Backfill::plan(
+            "j".into(),
+            "s",
+            &request("2025-01-01", "2025-01-03T12:00:00Z", None),
+            now(),
+        )
+        .unwrap();
         assert_eq!(job.chunk_seconds, 86_400);
         assert_eq!(job.chunks.len(), 3);
         assert_eq!(job.chunks[2].to - job.chunks[2].from, Duration::hours(12));
-        assert_eq!(job.next_step(now()), NextStep::Run(0));
+        assert_eq!(job.next_action(now()), Action::Run(0));
         assert_eq!(job.progress().percent_done, 0.0);
     }
 
@@ -468,26 +468,30 @@ mod tests {
             (BackfillRequest::default(), "start"),
         ];
         for (req, field) in cases {
-            assert_eq!(Backfill::plan("s", &req, now()).unwrap_err().field, field, "{req:?}");
+            assert_eq!(
+                Backfill::plan("j".into(), "s", &req, now()).unwrap_err().field,
+                field,
+                "{req:?}"
+            );
         }
     }
 
     #[test]
     fn failures_are_retried_then_failed_and_splits_halve() {
-        let mut job = Backfill::plan("s", &request("2025-01-01", "2025-01-03", None), now()).unwrap();
+        let mut job = Backfill::plan("j".into(), "s", &request("2025-01-01", "2025-01-03", None), now()).unwrap();
         job.chunk_failed(0, "r", "boom", now(), Duration::seconds(10));
-        assert_eq!(job.next_step(now()), NextStep::Run(1));
+        assert_eq!(job.next_action(now()), Action::Run(1));
         job.split_chunk(1, now());
         assert_eq!(job.chunks.len(), 3);
         assert_eq!(job.chunks[1].to - job.chunks[1].from, Duration::hours(12));
         for i in [1, 2] {
             job.chunks[i].status = ChunkStatus::Done;
         }
-        assert_eq!(job.next_step(now()), NextStep::WaitUntil(now() + Duration::seconds(10)));
+        assert_eq!(job.next_action(now()), Action::WaitUntil(now() + Duration::seconds(10)));
         job.chunk_failed(0, "r", "boom", now(), Duration::zero());
         job.chunk_failed(0, "r", "boom", now(), Duration::zero());
         assert_eq!(job.chunks[0].status, ChunkStatus::Failed);
-        assert_eq!(job.next_step(now()), NextStep::Finished);
+        assert_eq!(job.next_action(now()), Action::Finish);
         job.finish(now());
         assert_eq!(job.status, JobStatus::Failed);
         assert_eq!(job.progress().percent_done, 100.0);

@@ -7,15 +7,16 @@
 //! stops anywhere leaves a state the next worker picks up.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use chrono::Utc;
 use futures::StreamExt;
 use rand::Rng;
+use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::backfill::{Backfill, BackfillRequest, NextStep, RequestError};
-use crate::ports::{BackfillCreated, LeaseOutcome, StoreError};
+use crate::backfill::{Action, Backfill, BackfillRequest};
+use crate::ports::{BackfillCreated, LeaseOutcome, SaveOutcome, StoreError};
+use crate::source::FieldError;
 use crate::sync::{Budget, ChunkOutcome, Stop, SyncService};
 use crate::template::QueryTemplate;
 
@@ -26,10 +27,8 @@ pub enum BackfillError {
     #[error("backfill `{job_id}` of source `{source_id}` does not exist")]
     JobNotFound { source_id: String, job_id: String },
     #[error("{0}")]
-    BadRequest(#[from] RequestError),
-    #[error(
-        "source `{source_id}` already has an active backfill, `{existing}`; wait for it to finish or cancel it (DELETE /sources/{source_id}/backfills/{existing})"
-    )]
+    BadRequest(#[from] FieldError),
+    #[error("source `{source_id}` already has an active backfill, `{existing}`; wait for it to finish or cancel it")]
     Conflict { source_id: String, existing: String },
     #[error("store: {0}")]
     Store(#[from] StoreError),
@@ -83,17 +82,18 @@ impl Backfiller {
         match QueryTemplate::compile(&state.config.query) {
             Ok(t) if t.uses_upper_limit() => {}
             Ok(_) => {
-                return Err(RequestError::new(
+                return Err(FieldError::new(
                     "source",
                     "the source's query has no {{ upper_date_limit }}, so a chunk cannot be bounded; add `AND <date column> < {{ upper_date_limit }}` to it",
                 )
                 .into());
             }
             Err(e) => {
-                return Err(RequestError::new("source", format!("the source's query template is invalid: {e}")).into());
+                return Err(FieldError::new("source", format!("the source's query template is invalid: {e}")).into());
             }
         }
-        let job = Backfill::plan(source_id, request, Utc::now())?;
+        let now = self.sync.clock().now();
+        let job = Backfill::plan(self.sync.ids().sortable_id(now), source_id, request, now)?;
         match store.create_backfill(&job).await? {
             BackfillCreated::Created => {}
             BackfillCreated::SourceNotFound => return Err(BackfillError::SourceNotFound(source_id.into())),
@@ -134,7 +134,8 @@ impl Backfiller {
     /// no running chunk is sealed at once; otherwise its worker seals it.
     pub async fn cancel(&self, source_id: &str, job_id: &str) -> Result<Backfill, BackfillError> {
         let store = self.sync.store();
-        if !store.request_backfill_cancel(source_id, job_id, Utc::now()).await? {
+        let clock = self.sync.clock();
+        if !store.request_backfill_cancel(source_id, job_id, clock.now()).await? {
             return Err(BackfillError::JobNotFound {
                 source_id: source_id.into(),
                 job_id: job_id.into(),
@@ -145,8 +146,8 @@ impl Backfiller {
             if !job.is_active() || job.progress().chunks_running > 0 {
                 return Ok(job);
             }
-            job.finish(Utc::now());
-            if store.save_backfill(&mut job).await? {
+            job.finish(clock.now());
+            if store.save_backfill(&mut job).await? == SaveOutcome::Saved {
                 info!(source_id, backfill_id = job_id, "backfill cancelled");
                 return Ok(job);
             }
@@ -179,7 +180,7 @@ impl Backfiller {
         budget: &Budget,
         on_progress: OnProgress<'_>,
     ) -> Result<Option<Backfill>, BackfillError> {
-        let token = uuid::Uuid::new_v4().to_string();
+        let token = self.sync.ids().token();
         let result = self.work_leased(source_id, &token, budget, on_progress).await;
         if let Err(e) = self.sync.store().release_lease(source_id, &token).await {
             warn!(error = %e, source_id, "could not release the lease; it expires by itself");
@@ -195,10 +196,8 @@ impl Backfiller {
         on_progress: OnProgress<'_>,
     ) -> Result<Option<Backfill>, BackfillError> {
         let store = self.sync.store().clone();
-        let chunk_budget = Budget {
-            deadline: budget.deadline.map(|d| d - self.settings.margin),
-            interrupted: budget.interrupted.clone(),
-        };
+        let clock = self.sync.clock();
+        let chunk_budget = budget.less(self.settings.margin);
         let mut recovered = false;
         let mut last: Option<Backfill> = None;
         loop {
@@ -218,55 +217,43 @@ impl Backfiller {
                 return Ok(last);
             };
             let mut job = self.get(source_id, &job_id).await?;
-            let now = Utc::now();
+            let now = clock.now();
             if !recovered {
                 // We hold the lease: a chunk marked running is a stopped worker's.
                 job.recover_stopped_chunks(now);
                 recovered = true;
             }
-            if job.cancel_requested_at.is_some() {
-                job.finish(now);
-                if store.save_backfill(&mut job).await? {
-                    info!(source_id, backfill_id = %job.id, "backfill cancelled");
-                    on_progress(&job);
-                    return Ok(Some(job));
-                }
+            let action = job.next_action(now);
+            match action {
+                Action::Finish => job.finish(now),
+                Action::Run(index) => job.start_chunk(index, now),
+                Action::WaitUntil(_) => {}
+            }
+            if store.save_backfill(&mut job).await? == SaveOutcome::Stale {
                 continue;
             }
-            let index = match job.next_step(now) {
-                NextStep::Run(index) => index,
-                NextStep::Finished => {
-                    job.finish(now);
-                    if store.save_backfill(&mut job).await? {
-                        let p = job.progress();
-                        info!(source_id, backfill_id = %job.id, status = ?job.status, rows_read = p.rows_read,
-                            rows_written = p.rows_written, chunks_failed = p.chunks_failed, "backfill finished");
-                        on_progress(&job);
-                        return Ok(Some(job));
-                    }
-                    continue;
+            on_progress(&job);
+            let index = match action {
+                Action::Finish => {
+                    let p = job.progress();
+                    info!(source_id, backfill_id = %job.id, status = ?job.status, rows_read = p.rows_read,
+                        rows_written = p.rows_written, chunks_failed = p.chunks_failed, "backfill finished");
+                    return Ok(Some(job));
                 }
-                NextStep::WaitUntil(at) => {
+                Action::WaitUntil(at) => {
                     let wait = (at - now).to_std().unwrap_or_default();
                     let fits = chunk_budget.deadline.is_none_or(|d| Instant::now() + wait < d);
-                    if !store.save_backfill(&mut job).await? || !fits {
-                        return Ok(Some(job));
-                    }
-                    if self.sleep(wait, budget).await {
+                    if !fits || self.sleep(wait, budget).await {
                         return Ok(Some(job));
                     }
                     last = Some(job);
                     continue;
                 }
+                Action::Run(index) => index,
             };
-            job.start_chunk(index, now);
-            if !store.save_backfill(&mut job).await? {
-                continue;
-            }
-            on_progress(&job);
             let window = job.chunks[index].window();
             let (run, outcome) = self.sync.run_chunk(&state, &job.id, window, &chunk_budget).await?;
-            let now = Utc::now();
+            let now = clock.now();
             match &outcome {
                 ChunkOutcome::Done => job.chunk_done(index, &run),
                 ChunkOutcome::Stopped(Stop::OutOfTime) => job.split_chunk(index, now),
@@ -276,7 +263,7 @@ impl Backfiller {
                     job.chunk_failed(index, &run.id, error, now, self.backoff(attempt));
                 }
             }
-            if !store.save_backfill(&mut job).await? {
+            if store.save_backfill(&mut job).await? == SaveOutcome::Stale {
                 warn!(source_id, backfill_id = %job.id, "the job changed under this worker; it stops");
                 return Ok(Some(job));
             }
@@ -306,5 +293,186 @@ impl Backfiller {
             tokio::time::sleep((until - Instant::now()).min(Duration::from_millis(250))).await;
         }
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use chrono::Duration as Span;
+
+    use super::*;
+    use crate::backfill::{ChunkStatus, JobStatus};
+    use crate::ports::{BackfillJobs, SourceError, SourceErrorKind, SourceStore};
+    use crate::sync::tests::{Fixture, QUERY, base, config};
+
+    fn request(days: i64, chunk: &str) -> BackfillRequest {
+        BackfillRequest {
+            start: Some((base() - Span::days(days)).to_rfc3339()),
+            end: Some(base().to_rfc3339()),
+            chunk: Some(chunk.into()),
+        }
+    }
+
+    fn backfiller(f: &Fixture) -> Backfiller {
+        Backfiller::new(
+            f.service.clone(),
+            BackfillSettings {
+                retry_base: Duration::from_secs(30),
+                ..BackfillSettings::default()
+            },
+        )
+    }
+
+    /// One sale at noon of each of the `days` days before [`base`].
+    fn daily_sales(f: &Fixture, days: i64) {
+        for d in 1..=days {
+            f.sale(d, base() - Span::days(d) + Span::hours(1));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_job_runs_its_chunks_in_order_and_never_moves_the_watermark() {
+        let f = Fixture::new(config(QUERY)).await;
+        daily_sales(&f, 3);
+        let b = backfiller(&f);
+        let job = b.create("sales", &request(3, "1d")).await.unwrap();
+        assert_eq!(job.chunks.len(), 3);
+        let seen = Mutex::new(Vec::new());
+        let done = b
+            .work("sales", &Budget::default(), &|j| {
+                seen.lock().unwrap().push(j.progress().chunks_done)
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(done.status, JobStatus::Done);
+        assert_eq!(done.progress().rows_written, 3);
+        let froms: Vec<_> = f.db.queried().iter().map(|w| w.from).collect();
+        assert_eq!(
+            froms,
+            [base() - Span::days(3), base() - Span::days(2), base() - Span::days(1)]
+        );
+        assert_eq!(
+            *seen.lock().unwrap().last().unwrap(),
+            3,
+            "the progress bar sees every chunk"
+        );
+        let state = f.state().await;
+        assert_eq!(
+            (state.watermark, state.active_backfill, state.lease),
+            (None, None, None)
+        );
+        // The slot is free again: a second job may be planned.
+        b.create("sales", &request(1, "1d")).await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_second_active_job_is_refused_naming_the_first() {
+        let f = Fixture::new(config(QUERY)).await;
+        let b = backfiller(&f);
+        let first = b.create("sales", &request(2, "1d")).await.unwrap();
+        match b.create("sales", &request(1, "1d")).await {
+            Err(BackfillError::Conflict { existing, .. }) => assert_eq!(existing, first.id),
+            other => panic!("expected a conflict, got {other:?}"),
+        }
+        let unbounded = config("SELECT * FROM sales WHERE updated_at >= {{ last_update_time }}");
+        let f = Fixture::new(unbounded).await;
+        match backfiller(&f).create("sales", &request(1, "1d")).await {
+            Err(BackfillError::BadRequest(e)) => assert_eq!(e.field, "source"),
+            other => panic!("expected a bad request, got {other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_chunk_is_retried_with_backoff_then_failed_while_the_others_go_on() {
+        let f = Fixture::new(config(QUERY)).await;
+        daily_sales(&f, 3);
+        f.db.poison(
+            base() - Span::days(2) + Span::hours(1),
+            SourceError::new(SourceErrorKind::Query, "relation \"sales\" is locked"),
+        );
+        let b = backfiller(&f);
+        b.create("sales", &request(3, "1d")).await.unwrap();
+        let started = f.service.clock().now();
+        let job = b.work("sales", &Budget::default(), &|_| {}).await.unwrap().unwrap();
+        assert_eq!(job.status, JobStatus::Failed);
+        let failed = &job.chunks[1];
+        assert_eq!((failed.status, failed.attempts), (ChunkStatus::Failed, 3));
+        assert!(failed.error.as_deref().unwrap().contains("is locked"));
+        assert_eq!(job.progress().chunks_done, 2);
+        // Waited about 30 s, then 60 s (± 20%) between the attempts.
+        let waited = (f.service.clock().now() - started).num_seconds();
+        assert!((72..=108).contains(&waited), "{waited} s");
+        assert_eq!(job.errors().len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_chunk_that_outlasts_the_budget_is_split_and_the_next_worker_goes_on() {
+        let f = Fixture::new(config(QUERY)).await;
+        for h in 0..48 {
+            f.sale(h, base() - Span::hours(48 - h));
+        }
+        f.db.answer_slowly(Duration::from_secs(2));
+        let b = backfiller(&f);
+        b.create("sales", &request(2, "2d")).await.unwrap();
+        // 60 s of budget, 30 s of it kept in hand: 48 rows of 2 s do not fit.
+        let budget = Budget::until(Some(tokio::time::Instant::now() + Duration::from_secs(60)));
+        let job = b.work("sales", &budget, &|_| {}).await.unwrap().unwrap();
+        assert_eq!(job.chunks.len(), 2, "the chunk was split in two");
+        assert!(job.chunks.iter().all(|c| c.status == ChunkStatus::Pending));
+        f.db.answer_slowly(Duration::ZERO);
+        let job = b.work("sales", &Budget::default(), &|_| {}).await.unwrap().unwrap();
+        assert_eq!(job.status, JobStatus::Done);
+        assert_eq!(f.records().await, 48);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_job_starts_no_chunk() {
+        let f = Fixture::new(config(QUERY)).await;
+        daily_sales(&f, 3);
+        let b = backfiller(&f);
+        let job = b.create("sales", &request(3, "1d")).await.unwrap();
+        let cancelled = b.cancel("sales", &job.id).await.unwrap();
+        assert_eq!(
+            cancelled.status,
+            JobStatus::Cancelled,
+            "nothing was running: sealed at once"
+        );
+        assert!(b.work("sales", &Budget::default(), &|_| {}).await.unwrap().is_none());
+        assert!(f.db.queried().is_empty());
+        assert_eq!(f.state().await.active_backfill, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_chunk_left_running_by_a_dead_worker_runs_again_and_the_attempt_counts() {
+        let f = Fixture::new(config(QUERY)).await;
+        daily_sales(&f, 2);
+        let b = backfiller(&f);
+        let mut job = b.create("sales", &request(2, "1d")).await.unwrap();
+        job.start_chunk(0, base());
+        assert_eq!(f.store.save_backfill(&mut job).await.unwrap(), SaveOutcome::Saved);
+        let job = b.work("sales", &Budget::default(), &|_| {}).await.unwrap().unwrap();
+        assert_eq!(job.status, JobStatus::Done);
+        assert_eq!(job.chunks[0].attempts, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_source_leaves_the_job_for_the_next_worker() {
+        let f = Fixture::new(config(QUERY)).await;
+        let b = backfiller(&f);
+        let job = b.create("sales", &request(2, "1d")).await.unwrap();
+        let until = base() + Span::minutes(16);
+        f.store
+            .acquire_lease("sales", "scheduled-run", base(), until)
+            .await
+            .unwrap();
+        assert!(b.pump(&Budget::default()).await.unwrap().is_empty());
+        let stored = b.get("sales", &job.id).await.unwrap();
+        assert_eq!((stored.status, stored.version), (JobStatus::Pending, 0));
+        f.store.release_lease("sales", "scheduled-run").await.unwrap();
+        let jobs = b.pump(&Budget::default()).await.unwrap();
+        assert_eq!(jobs[0].status, JobStatus::Done);
     }
 }

@@ -2,17 +2,19 @@
 //! writing anything. Renders the template for the next window (or a given one), runs it
 //! read-only, counts the rows, and shows the first ones as the records they would become.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use serde::Serialize;
 
-use crate::ports::{Secrets, SourceReader, SourceState};
-use crate::record::{RecordMapper, Reject};
+use crate::mapping::{LazyMapper, MappingError};
+use crate::ports::{Secrets, SourceError, SourceReader, SourceState};
+use crate::record::Reject;
 use crate::run::KEPT_REJECTS;
-use crate::source::SourceConfig;
-use crate::template::{Bind, QueryTemplate};
+use crate::source::{FieldError, SourceConfig};
+use crate::sync::{OpenSource, SyncError};
+use crate::template::{Bind, TemplateError};
 use crate::value::Value;
 use crate::window::{Window, next_start};
 
@@ -51,15 +53,16 @@ pub struct PreviewRecord {
     pub fields: serde_json::Map<String, serde_json::Value>,
 }
 
-/// Runs the test query of `config` (saved or not). The window is `window` when given,
-/// else the next run's: from the stored watermark (less the lookback) of `state`, or the
-/// first run's start, up to the database's clock.
+/// Runs the test query of `config` (saved or not) at `now`. The window is `window` when
+/// given, else the next run's: from the stored watermark (less the lookback) of `state`,
+/// or the first run's start, up to the database's clock.
 pub async fn preview(
     reader: &dyn SourceReader,
     secrets: &dyn Secrets,
     config: &SourceConfig,
     state: Option<&SourceState>,
     window: Option<Window>,
+    now: DateTime<Utc>,
 ) -> Preview {
     let began = Instant::now();
     let mut p = Preview {
@@ -78,11 +81,38 @@ pub async fn preview(
         warnings: Vec::new(),
         duration_ms: 0,
     };
-    if let Err(e) = run(&mut p, reader, secrets, config, state, window).await {
-        p.errors.push(e);
+    if let Err(e) = run(&mut p, reader, secrets, config, state, window, now).await {
+        p.errors.push(e.to_string());
     }
     p.duration_ms = began.elapsed().as_millis() as u64;
     p
+}
+
+/// Why a preview could not run to the end.
+#[derive(Debug, thiserror::Error)]
+enum PreviewError {
+    #[error(transparent)]
+    Config(#[from] FieldError),
+    #[error(transparent)]
+    Sync(#[from] SyncError),
+}
+
+impl From<SourceError> for PreviewError {
+    fn from(e: SourceError) -> Self {
+        PreviewError::Sync(e.into())
+    }
+}
+
+impl From<MappingError> for PreviewError {
+    fn from(e: MappingError) -> Self {
+        PreviewError::Sync(e.into())
+    }
+}
+
+impl From<TemplateError> for PreviewError {
+    fn from(e: TemplateError) -> Self {
+        PreviewError::Sync(e.into())
+    }
 }
 
 async fn run(
@@ -92,20 +122,15 @@ async fn run(
     config: &SourceConfig,
     state: Option<&SourceState>,
     window: Option<Window>,
-) -> Result<(), String> {
-    config.validate().map_err(|e| e.to_string())?;
-    let template = QueryTemplate::compile(&config.query).map_err(|e| format!("the query template is invalid: {e}"))?;
+    now: DateTime<Utc>,
+) -> Result<(), PreviewError> {
+    config.validate()?;
+    let OpenSource { template, mut session } = OpenSource::open(config, reader, secrets).await?;
     if !template.uses_upper_limit() {
         p.warnings.push(
             "the query has no {{ upper_date_limit }}: windows cannot be narrowed (catch-up, halving, backfill chunks); adding `AND <date column> < {{ upper_date_limit }}` is advised".into(),
         );
     }
-    let secret = secrets.connection(&config.secret_id).await.map_err(|e| e.to_string())?;
-    let timeout = Duration::from_secs(config.query_timeout_seconds.into());
-    let mut session = reader
-        .open(&secret, timeout)
-        .await
-        .map_err(|e| format!("source database: {e}"))?;
     let window = match window {
         Some(w) => w,
         None => Window {
@@ -114,16 +139,14 @@ async fn run(
                 config.initial_watermark,
                 config.lookback_seconds,
             ),
-            to: session.now().await.map_err(|e| format!("source database: {e}"))?,
+            to: session.now().await?,
         },
     };
     p.window = PreviewWindow {
         last_update_time: window.from,
         upper_date_limit: window.to,
     };
-    let query = template
-        .render(config.engine.placeholder_style(), window.from, window.to)
-        .map_err(|e| format!("the query template is invalid: {e}"))?;
+    let query = template.render(config.engine.placeholder_style(), window.from, window.to)?;
     p.sql = query.sql.clone();
     p.binds = query
         .binds
@@ -133,29 +156,16 @@ async fn run(
             Bind::UnixSeconds(s) => serde_json::Value::from(*s),
         })
         .collect();
-    p.columns = session
-        .columns(&query)
-        .await
-        .map_err(|e| format!("source database: {e}"))?;
-    let run_time = Utc::now();
-    let mut mapper = match p.columns.is_empty() {
-        true => None,
-        false => Some(RecordMapper::new(config.sync_type, &p.columns, run_time).map_err(|e| e.to_string())?),
-    };
+    p.columns = session.columns(&query).await?;
+    let mut mapper = LazyMapper::new(config.sync_type, &p.columns, now)?;
     let mut rows = session.stream(&query);
     while let Some(row) = rows.next().await {
-        let row = row.map_err(|e| format!("source database: {e}"))?;
+        let row = row?;
         p.row_count += 1;
         if p.columns.is_empty() {
             p.columns = row.columns.to_vec();
         }
-        let mapper = match &mapper {
-            Some(m) => m,
-            None => {
-                mapper.insert(RecordMapper::new(config.sync_type, &row.columns, run_time).map_err(|e| e.to_string())?)
-            }
-        };
-        let mapped = mapper.map(row);
+        let mapped = mapper.map(row)?;
         if let Ok(Some(warning)) = mapped.as_ref().map(|m| m.warning)
             && !p.warnings.iter().any(|w| w == warning)
         {

@@ -66,13 +66,14 @@ pub struct Run {
 }
 
 impl Run {
-    pub fn start(source_id: &str, trigger: Trigger) -> Self {
+    /// A run with the time-sortable `id`, started `at`.
+    pub fn start(id: String, source_id: &str, trigger: Trigger, at: DateTime<Utc>) -> Self {
         Run {
-            id: uuid::Uuid::now_v7().to_string(),
+            id,
             source_id: source_id.to_string(),
             trigger,
             status: RunStatus::Succeeded,
-            started_at: Utc::now(),
+            started_at: at,
             duration_ms: 0,
             window_start: None,
             window_end: None,
@@ -105,11 +106,11 @@ impl Run {
         }
     }
 
-    /// Seals the run with its outcome and duration.
-    pub fn finish(mut self, status: RunStatus, message: Option<String>) -> Self {
+    /// Seals the run with its outcome, finished `at`.
+    pub fn finish(mut self, status: RunStatus, message: Option<String>, at: DateTime<Utc>) -> Self {
         self.status = status;
         self.message = message;
-        self.duration_ms = (Utc::now() - self.started_at).num_milliseconds().max(0) as u64;
+        self.duration_ms = (at - self.started_at).num_milliseconds().max(0) as u64;
         self
     }
 

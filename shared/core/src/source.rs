@@ -139,12 +139,22 @@ fn default_query_timeout() -> u32 {
     600
 }
 
-/// A field of a configuration that is not acceptable, and why.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// A field of a configuration or a request that is not acceptable, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize)]
 #[error("invalid `{field}`: {reason}")]
-pub struct ConfigError {
-    pub field: &'static str,
+pub struct FieldError {
+    /// The field's path, such as `query` or `window.upper_date_limit`.
+    pub field: String,
     pub reason: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        FieldError {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
 }
 
 impl SourceConfig {
@@ -155,13 +165,8 @@ impl SourceConfig {
     }
 
     /// Checks what serde cannot: identifiers, ranges, and that the query compiles.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |field, reason: &str| {
-            Err(ConfigError {
-                field,
-                reason: reason.to_string(),
-            })
-        };
+    pub fn validate(&self) -> Result<(), FieldError> {
+        let bad = |field: &str, reason: &str| Err(FieldError::new(field, reason));
         if self.id.is_empty()
             || self.id.len() > 64
             || !self
@@ -199,10 +204,7 @@ impl SourceConfig {
                 )
             })
             .map(drop)
-            .map_err(|e| ConfigError {
-                field: "query",
-                reason: e.to_string(),
-            })
+            .map_err(|e| FieldError::new("query", e.to_string()))
     }
 
     pub fn member_id_source(&self) -> &str {
@@ -225,7 +227,6 @@ pub enum TlsMode {
 
 /// The connection secret (DESIGN §5). `Debug` never prints the password.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ConnectionSecret {
     pub engine: Engine,
     #[serde(default)]
@@ -247,55 +248,10 @@ pub struct ConnectionSecret {
     /// An SSH bastion in front of the database: the connection goes through a tunnel.
     #[serde(default)]
     pub ssh_tunnel: Option<SshTunnel>,
-    /// Snowflake: the account identifier (`orgname-account` or `locator.region`); the
-    /// host is `{account}.snowflakecomputing.com` unless `host` is given.
-    #[serde(default)]
-    pub account: Option<String>,
-    /// Snowflake: the warehouse that runs the query.
-    #[serde(default)]
-    pub warehouse: Option<String>,
-    /// Snowflake: the role of the session.
-    #[serde(default)]
-    pub role: Option<String>,
-    /// Snowflake: the schema of the session. BigQuery: the default dataset, for table
-    /// names without one.
-    #[serde(default)]
-    pub schema: Option<String>,
-    /// Snowflake key-pair authentication: the user's unencrypted PKCS#8 private key
-    /// (`BEGIN PRIVATE KEY`), in place of a password.
-    #[serde(default)]
-    pub private_key: Option<String>,
-    /// BigQuery: the service-account key file, as the JSON object Google gives.
-    #[serde(default)]
-    pub service_account: Option<ServiceAccountKey>,
-    /// BigQuery: the location (region) of the datasets, such as `EU` or `us-east1`.
-    #[serde(default)]
-    pub location: Option<String>,
-}
-
-/// A Google service-account key file; only the fields Sluice reads. `Debug` never
-/// prints the key.
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
-pub struct ServiceAccountKey {
-    pub client_email: String,
-    pub private_key: String,
-    #[serde(default = "default_token_uri")]
-    pub token_uri: String,
-    #[serde(default)]
-    pub project_id: Option<String>,
-}
-
-fn default_token_uri() -> String {
-    "https://oauth2.googleapis.com/token".into()
-}
-
-impl fmt::Debug for ServiceAccountKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ServiceAccountKey")
-            .field("client_email", &self.client_email)
-            .field("token_uri", &self.token_uri)
-            .finish_non_exhaustive()
-    }
+    /// The engine's own fields (Snowflake's `account`, BigQuery's `service_account`,
+    /// ...): the engine's module reads and checks them, and refuses any it does not take.
+    #[serde(flatten)]
+    pub options: serde_json::Map<String, serde_json::Value>,
 }
 
 /// An SSH bastion (DESIGN §5): Sluice logs in with `private_key` and forwards the
@@ -344,36 +300,66 @@ impl fmt::Debug for ConnectionSecret {
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("tls", &self.tls)
             .field("ssh_tunnel", &self.ssh_tunnel)
-            .field("account", &self.account)
-            .field("warehouse", &self.warehouse)
-            .field("role", &self.role)
-            .field("schema", &self.schema)
-            .field("service_account", &self.service_account)
-            .field("location", &self.location)
+            // The engine's fields may hold keys: only their names.
+            .field("options", &self.options.keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
+    }
+}
+
+/// Option fields whose values are credentials, whatever the engine.
+fn is_credential(name: &str) -> bool {
+    ["password", "passphrase", "private_key", "token", "secret"]
+        .iter()
+        .any(|c| name.contains(c))
+}
+
+/// The string values under credential names in `value`, at any depth.
+fn credentials<'a>(name: &str, value: &'a serde_json::Value, out: &mut Vec<&'a str>) {
+    match value {
+        serde_json::Value::String(s) if is_credential(name) => out.push(s),
+        serde_json::Value::Object(fields) => {
+            for (k, v) in fields {
+                credentials(k, v, out);
+            }
+        }
+        _ => {}
     }
 }
 
 impl ConnectionSecret {
     /// Parses the secret's JSON; the error names the field, never a value.
-    pub fn from_json(text: &str) -> Result<Self, ConfigError> {
-        serde_json::from_str(text).map_err(|e| ConfigError {
-            field: "secret",
+    pub fn from_json(text: &str) -> Result<Self, FieldError> {
+        serde_json::from_str(text).map_err(|e| {
             // serde_json's messages name fields and types, not the values of strings.
-            reason: format!(
-                "{e}; expected {{\"engine\",\"host\",\"port\",\"database\",\"username\",\"password\",\"tls\"}}"
-            ),
+            FieldError::new(
+                "secret",
+                format!(
+                    "{e}; expected {{\"engine\",\"host\",\"port\",\"database\",\"username\",\"password\",\"tls\"}}"
+                ),
+            )
         })
     }
 
-    /// Removes the password and the SSH passphrase from a message (drivers sometimes
-    /// echo connection strings).
+    /// Every credential the secret holds: the password, the SSH key and its
+    /// passphrase, and the engine's keys.
+    pub fn credentials(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = [self.password.as_deref()].into_iter().flatten().collect();
+        if let Some(t) = &self.ssh_tunnel {
+            out.push(&t.private_key);
+            out.extend(t.passphrase.as_deref());
+        }
+        for (k, v) in &self.options {
+            credentials(k, v, &mut out);
+        }
+        out.retain(|s| !s.is_empty());
+        out
+    }
+
+    /// Removes every credential from a message (drivers sometimes echo connection
+    /// strings).
     pub fn redact(&self, message: &str) -> String {
-        let passphrase = self.ssh_tunnel.as_ref().and_then(|t| t.passphrase.as_deref());
-        [self.password.as_deref(), passphrase, self.private_key.as_deref()]
+        self.credentials()
             .into_iter()
-            .flatten()
-            .filter(|s| !s.is_empty())
             .fold(message.to_string(), |m, secret| m.replace(secret, "<redacted>"))
     }
 }

@@ -2,15 +2,6 @@
 
 use chrono::{DateTime, Duration, Utc};
 
-/// An instant as the stores keep it: microseconds since the Unix epoch.
-pub fn to_micros(t: DateTime<Utc>) -> i64 {
-    t.timestamp_micros()
-}
-
-pub fn from_micros(us: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp_micros(us).unwrap_or(DateTime::UNIX_EPOCH)
-}
-
 /// `[from, to)`: what one query reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Window {

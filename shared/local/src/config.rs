@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use serde::Deserialize;
-use sluice_core::{Backfill, BoxError, ConnectionSecret, Events, Run, Secrets, SecretsError, SourceConfig};
+use sluice_core::{Backfill, ConnectionSecret, Events, EventsError, Run, Secrets, SecretsError, SourceConfig};
 
 /// `sluice.yaml`. `${NAME}` anywhere in the file is replaced by the environment
 /// variable NAME, so passwords need not be written into it.
@@ -146,12 +146,12 @@ pub struct LogEvents;
 
 #[async_trait]
 impl Events for LogEvents {
-    async fn run_completed(&self, run: &Run) -> Result<(), BoxError> {
+    async fn run_completed(&self, run: &Run) -> Result<(), EventsError> {
         tracing::debug!(source_id = run.source_id, run_id = run.id, status = ?run.status, "sluice.run.completed");
         Ok(())
     }
 
-    async fn backfill_requested(&self, job: &Backfill) -> Result<(), BoxError> {
+    async fn backfill_requested(&self, job: &Backfill) -> Result<(), EventsError> {
         tracing::debug!(
             source_id = job.source_id,
             backfill_id = job.id,

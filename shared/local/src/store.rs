@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sluice_core::record::dedup_last;
-use sluice_core::window::{from_micros, to_micros};
+use sluice_core::stored::{StoredSource, decode_job, decode_run, encode_config, encode_job, encode_run, to_micros};
 use sluice_core::{
-    Backfill, BackfillCreated, Cadence, Lease, LeaseOutcome, Member, Record, Run, SourceConfig, SourceState, Store,
-    StoreError, StoredRecord, Value, WriteStats,
+    BackendError, Backfill, BackfillCreated, BackfillJobs, Cadence, LeaseOutcome, Member, Record, RecordBatch,
+    RecordReader, RecordWriter, Run, RunLog, SaveOutcome, SourceConfig, SourceState, SourceStore, StoreError,
+    StoredRecord, Value, WriteStats,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row as _, Sqlite, Transaction};
@@ -49,8 +49,12 @@ pub struct EmbeddedStore {
     pool: SqlitePool,
 }
 
+/// A SQLite failure, with SQLite's own code when it gave one.
 fn backend(operation: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
-    move |e| StoreError::backend(operation, e)
+    move |e| {
+        let code = e.as_database_error().and_then(|d| d.code()).map(|c| c.into_owned());
+        StoreError::backend(operation, BackendError::new(code, e.to_string()))
+    }
 }
 
 impl EmbeddedStore {
@@ -88,48 +92,28 @@ impl EmbeddedStore {
         .await
         .map_err(backend("reading a source"))?;
         let Some(row) = row else { return Ok(None) };
-        let config: String = row.get(0);
-        let config: SourceConfig = serde_json::from_str(&config).map_err(|e| StoreError::Corrupt {
-            what: format!("source {id}"),
-            reason: e.to_string(),
-        })?;
-        let lease = match (row.get::<Option<String>, _>(2), row.get::<Option<i64>, _>(3)) {
-            (Some(token), Some(us)) => Some(Lease {
-                token,
-                expires_at: from_micros(us),
-            }),
-            _ => None,
-        };
-        Ok(Some(SourceState {
-            config,
-            watermark: row.get::<Option<i64>, _>(1).map(from_micros),
-            lease,
+        StoredSource {
+            config: row.get(0),
+            watermark_us: row.get(1),
+            lease_token: row.get(2),
+            lease_expires_us: row.get(3),
             active_backfill: row.get(4),
-            cadence: Cadence {
-                effective_minutes: row.get::<i64, _>(5) as u32,
-                fast_runs: row.get::<i64, _>(6) as u32,
-            },
-            narrowed_window_seconds: row.get(7),
-        }))
+            effective_minutes: row.get(5),
+            fast_runs: row.get(6),
+            narrowed_window_s: row.get(7),
+        }
+        .decode(id)
+        .map(Some)
     }
 
     fn backfill(row: &sqlx::sqlite::SqliteRow) -> Result<Backfill, StoreError> {
-        let body: String = row.get("body");
-        let mut job: Backfill = serde_json::from_str(&body).map_err(|e| StoreError::Corrupt {
-            what: format!("backfill {}", row.get::<String, _>("job_id")),
-            reason: e.to_string(),
-        })?;
-        job.version = row.get::<i64, _>("version") as u64;
-        job.cancel_requested_at = row.get::<Option<i64>, _>("cancel_requested_us").map(from_micros);
-        Ok(job)
+        decode_job(
+            row.get("job_id"),
+            row.get("body"),
+            row.get("version"),
+            row.get("cancel_requested_us"),
+        )
     }
-}
-
-fn run_body(source_id: &str, body: &str) -> Result<Run, StoreError> {
-    serde_json::from_str(body).map_err(|e| StoreError::Corrupt {
-        what: format!("a run of {source_id}"),
-        reason: e.to_string(),
-    })
 }
 
 fn fields_json(r: &Record) -> String {
@@ -142,9 +126,9 @@ fn fields_json(r: &Record) -> String {
 }
 
 #[async_trait]
-impl Store for EmbeddedStore {
+impl SourceStore for EmbeddedStore {
     async fn put_source(&self, config: &SourceConfig) -> Result<(), StoreError> {
-        let json = serde_json::to_string(config).expect("config serializes");
+        let json = encode_config(config);
         sqlx::query(
             "INSERT INTO sources (id, config) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET config = excluded.config",
         )
@@ -158,6 +142,38 @@ impl Store for EmbeddedStore {
 
     async fn get_source(&self, id: &str) -> Result<Option<SourceState>, StoreError> {
         self.state(id).await
+    }
+
+    async fn list_sources(&self) -> Result<Vec<SourceState>, StoreError> {
+        let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM sources ORDER BY id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend("listing sources"))?;
+        let mut sources = Vec::with_capacity(ids.len());
+        for id in ids {
+            sources.extend(self.state(&id).await?);
+        }
+        Ok(sources)
+    }
+
+    async fn delete_source(&self, id: &str, purge_records: bool) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(backend("deleting a source"))?;
+        let mut purged = 0;
+        if purge_records {
+            purged = sqlx::query("DELETE FROM records WHERE source_id = ?")
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend("deleting records"))?
+                .rows_affected();
+        }
+        sqlx::query("DELETE FROM sources WHERE id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend("deleting a source"))?;
+        tx.commit().await.map_err(backend("deleting a source"))?;
+        Ok(purged)
     }
 
     async fn acquire_lease(
@@ -183,7 +199,7 @@ impl Store for EmbeddedStore {
             == 1;
         Ok(match self.state(id).await? {
             None => LeaseOutcome::NotFound,
-            Some(state) if taken => LeaseOutcome::Acquired(state),
+            Some(state) if taken => LeaseOutcome::Acquired(Box::new(state)),
             Some(state) => LeaseOutcome::Held {
                 expires_at: state.lease.map_or(now, |l| l.expires_at),
             },
@@ -219,18 +235,37 @@ impl Store for EmbeddedStore {
         Ok(())
     }
 
-    async fn write_records(
-        &self,
-        source_id: &str,
-        records: Vec<Record>,
-        _check: bool,
-    ) -> Result<WriteStats, StoreError> {
+    async fn set_narrowed_window(&self, id: &str, seconds: Option<i64>) -> Result<(), StoreError> {
+        sqlx::query("UPDATE sources SET narrowed_window_s = ? WHERE id = ?")
+            .bind(seconds)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(backend("saving the narrowed window"))?;
+        Ok(())
+    }
+
+    async fn set_cadence(&self, id: &str, cadence: Cadence) -> Result<(), StoreError> {
+        sqlx::query("UPDATE sources SET effective_minutes = ?, fast_runs = ? WHERE id = ?")
+            .bind(i64::from(cadence.effective_minutes))
+            .bind(i64::from(cadence.fast_runs))
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(backend("saving the schedule's cadence"))?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl RecordWriter for EmbeddedStore {
+    async fn write_records(&self, source_id: &str, batch: RecordBatch, _check: bool) -> Result<WriteStats, StoreError> {
         // Comparing hashes costs nothing extra here: the upsert's WHERE does it.
-        let records = dedup_last(records);
+        let records = batch.records();
         let now = Value::iso_timestamp(&Utc::now());
         let mut tx: Transaction<'_, Sqlite> = self.pool.begin().await.map_err(backend("writing records"))?;
         let mut stats = WriteStats::default();
-        for r in &records {
+        for r in records {
             let changed = sqlx::query(
                 "INSERT INTO records (source_id, record_key, hash, date, fields, updated_at) VALUES (?, ?, ?, ?, ?, ?)
                  ON CONFLICT (source_id, record_key) DO UPDATE SET
@@ -283,12 +318,15 @@ impl Store for EmbeddedStore {
         tx.commit().await.map_err(backend("writing members"))?;
         Ok(())
     }
+}
 
+#[async_trait]
+impl RunLog for EmbeddedStore {
     async fn put_run(&self, run: &Run) -> Result<(), StoreError> {
         sqlx::query("INSERT OR REPLACE INTO runs (source_id, run_id, body, expires_at) VALUES (?, ?, ?, ?)")
             .bind(&run.source_id)
             .bind(&run.id)
-            .bind(serde_json::to_string(run).expect("runs serialize"))
+            .bind(encode_run(run))
             .bind(run.expires_at().timestamp())
             .execute(&self.pool)
             .await
@@ -313,7 +351,7 @@ impl Store for EmbeddedStore {
         .fetch_all(&self.pool)
         .await
         .map_err(backend("reading run logs"))?;
-        rows.iter().map(|r| run_body(source_id, r.get(0))).collect()
+        rows.iter().map(|r| decode_run(source_id, r.get(0))).collect()
     }
 
     async fn get_run(&self, source_id: &str, run_id: &str) -> Result<Option<Run>, StoreError> {
@@ -323,42 +361,116 @@ impl Store for EmbeddedStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(backend("reading a run"))?
-            .map(|r| run_body(source_id, r.get(0)))
+            .map(|r| decode_run(source_id, r.get(0)))
+            .transpose()
+    }
+}
+
+#[async_trait]
+impl BackfillJobs for EmbeddedStore {
+    async fn create_backfill(&self, job: &Backfill) -> Result<BackfillCreated, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(backend("creating a backfill"))?;
+        let state = sqlx::query(
+            "SELECT (SELECT job_id FROM backfills b WHERE b.source_id = s.id AND b.active = 1) FROM sources s WHERE id = ?",
+        )
+        .bind(&job.source_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(backend("creating a backfill"))?;
+        let Some(state) = state else {
+            return Ok(BackfillCreated::SourceNotFound);
+        };
+        if let Some(existing) = state.get::<Option<String>, _>(0) {
+            return Ok(BackfillCreated::Conflict { existing });
+        }
+        sqlx::query("INSERT INTO backfills (source_id, job_id, body, version, active) VALUES (?, ?, ?, ?, 1)")
+            .bind(&job.source_id)
+            .bind(&job.id)
+            .bind(encode_job(job))
+            .bind(job.version as i64)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend("creating a backfill"))?;
+        tx.commit().await.map_err(backend("creating a backfill"))?;
+        Ok(BackfillCreated::Created)
+    }
+
+    async fn get_backfill(&self, source_id: &str, job_id: &str) -> Result<Option<Backfill>, StoreError> {
+        sqlx::query("SELECT * FROM backfills WHERE source_id = ? AND job_id = ?")
+            .bind(source_id)
+            .bind(job_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend("reading a backfill"))?
+            .as_ref()
+            .map(Self::backfill)
             .transpose()
     }
 
-    async fn list_sources(&self) -> Result<Vec<SourceState>, StoreError> {
-        let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM sources ORDER BY id")
+    async fn list_backfills(&self, source_id: &str, limit: usize) -> Result<Vec<Backfill>, StoreError> {
+        sqlx::query("SELECT * FROM backfills WHERE source_id = ? ORDER BY job_id DESC LIMIT ?")
+            .bind(source_id)
+            .bind(limit.clamp(1, 1000) as i64)
             .fetch_all(&self.pool)
             .await
-            .map_err(backend("listing sources"))?;
-        let mut sources = Vec::with_capacity(ids.len());
-        for id in ids {
-            sources.extend(self.state(&id).await?);
-        }
-        Ok(sources)
+            .map_err(backend("reading backfills"))?
+            .iter()
+            .map(Self::backfill)
+            .collect()
     }
 
-    async fn delete_source(&self, id: &str, purge_records: bool) -> Result<u64, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(backend("deleting a source"))?;
-        let mut purged = 0;
-        if purge_records {
-            purged = sqlx::query("DELETE FROM records WHERE source_id = ?")
-                .bind(id)
-                .execute(&mut *tx)
-                .await
-                .map_err(backend("deleting records"))?
-                .rows_affected();
+    async fn save_backfill(&self, job: &mut Backfill) -> Result<SaveOutcome, StoreError> {
+        let saved = sqlx::query(
+            "UPDATE backfills SET body = ?, version = version + 1, active = ?
+             WHERE source_id = ? AND job_id = ? AND version = ?",
+        )
+        .bind(encode_job(job))
+        .bind(job.is_active() as i64)
+        .bind(&job.source_id)
+        .bind(&job.id)
+        .bind(job.version as i64)
+        .execute(&self.pool)
+        .await
+        .map_err(backend("saving a backfill"))?
+        .rows_affected()
+            == 1;
+        if !saved {
+            return Ok(SaveOutcome::Stale);
         }
-        sqlx::query("DELETE FROM sources WHERE id = ?")
-            .bind(id)
-            .execute(&mut *tx)
+        job.version += 1;
+        Ok(SaveOutcome::Saved)
+    }
+
+    async fn request_backfill_cancel(
+        &self,
+        source_id: &str,
+        job_id: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        Ok(sqlx::query(
+            "UPDATE backfills SET cancel_requested_us = COALESCE(cancel_requested_us, ?) WHERE source_id = ? AND job_id = ?",
+        )
+        .bind(to_micros(at))
+        .bind(source_id)
+        .bind(job_id)
+        .execute(&self.pool)
+        .await
+        .map_err(backend("cancelling a backfill"))?
+        .rows_affected()
+            == 1)
+    }
+
+    async fn active_backfills(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = sqlx::query("SELECT source_id, job_id FROM backfills WHERE active = 1")
+            .fetch_all(&self.pool)
             .await
-            .map_err(backend("deleting a source"))?;
-        tx.commit().await.map_err(backend("deleting a source"))?;
-        Ok(purged)
+            .map_err(backend("listing active backfills"))?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
+}
 
+#[async_trait]
+impl RecordReader for EmbeddedStore {
     async fn get_record(&self, source_id: &str, key: &str) -> Result<Option<StoredRecord>, StoreError> {
         let row = sqlx::query("SELECT hash, fields FROM records WHERE source_id = ? AND record_key = ?")
             .bind(source_id)
@@ -408,125 +520,5 @@ impl Store for EmbeddedStore {
             .await
             .map_err(backend("reading teams"))?;
         Ok((members, teams))
-    }
-
-    async fn set_narrowed_window(&self, id: &str, seconds: Option<i64>) -> Result<(), StoreError> {
-        sqlx::query("UPDATE sources SET narrowed_window_s = ? WHERE id = ?")
-            .bind(seconds)
-            .bind(id)
-            .execute(&self.pool)
-            .await
-            .map_err(backend("saving the narrowed window"))?;
-        Ok(())
-    }
-
-    async fn set_cadence(&self, id: &str, cadence: Cadence) -> Result<(), StoreError> {
-        sqlx::query("UPDATE sources SET effective_minutes = ?, fast_runs = ? WHERE id = ?")
-            .bind(i64::from(cadence.effective_minutes))
-            .bind(i64::from(cadence.fast_runs))
-            .bind(id)
-            .execute(&self.pool)
-            .await
-            .map_err(backend("saving the schedule's cadence"))?;
-        Ok(())
-    }
-
-    async fn create_backfill(&self, job: &Backfill) -> Result<BackfillCreated, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(backend("creating a backfill"))?;
-        let state = sqlx::query(
-            "SELECT (SELECT job_id FROM backfills b WHERE b.source_id = s.id AND b.active = 1) FROM sources s WHERE id = ?",
-        )
-        .bind(&job.source_id)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(backend("creating a backfill"))?;
-        let Some(state) = state else {
-            return Ok(BackfillCreated::SourceNotFound);
-        };
-        if let Some(existing) = state.get::<Option<String>, _>(0) {
-            return Ok(BackfillCreated::Conflict { existing });
-        }
-        sqlx::query("INSERT INTO backfills (source_id, job_id, body, version, active) VALUES (?, ?, ?, ?, 1)")
-            .bind(&job.source_id)
-            .bind(&job.id)
-            .bind(serde_json::to_string(job).expect("jobs serialize"))
-            .bind(job.version as i64)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend("creating a backfill"))?;
-        tx.commit().await.map_err(backend("creating a backfill"))?;
-        Ok(BackfillCreated::Created)
-    }
-
-    async fn get_backfill(&self, source_id: &str, job_id: &str) -> Result<Option<Backfill>, StoreError> {
-        sqlx::query("SELECT * FROM backfills WHERE source_id = ? AND job_id = ?")
-            .bind(source_id)
-            .bind(job_id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(backend("reading a backfill"))?
-            .as_ref()
-            .map(Self::backfill)
-            .transpose()
-    }
-
-    async fn list_backfills(&self, source_id: &str, limit: usize) -> Result<Vec<Backfill>, StoreError> {
-        sqlx::query("SELECT * FROM backfills WHERE source_id = ? ORDER BY job_id DESC LIMIT ?")
-            .bind(source_id)
-            .bind(limit.clamp(1, 1000) as i64)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(backend("reading backfills"))?
-            .iter()
-            .map(Self::backfill)
-            .collect()
-    }
-
-    async fn save_backfill(&self, job: &mut Backfill) -> Result<bool, StoreError> {
-        let saved = sqlx::query(
-            "UPDATE backfills SET body = ?, version = version + 1, active = ?
-             WHERE source_id = ? AND job_id = ? AND version = ?",
-        )
-        .bind(serde_json::to_string(job).expect("jobs serialize"))
-        .bind(job.is_active() as i64)
-        .bind(&job.source_id)
-        .bind(&job.id)
-        .bind(job.version as i64)
-        .execute(&self.pool)
-        .await
-        .map_err(backend("saving a backfill"))?
-        .rows_affected()
-            == 1;
-        if saved {
-            job.version += 1;
-        }
-        Ok(saved)
-    }
-
-    async fn request_backfill_cancel(
-        &self,
-        source_id: &str,
-        job_id: &str,
-        at: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
-        Ok(sqlx::query(
-            "UPDATE backfills SET cancel_requested_us = COALESCE(cancel_requested_us, ?) WHERE source_id = ? AND job_id = ?",
-        )
-        .bind(to_micros(at))
-        .bind(source_id)
-        .bind(job_id)
-        .execute(&self.pool)
-        .await
-        .map_err(backend("cancelling a backfill"))?
-        .rows_affected()
-            == 1)
-    }
-
-    async fn active_backfills(&self) -> Result<Vec<(String, String)>, StoreError> {
-        let rows = sqlx::query("SELECT source_id, job_id FROM backfills WHERE active = 1")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(backend("listing active backfills"))?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 }

@@ -16,11 +16,44 @@ use futures::stream::{self, BoxStream};
 use futures::{StreamExt, TryStreamExt};
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
-use sluice_core::{
-    Bind, ConnectionSecret, RenderedQuery, Row, ServiceAccountKey, SourceError, SourceErrorKind, SourceSession, Value,
-};
+use sluice_core::{Bind, ConnectionSecret, RenderedQuery, Row, SourceError, SourceErrorKind, SourceSession, Value};
 
 use crate::web;
+
+/// BigQuery's own fields of the secret.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Options {
+    /// The service-account key file, as the JSON object Google gives.
+    service_account: Option<ServiceAccountKey>,
+    /// The default dataset, for table names without one.
+    schema: Option<String>,
+    /// The location (region) of the datasets, such as `EU` or `us-east1`.
+    location: Option<String>,
+}
+
+/// A Google service-account key file; only the fields Sluice reads (the others are
+/// allowed: the file is pasted whole). `Debug` never prints the key.
+#[derive(Clone, Deserialize)]
+pub(crate) struct ServiceAccountKey {
+    client_email: String,
+    private_key: String,
+    #[serde(default = "default_token_uri")]
+    token_uri: String,
+}
+
+fn default_token_uri() -> String {
+    "https://oauth2.googleapis.com/token".into()
+}
+
+impl std::fmt::Debug for ServiceAccountKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceAccountKey")
+            .field("client_email", &self.client_email)
+            .field("token_uri", &self.token_uri)
+            .finish_non_exhaustive()
+    }
+}
 
 pub(crate) struct BigQuery {
     http: reqwest::Client,
@@ -28,6 +61,7 @@ pub(crate) struct BigQuery {
     base: String,
     token: Option<String>,
     secret: ConnectionSecret,
+    options: Options,
     query_timeout: Duration,
 }
 
@@ -91,7 +125,8 @@ pub(crate) async fn connect(secret: &ConnectionSecret, query_timeout: Duration) 
         "{}/bigquery/v2/projects/{project}",
         web::base_url(secret, "bigquery.googleapis.com")
     );
-    let token = match (&secret.service_account, &secret.host) {
+    let options: Options = crate::options(secret)?;
+    let token = match (&options.service_account, &secret.host) {
         (Some(key), _) => Some(access_token(&http, key, secret).await?),
         // An emulator (a host of its own) takes requests without a token.
         (None, Some(_)) => None,
@@ -107,6 +142,7 @@ pub(crate) async fn connect(secret: &ConnectionSecret, query_timeout: Duration) 
         base,
         token,
         secret: secret.clone(),
+        options,
         query_timeout,
     })
 }
@@ -230,10 +266,10 @@ impl BigQuery {
             "jobTimeoutMs": self.query_timeout.as_millis().to_string(),
             "formatOptions": {"useInt64Timestamp": true},
         });
-        if let Some(location) = &self.secret.location {
+        if let Some(location) = &self.options.location {
             body["location"] = location.as_str().into();
         }
-        if let Some(dataset) = &self.secret.schema {
+        if let Some(dataset) = &self.options.schema {
             body["defaultDataset"] = json!({"projectId": self.secret.database, "datasetId": dataset});
         }
         body
@@ -312,18 +348,7 @@ impl BigQuery {
 #[async_trait]
 impl SourceSession for BigQuery {
     async fn now(&mut self) -> Result<DateTime<Utc>, SourceError> {
-        let query = RenderedQuery {
-            sql: "SELECT CURRENT_TIMESTAMP()".into(),
-            binds: Vec::new(),
-        };
-        let rows: Vec<Row> = self.stream(&query).try_collect().await?;
-        match rows.first().and_then(|r| r.values.first()) {
-            Some(Value::Timestamp(now)) => Ok(*now),
-            other => Err(SourceError::new(
-                SourceErrorKind::Query,
-                format!("CURRENT_TIMESTAMP() returned {other:?}"),
-            )),
-        }
+        web::current_timestamp(self).await
     }
 
     async fn columns(&mut self, query: &RenderedQuery) -> Result<Vec<String>, SourceError> {
@@ -495,7 +520,6 @@ mod tests {
             client_email: "sluice@p.iam.gserviceaccount.com".into(),
             private_key: include_str!("../testdata/rsa_pkcs8.pem").into(),
             token_uri: "https://oauth2.googleapis.com/token".into(),
-            project_id: None,
         };
         let claims = token_claims(&key, DateTime::from_timestamp(1_700_000_000, 0).unwrap());
         assert_eq!(claims["iss"], "sluice@p.iam.gserviceaccount.com");

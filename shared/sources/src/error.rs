@@ -1,5 +1,11 @@
 //! Driver errors translated into [`SourceError`]s that name the cause and the fix.
 
+// Each engine uses some of these; a build without every engine leaves some unused.
+#![cfg_attr(
+    not(all(feature = "sql", feature = "sqlserver", feature = "oracle")),
+    allow(dead_code)
+)]
+
 use sluice_core::{ConnectionSecret, SourceError, SourceErrorKind};
 
 /// `host:port` of the secret, for messages (the file path for SQLite).
@@ -56,7 +62,8 @@ pub(crate) fn timed_out(secret: &ConnectionSecret) -> SourceError {
 }
 
 /// An error while connecting and setting up the session.
-pub fn classify_connect(e: sqlx::Error, secret: &ConnectionSecret) -> SourceError {
+#[cfg(feature = "sql")]
+pub(crate) fn classify_connect(e: sqlx::Error, secret: &ConnectionSecret) -> SourceError {
     let target = target(secret);
     let tls_failure = |text: &str| {
         ["certificate", "TLS", "tls", "SSL", "handshake"]
@@ -119,6 +126,7 @@ pub fn classify_connect(e: sqlx::Error, secret: &ConnectionSecret) -> SourceErro
 }
 
 /// An error while running the query or reading its rows.
+#[cfg(feature = "sql")]
 pub(crate) fn classify_query(e: sqlx::Error) -> SourceError {
     match &e {
         sqlx::Error::Database(db) => {

@@ -4,224 +4,192 @@
 //!
 //! Every session is read-only, set to UTC and has a statement timeout; rows are
 //! streamed and each value converted to a typed [`Value`] by the engine's module.
+//! Each engine (and the SSH tunnel) is a cargo feature; the default builds have all.
 
+#[cfg(feature = "bigquery")]
 mod bigquery;
 mod error;
+#[cfg(feature = "mysql")]
 mod mysql;
+#[cfg(feature = "oracle")]
 mod oracle;
+#[cfg(feature = "postgres")]
 mod postgres;
+#[cfg(feature = "snowflake")]
 mod snowflake;
+#[cfg(feature = "sql")]
+mod sql;
+#[cfg(feature = "sqlite")]
 mod sqlite;
+#[cfg(feature = "sqlserver")]
 mod sqlserver;
+#[cfg(feature = "ssh")]
 mod ssh;
+#[cfg(feature = "web")]
 mod web;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
-use futures::StreamExt;
-use futures::stream::BoxStream;
-use sluice_core::{
-    Bind, ConnectionSecret, Engine, RenderedQuery, Row, SourceError, SourceReader, SourceSession, Value,
-};
-use sqlx::{Column, Database, Executor, IntoArguments};
+use sluice_core::{ConnectionSecret, Engine, SourceError, SourceErrorKind, SourceReader, SourceSession};
 
 /// How long connecting may take before the host counts as unreachable.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Opens sessions on every engine, by the secret's engine.
+/// Opens sessions on every engine this build has, by the secret's engine.
 #[derive(Debug, Default, Clone)]
 pub struct SqlReader;
 
+fn config_error(message: impl Into<String>) -> SourceError {
+    SourceError::new(SourceErrorKind::Config, message)
+}
+
+/// The engine's own fields of `secret` as `T` (a struct that denies unknown fields).
+#[cfg(feature = "web")]
+pub(crate) fn options<T: serde::de::DeserializeOwned>(secret: &ConnectionSecret) -> Result<T, SourceError> {
+    serde_json::from_value(serde_json::Value::Object(secret.options.clone()))
+        .map_err(|e| config_error(format!("the secret's {} fields: {e}", secret.engine)))
+}
+
+/// The engines without fields of their own take only the common ones.
+#[cfg(any(feature = "sql", feature = "sqlserver", feature = "oracle"))]
+fn check_common(secret: &ConnectionSecret) -> Result<(), SourceError> {
+    match secret.options.keys().next() {
+        None => Ok(()),
+        Some(field) => Err(config_error(format!(
+            "the secret has a field `{field}` that {} does not take; its fields are engine, host, port, database, username, password, tls, ca_cert and ssh_tunnel",
+            secret.engine
+        ))),
+    }
+}
+
+/// The feature an engine is built with.
+fn feature(engine: Engine) -> &'static str {
+    match engine {
+        Engine::Postgres => "postgres",
+        Engine::Mysql => "mysql",
+        Engine::Sqlite => "sqlite",
+        Engine::Sqlserver => "sqlserver",
+        Engine::Oracle => "oracle",
+        Engine::Snowflake => "snowflake",
+        Engine::Bigquery => "bigquery",
+    }
+}
+
+fn not_built(what: &str) -> SourceError {
+    config_error(format!(
+        "this build of Sluice has no {what}: it was compiled without the `{what}` feature; use a default build, or add `--features {what}`"
+    ))
+}
+
 #[async_trait]
 impl SourceReader for SqlReader {
+    fn check(&self, secret: &ConnectionSecret) -> Result<(), SourceError> {
+        match secret.engine {
+            #[cfg(feature = "snowflake")]
+            Engine::Snowflake => options::<snowflake::Options>(secret).map(drop),
+            #[cfg(feature = "bigquery")]
+            Engine::Bigquery => options::<bigquery::Options>(secret).map(drop),
+            #[cfg(feature = "postgres")]
+            Engine::Postgres => check_common(secret),
+            #[cfg(feature = "mysql")]
+            Engine::Mysql => check_common(secret),
+            #[cfg(feature = "sqlite")]
+            Engine::Sqlite => check_common(secret),
+            #[cfg(feature = "sqlserver")]
+            Engine::Sqlserver => check_common(secret),
+            #[cfg(feature = "oracle")]
+            Engine::Oracle => check_common(secret),
+            #[allow(unreachable_patterns)]
+            other => Err(not_built(feature(other))),
+        }
+    }
+
     async fn open(
         &self,
         secret: &ConnectionSecret,
         query_timeout: Duration,
     ) -> Result<Box<dyn SourceSession>, SourceError> {
-        let Some(tunnel) = &secret.ssh_tunnel else {
-            return connect(secret, query_timeout).await;
-        };
-        let config_error = |m: &str| SourceError::new(sluice_core::SourceErrorKind::Config, m);
-        let host = match (secret.engine, secret.host.as_deref()) {
-            (Engine::Sqlite, _) => return Err(config_error("ssh_tunnel does not apply to SQLite (a local file)")),
-            (Engine::Snowflake | Engine::Bigquery, _) => {
-                return Err(config_error(
-                    "ssh_tunnel does not apply to Snowflake or BigQuery, which Sluice reaches over HTTPS",
-                ));
-            }
-            (_, None) => {
-                return Err(config_error(
-                    "the secret has no host; with ssh_tunnel, host is the database as the bastion reaches it",
-                ));
-            }
-            (_, Some(h)) => h,
-        };
-        let port = secret.port.or(secret.engine.default_port()).unwrap_or_default();
-        if secret.tls == sluice_core::TlsMode::VerifyFull {
+        self.check(secret)?;
+        match &secret.ssh_tunnel {
+            None => connect(secret, query_timeout).await,
+            Some(tunnel) => tunneled(secret, tunnel, query_timeout).await,
+        }
+    }
+}
+
+#[cfg(not(feature = "ssh"))]
+async fn tunneled(
+    _secret: &ConnectionSecret,
+    _tunnel: &sluice_core::SshTunnel,
+    _query_timeout: Duration,
+) -> Result<Box<dyn SourceSession>, SourceError> {
+    Err(not_built("ssh"))
+}
+
+/// A session through an SSH tunnel to the database, which it keeps open.
+#[cfg(feature = "ssh")]
+async fn tunneled(
+    secret: &ConnectionSecret,
+    tunnel: &sluice_core::SshTunnel,
+    query_timeout: Duration,
+) -> Result<Box<dyn SourceSession>, SourceError> {
+    let host = match (secret.engine, secret.host.as_deref()) {
+        (Engine::Sqlite, _) => return Err(config_error("ssh_tunnel does not apply to SQLite (a local file)")),
+        (Engine::Snowflake | Engine::Bigquery, _) => {
             return Err(config_error(
-                "tls verify-full cannot be used through ssh_tunnel: the certificate's name cannot match the tunnel's local end; use require (the tunnel itself authenticates the bastion by its host key)",
+                "ssh_tunnel does not apply to Snowflake or BigQuery, which Sluice reaches over HTTPS",
             ));
         }
-        let tunnel = ssh::open(tunnel, host, port).await?;
-        let mut direct = secret.clone();
-        direct.host = Some(tunnel.local.ip().to_string());
-        direct.port = Some(tunnel.local.port());
-        direct.ssh_tunnel = None;
-        let via = format!("through the SSH tunnel to {host}:{port}");
-        let session = connect(&direct, query_timeout)
-            .await
-            .map_err(|e| SourceError::new(e.kind, format!("{} ({via})", e.message)))?;
-        Ok(Box::new(Tunneled {
-            session,
-            _tunnel: tunnel,
-        }))
+        (_, None) => {
+            return Err(config_error(
+                "the secret has no host; with ssh_tunnel, host is the database as the bastion reaches it",
+            ));
+        }
+        (_, Some(h)) => h,
+    };
+    let port = secret.port.or(secret.engine.default_port()).unwrap_or_default();
+    if secret.tls == sluice_core::TlsMode::VerifyFull {
+        return Err(config_error(
+            "tls verify-full cannot be used through ssh_tunnel: the certificate's name cannot match the tunnel's local end; use require (the tunnel itself authenticates the bastion by its host key)",
+        ));
     }
+    let tunnel = ssh::open(tunnel, host, port).await?;
+    let mut direct = secret.clone();
+    direct.host = Some(tunnel.local.ip().to_string());
+    direct.port = Some(tunnel.local.port());
+    direct.ssh_tunnel = None;
+    let via = format!("through the SSH tunnel to {host}:{port}");
+    let session = connect(&direct, query_timeout)
+        .await
+        .map_err(|e| SourceError::new(e.kind, format!("{} ({via})", e.message)))?;
+    Ok(Box::new(ssh::Tunneled::new(session, tunnel)))
 }
 
 async fn connect(secret: &ConnectionSecret, query_timeout: Duration) -> Result<Box<dyn SourceSession>, SourceError> {
+    let _ = query_timeout;
     Ok(match secret.engine {
+        #[cfg(feature = "postgres")]
         Engine::Postgres => Box::new(postgres::connect(secret, query_timeout).await?),
+        #[cfg(feature = "mysql")]
         Engine::Mysql => Box::new(mysql::connect(secret, query_timeout).await?),
+        #[cfg(feature = "sqlite")]
         Engine::Sqlite => Box::new(sqlite::connect(secret).await?),
+        #[cfg(feature = "sqlserver")]
         Engine::Sqlserver => Box::new(sqlserver::connect(secret, query_timeout).await?),
+        #[cfg(feature = "snowflake")]
         Engine::Snowflake => Box::new(snowflake::connect(secret, query_timeout).await?),
+        #[cfg(feature = "bigquery")]
         Engine::Bigquery => Box::new(bigquery::connect(secret, query_timeout).await?),
+        #[cfg(feature = "oracle")]
         Engine::Oracle => Box::new(oracle::connect(secret, query_timeout).await?),
+        #[allow(unreachable_patterns)]
+        other => return Err(not_built(feature(other))),
     })
 }
 
-/// A session whose connection runs through an SSH tunnel, which it keeps open.
-struct Tunneled {
-    session: Box<dyn SourceSession>,
-    _tunnel: ssh::Tunnel,
-}
-
-#[async_trait]
-impl SourceSession for Tunneled {
-    async fn now(&mut self) -> Result<DateTime<Utc>, SourceError> {
-        self.session.now().await
-    }
-
-    async fn columns(&mut self, query: &RenderedQuery) -> Result<Vec<String>, SourceError> {
-        self.session.columns(query).await
-    }
-
-    fn stream<'a>(&'a mut self, query: &'a RenderedQuery) -> BoxStream<'a, Result<Row, SourceError>> {
-        self.session.stream(query)
-    }
-}
-
-/// How an engine binds window values, reads its clock and converts result values.
-trait Dialect: Send + 'static {
-    type Db: Database;
-    /// A one-row, one-column query of the database's clock, in UTC.
-    const NOW: &'static str;
-    fn now(row: &<Self::Db as Database>::Row) -> Result<DateTime<Utc>, sqlx::Error>;
-    fn bind<'q>(
-        query: sqlx::query::Query<'q, Self::Db, <Self::Db as Database>::Arguments>,
-        bind: Bind,
-    ) -> sqlx::query::Query<'q, Self::Db, <Self::Db as Database>::Arguments>;
-    /// The type [`Dialect::bind`] sends `bind` as. Describing a query declares them, so
-    /// the statement the driver caches expects what the run binds (left to infer,
-    /// PostgreSQL would take `extract(epoch ...) >= $3` as numeric).
-    fn bind_type(bind: Bind) -> <Self::Db as Database>::TypeInfo;
-    /// What a column's values need to be decoded, worked out once per result set.
-    type Column: Send + 'static;
-    fn column(column: &<Self::Db as Database>::Column) -> Self::Column;
-    fn value(row: &<Self::Db as Database>::Row, index: usize, column: &Self::Column) -> Value;
-}
-
-/// One read-only connection of the engine `D`.
-struct Session<D: Dialect> {
-    conn: <D::Db as Database>::Connection,
-}
-
-#[async_trait]
-impl<D: Dialect> SourceSession for Session<D>
-where
-    for<'c> &'c mut <D::Db as Database>::Connection: Executor<'c, Database = D::Db>,
-    <D::Db as Database>::Arguments: IntoArguments<D::Db>,
-{
-    async fn now(&mut self) -> Result<DateTime<Utc>, SourceError> {
-        let row = sqlx::query(D::NOW)
-            .fetch_one(&mut self.conn)
-            .await
-            .map_err(error::classify_query)?;
-        D::now(&row).map_err(error::classify_query)
-    }
-
-    async fn columns(&mut self, query: &RenderedQuery) -> Result<Vec<String>, SourceError> {
-        let types: Vec<_> = query.binds.iter().map(|b| D::bind_type(*b)).collect();
-        describe_columns(&mut self.conn, &query.sql, &types).await
-    }
-
-    fn stream<'a>(&'a mut self, query: &'a RenderedQuery) -> BoxStream<'a, Result<Row, SourceError>> {
-        stream_rows::<D, _>(&mut self.conn, query)
-    }
-}
-
-/// Streams `query`'s rows from `conn`, converting each with the dialect `D`.
-fn stream_rows<'a, D, C>(conn: &'a mut C, query: &'a RenderedQuery) -> BoxStream<'a, Result<Row, SourceError>>
-where
-    D: Dialect,
-    for<'c> &'c mut C: Executor<'c, Database = D::Db>,
-    <D::Db as Database>::Arguments: IntoArguments<D::Db>,
-    C: Send,
-{
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(query.sql.as_str()));
-    for bind in &query.binds {
-        q = D::bind(q, *bind);
-    }
-    let mut plan: Option<(Arc<[String]>, Vec<D::Column>)> = None;
-    q.fetch(conn)
-        .map(move |row| {
-            let row = row.map_err(error::classify_query)?;
-            let (names, columns) = plan.get_or_insert_with(|| {
-                let columns = sqlx::Row::columns(&row);
-                (
-                    columns.iter().map(|c| c.name().to_string()).collect(),
-                    columns.iter().map(D::column).collect(),
-                )
-            });
-            let values = columns.iter().enumerate().map(|(i, c)| D::value(&row, i, c)).collect();
-            Ok(Row {
-                columns: names.clone(),
-                values,
-            })
-        })
-        .boxed()
-}
-
-/// The columns `sql` returns, from preparing it (the driver caches the statement,
-/// so the query that follows reuses it).
-async fn describe_columns<DB, C>(conn: &mut C, sql: &str, types: &[DB::TypeInfo]) -> Result<Vec<String>, SourceError>
-where
-    DB: Database,
-    for<'c> &'c mut C: Executor<'c, Database = DB>,
-{
-    let statement = conn
-        .prepare_with(
-            sqlx::SqlSafeStr::into_sql_str(sqlx::AssertSqlSafe(sql.to_string())),
-            types,
-        )
-        .await
-        .map_err(error::classify_query)?;
-    Ok(sqlx::Statement::columns(&statement)
-        .iter()
-        .map(|c| c.name().to_string())
-        .collect())
-}
-
-/// A value the driver could not decode: the row is rejected with the type's name.
-fn undecodable(type_name: &str, e: impl std::fmt::Display) -> Value {
-    Value::Unsupported(format!("{type_name} ({e})"))
-}
-
 /// An unscaled integer and its scale as exact decimal text: (12345, 2) is "123.45".
+#[cfg(any(feature = "snowflake", feature = "sqlserver"))]
 pub(crate) fn decimal_text(unscaled: i128, scale: u32) -> String {
     let digits = unscaled.unsigned_abs().to_string();
     let scale = scale as usize;
@@ -238,6 +206,7 @@ pub(crate) fn decimal_text(unscaled: i128, scale: u32) -> String {
 /// unquoted identifiers, so `user_id AS member_id` comes back as `MEMBER_ID`. A name
 /// with no lower-case letter is taken as unquoted and lower-cased; a quoted `"userId"`
 /// keeps its case.
+#[cfg(any(feature = "snowflake", feature = "oracle"))]
 pub(crate) fn column_name(name: &str) -> String {
     if name.chars().any(char::is_lowercase) {
         name.to_string()
@@ -248,17 +217,19 @@ pub(crate) fn column_name(name: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{column_name, decimal_text};
-
     #[test]
+    #[cfg(any(feature = "snowflake", feature = "oracle"))]
     fn unquoted_upper_case_names_are_lower_cased_and_quoted_names_kept() {
+        use super::column_name;
         assert_eq!(column_name("MEMBER_ID"), "member_id");
         assert_eq!(column_name("userId"), "userId");
         assert_eq!(column_name("A1"), "a1");
     }
 
     #[test]
+    #[cfg(any(feature = "snowflake", feature = "sqlserver"))]
     fn decimals_keep_every_digit() {
+        use super::decimal_text;
         assert_eq!(decimal_text(12345, 2), "123.45");
         assert_eq!(decimal_text(-5, 4), "-0.0005");
         assert_eq!(decimal_text(0, 0), "0");

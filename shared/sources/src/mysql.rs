@@ -7,7 +7,9 @@ use sluice_core::{Bind, ConnectionSecret, SourceError, TlsMode, Value};
 use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlRow, MySqlSslMode, MySqlValueRef};
 use sqlx::{Connection, Decode, MySql, Row as _, TypeInfo, ValueRef};
 
-use crate::{CONNECT_TIMEOUT, Dialect, Session, error, undecodable};
+use crate::CONNECT_TIMEOUT;
+use crate::error;
+use crate::sql::{Dialect, Session, undecodable};
 
 pub(crate) async fn connect(secret: &ConnectionSecret, query_timeout: Duration) -> Result<Session<My>, SourceError> {
     let mut options = MySqlConnectOptions::new()

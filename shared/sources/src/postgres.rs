@@ -9,7 +9,9 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgRow, PgSslMode};
 use sqlx::types::BigDecimal;
 use sqlx::{Connection, Decode, Postgres, Row as _, TypeInfo, ValueRef};
 
-use crate::{CONNECT_TIMEOUT, Dialect, Session, error, undecodable};
+use crate::CONNECT_TIMEOUT;
+use crate::error;
+use crate::sql::{Dialect, Session, undecodable};
 
 pub(crate) async fn connect(secret: &ConnectionSecret, query_timeout: Duration) -> Result<Session<Pg>, SourceError> {
     let mut options = PgConnectOptions::new_without_pgpass()

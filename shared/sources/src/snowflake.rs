@@ -83,9 +83,28 @@ struct Chunk {
 /// Codes of a query still running: poll its result URL.
 const IN_PROGRESS: [&str; 2] = ["333333", "333334"];
 
+/// Snowflake's own fields of the secret.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Options {
+    /// The account identifier (`orgname-account` or `locator.region`); the host is
+    /// `{account}.snowflakecomputing.com` unless the secret's `host` is given.
+    account: Option<String>,
+    /// The warehouse that runs the query.
+    warehouse: Option<String>,
+    /// The role of the session.
+    role: Option<String>,
+    /// The schema of the session.
+    schema: Option<String>,
+    /// Key-pair authentication: the user's unencrypted PKCS#8 private key (`BEGIN
+    /// PRIVATE KEY`), in place of a password.
+    private_key: Option<String>,
+}
+
 pub(crate) async fn connect(secret: &ConnectionSecret, query_timeout: Duration) -> Result<Snowflake, SourceError> {
     let config = |m: &str| SourceError::new(SourceErrorKind::Config, m);
-    let account = secret.account.as_deref().ok_or_else(|| {
+    let options: Options = crate::options(secret)?;
+    let account = options.account.as_deref().ok_or_else(|| {
         config("the secret has no account; give the Snowflake account identifier (orgname-account, or locator.region)")
     })?;
     let user = secret
@@ -107,7 +126,7 @@ pub(crate) async fn connect(secret: &ConnectionSecret, query_timeout: Duration) 
             "QUERY_RESULT_FORMAT": "ARROW",
         },
     });
-    match (&secret.private_key, &secret.password) {
+    match (&options.private_key, &secret.password) {
         (Some(pem), _) => {
             data["AUTHENTICATOR"] = "SNOWFLAKE_JWT".into();
             data["TOKEN"] = key_pair_jwt(pem, account, user, Utc::now())?.into();
@@ -119,9 +138,9 @@ pub(crate) async fn connect(secret: &ConnectionSecret, query_timeout: Duration) 
     let request_id = uuid::Uuid::new_v4().to_string();
     params[1].1 = &request_id;
     for (name, value) in [
-        ("schemaName", &secret.schema),
-        ("warehouse", &secret.warehouse),
-        ("roleName", &secret.role),
+        ("schemaName", &options.schema),
+        ("warehouse", &options.warehouse),
+        ("roleName", &options.role),
     ] {
         if let Some(value) = value {
             params.push((name, value));
@@ -328,18 +347,7 @@ impl Drop for Snowflake {
 #[async_trait]
 impl SourceSession for Snowflake {
     async fn now(&mut self) -> Result<DateTime<Utc>, SourceError> {
-        let query = RenderedQuery {
-            sql: "SELECT CURRENT_TIMESTAMP()".into(),
-            binds: Vec::new(),
-        };
-        let rows: Vec<Row> = self.stream(&query).try_collect().await?;
-        match rows.first().and_then(|r| r.values.first()) {
-            Some(Value::Timestamp(now)) => Ok(*now),
-            other => Err(SourceError::new(
-                SourceErrorKind::Query,
-                format!("CURRENT_TIMESTAMP() returned {other:?}"),
-            )),
-        }
+        web::current_timestamp(self).await
     }
 
     async fn columns(&mut self, query: &RenderedQuery) -> Result<Vec<String>, SourceError> {

@@ -7,7 +7,8 @@ use sluice_core::{Bind, ConnectionSecret, SourceError, SourceErrorKind, Value};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteRow};
 use sqlx::{Column, Connection, Row as _, Sqlite, TypeInfo, ValueRef};
 
-use crate::{Dialect, Session, error, undecodable};
+use crate::error;
+use crate::sql::{Dialect, Session, undecodable};
 
 pub(crate) async fn connect(secret: &ConnectionSecret) -> Result<Session<Lite>, SourceError> {
     if !std::path::Path::new(&secret.database).exists() {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, NaiveTime, Utc};
+use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, NaiveTime, SubsecRound, Utc};
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryFutureExt};
 use sluice_core::{
@@ -133,7 +133,7 @@ fn classify_connect(e: tiberius::error::Error, secret: &ConnectionSecret) -> Sou
             SourceErrorKind::Tls,
             format!("TLS with {target} failed: {text}; {}", error::tls_hint(secret, text)),
         ),
-        Error::Server(token) if matches!(token.code(), 18456 | 4060 | 18452 | 40615 | 40532) => SourceError::new(
+        Error::Server(token) if matches!(token.code(), 18456 | 4060 | 911 | 18452 | 40615 | 40532) => SourceError::new(
             SourceErrorKind::Auth,
             secret.redact(&format!(
                 "sqlserver at {target} refused the login: {} (error {}); check username, password and database in the secret (Azure SQL: the username may need @SERVER, and the server's firewall must allow Sluice)",
@@ -300,7 +300,10 @@ pub(crate) fn value(column_type: ColumnType, data: &ColumnData<'static>) -> Valu
             Value::decimal(decimal_text(n.value(), n.scale().into()))
         }),
         ColumnData::Xml(v) => v.as_ref().map_or(Value::Null, |x| Value::Text(x.to_string())),
-        ColumnData::DateTime(_) | ColumnData::SmallDateTime(_) | ColumnData::DateTime2(_) => {
+        // `datetime` counts 1/300 s; SQL Server shows (and compares) it to the
+        // millisecond, .003 not .003333333.
+        ColumnData::DateTime(_) => convert(data, |v: NaiveDateTime| Value::Timestamp(v.and_utc().round_subsecs(3))),
+        ColumnData::SmallDateTime(_) | ColumnData::DateTime2(_) => {
             convert(data, |v: NaiveDateTime| Value::Timestamp(v.and_utc()))
         }
         ColumnData::Date(_) => convert(data, |v: NaiveDate| Value::Date(v)),

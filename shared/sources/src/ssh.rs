@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use russh::client::{self, Handle};
 use russh::keys::{PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate, decode_secret_key};
-use sluice_core::{SourceError, SourceErrorKind, SshTunnel};
+use sluice_core::{RenderedQuery, SourceError, SourceErrorKind, SourceSession, SshTunnel};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
@@ -165,5 +165,38 @@ async fn forward(listener: TcpListener, session: Arc<Handle<HostKeyCheck>>, host
                 Err(e) => warn!(error = %e, "the SSH bastion refused a forwarded connection"),
             }
         });
+    }
+}
+
+/// A session whose connection runs through an SSH tunnel, which it keeps open.
+pub(crate) struct Tunneled {
+    session: Box<dyn SourceSession>,
+    _tunnel: Tunnel,
+}
+
+impl Tunneled {
+    pub(crate) fn new(session: Box<dyn SourceSession>, tunnel: Tunnel) -> Self {
+        Tunneled {
+            session,
+            _tunnel: tunnel,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl SourceSession for Tunneled {
+    async fn now(&mut self) -> Result<chrono::DateTime<chrono::Utc>, SourceError> {
+        self.session.now().await
+    }
+
+    async fn columns(&mut self, query: &RenderedQuery) -> Result<Vec<String>, SourceError> {
+        self.session.columns(query).await
+    }
+
+    fn stream<'a>(
+        &'a mut self,
+        query: &'a RenderedQuery,
+    ) -> futures::stream::BoxStream<'a, Result<sluice_core::Row, SourceError>> {
+        self.session.stream(query)
     }
 }

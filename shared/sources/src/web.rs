@@ -11,6 +11,25 @@ use sluice_core::{ConnectionSecret, SourceError, SourceErrorKind, TlsMode};
 use crate::CONNECT_TIMEOUT;
 
 /// A client for one session; `request_timeout` bounds each request.
+/// The clock of an engine that has no session of its own: `SELECT CURRENT_TIMESTAMP()`.
+pub(crate) async fn current_timestamp(
+    session: &mut dyn sluice_core::SourceSession,
+) -> Result<chrono::DateTime<chrono::Utc>, SourceError> {
+    use futures::TryStreamExt;
+    let query = sluice_core::RenderedQuery {
+        sql: "SELECT CURRENT_TIMESTAMP()".into(),
+        binds: Vec::new(),
+    };
+    let rows: Vec<sluice_core::Row> = session.stream(&query).try_collect().await?;
+    match rows.first().and_then(|r| r.values.first()) {
+        Some(sluice_core::Value::Timestamp(now)) => Ok(*now),
+        other => Err(SourceError::new(
+            SourceErrorKind::Query,
+            format!("CURRENT_TIMESTAMP() returned {other:?}"),
+        )),
+    }
+}
+
 pub(crate) fn client(request_timeout: Duration) -> Result<reqwest::Client, SourceError> {
     reqwest::Client::builder()
         .connect_timeout(CONNECT_TIMEOUT)

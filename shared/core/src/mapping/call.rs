@@ -13,7 +13,9 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value as Json};
 
-use crate::record::{MappingError, Record, as_utc, check_values, content_hash};
+use super::rules::{as_utc, check_values};
+use super::{Mapped, MappingError, RowMapper};
+use crate::record::{Record, Reject, content_hash};
 use crate::source::SyncType;
 use crate::value::{Row, Value};
 
@@ -41,7 +43,7 @@ impl Call {
         })
     }
 
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Call::Identify => "identify",
             Call::Track => "track",
@@ -125,25 +127,49 @@ fn role(call: Call, column: &str) -> Role {
 
 /// Maps the rows of one result set to calls; built once from its columns.
 #[derive(Debug, Clone)]
-pub struct CallMapper {
+pub(super) struct CallMapper {
     call: Call,
     roles: Vec<Role>,
     /// The timestamp of a call whose row has none.
     run_time: DateTime<Utc>,
 }
 
-/// A mapped call: the record, and a warning when the row is usable but doubtful.
-pub struct MappedCall {
-    pub record: Record,
-    pub warning: Option<&'static str>,
-}
-
 /// Why a group row without a user id still goes through.
 pub const GROUP_WITHOUT_USER: &str =
     "group rows without userId go through, but Customer.io links people to a group by userId: select it";
 
+/// The ids a row carries; a rejected row is named by the first of them it has.
+struct RowIds {
+    user: Option<String>,
+    anonymous: Option<String>,
+    message: Option<String>,
+}
+
+impl RowIds {
+    fn reject(&self, reason: String) -> Reject {
+        Reject {
+            reference: self
+                .message
+                .clone()
+                .or_else(|| self.user.clone())
+                .or_else(|| self.anonymous.clone()),
+            reason,
+        }
+    }
+}
+
+/// The columns that are neither ids nor the type's own fields, where they go.
+#[derive(Default)]
+struct Spread {
+    /// `traits` or `properties`.
+    payload: Map<String, Json>,
+    context: Map<String, Json>,
+    /// Alias calls have no payload: their other columns stay top-level.
+    top_level: Vec<(String, Value)>,
+}
+
 impl CallMapper {
-    pub fn new(call: Call, columns: &[String], run_time: DateTime<Utc>) -> Result<Self, MappingError> {
+    pub(super) fn new(call: Call, columns: &[String], run_time: DateTime<Utc>) -> Result<Self, MappingError> {
         let roles: Vec<Role> = columns.iter().map(|c| role(call, c)).collect();
         let has = |r: &Role| roles.contains(r);
         let missing = |column: &'static str| MappingError::MissingColumn {
@@ -165,154 +191,178 @@ impl CallMapper {
         Ok(CallMapper { call, roles, run_time })
     }
 
-    /// Maps one row, or says why it is rejected.
-    pub fn map(&self, row: Row) -> Result<MappedCall, crate::record::Reject> {
-        let value = |role: &Role| {
-            self.roles
-                .iter()
-                .position(|r| r == role)
-                .map(|i| &row.values[i])
-                .filter(|v| !v.is_null())
-        };
-        let id = |role: &Role| value(role).and_then(Value::as_key_text);
-        let (user_id, anonymous_id, message_id) = (id(&Role::UserId), id(&Role::AnonymousId), id(&Role::MessageId));
-        let reject = |reason: String| crate::record::Reject {
-            reference: message_id
-                .clone()
-                .or_else(|| user_id.clone())
-                .or_else(|| anonymous_id.clone()),
-            reason,
-        };
-        let required_id = |role: &Role, column: &str| match (value(role), id(role)) {
-            (_, Some(id)) => Ok(id),
-            (None, _) => Err(reject(format!(
-                "{column} is null; {} calls require it",
-                self.call.name()
-            ))),
-            (Some(v), None) => Err(reject(format!(
-                "{column} is malformed: a {} value cannot be an id",
-                v.kind()
-            ))),
-        };
-        let required_text = |role: &Role, column: &str| match value(role) {
-            Some(Value::Text(s)) if !s.trim().is_empty() => Ok(s.clone()),
-            Some(v) => Err(reject(format!("{column} must be text, got {}", v.kind()))),
-            None => Err(reject(format!(
-                "{column} is null; {} calls require it",
-                self.call.name()
-            ))),
-        };
-        check_values(&row).map_err(&reject)?;
-        let hash = content_hash(&row);
-        let hash_hex = format!("{hash:032x}");
+    /// The non-null value of the column that plays `role`.
+    fn value<'r>(&self, row: &'r Row, role: &Role) -> Option<&'r Value> {
+        self.roles
+            .iter()
+            .position(|r| r == role)
+            .map(|i| &row.values[i])
+            .filter(|v| !v.is_null())
+    }
 
-        let mut top: Vec<(String, Value)> = vec![("type".into(), Value::Text(self.call.name().into()))];
-        let mut payload = Map::new();
-        let mut context = Map::new();
-        let mut custom = Vec::new();
-        if matches!(self.call, Call::Identify | Call::Track) && user_id.is_none() && anonymous_id.is_none() {
-            return Err(reject(format!(
-                "userId and anonymousId are both null; {} calls require one",
-                self.call.name()
+    fn id(&self, row: &Row, role: &Role) -> Option<String> {
+        self.value(row, role).and_then(Value::as_key_text)
+    }
+
+    fn required_id(&self, row: &Row, ids: &RowIds, role: &Role, column: &str) -> Result<String, Reject> {
+        match (self.value(row, role), self.id(row, role)) {
+            (_, Some(id)) => Ok(id),
+            (None, _) => Err(ids.reject(format!("{column} is null; {} calls require it", self.call.name()))),
+            (Some(v), None) => Err(ids.reject(format!("{column} is malformed: a {} value cannot be an id", v.kind()))),
+        }
+    }
+
+    fn required_text(&self, row: &Row, ids: &RowIds, role: &Role, column: &str) -> Result<String, Reject> {
+        match self.value(row, role) {
+            Some(Value::Text(s)) if !s.trim().is_empty() => Ok(s.clone()),
+            Some(v) => Err(ids.reject(format!("{column} must be text, got {}", v.kind()))),
+            None => Err(ids.reject(format!("{column} is null; {} calls require it", self.call.name()))),
+        }
+    }
+
+    /// The record key (DESIGN §3), and the type's own top-level fields.
+    fn key(&self, row: &Row, ids: &RowIds, hash_hex: &str, top: &mut Vec<(String, Value)>) -> Result<String, Reject> {
+        let call = self.call.name();
+        if matches!(self.call, Call::Identify | Call::Track) && ids.user.is_none() && ids.anonymous.is_none() {
+            return Err(ids.reject(format!(
+                "userId and anonymousId are both null; {call} calls require one"
             )));
         }
         let key = match self.call {
-            Call::Identify => user_id.clone().or_else(|| anonymous_id.clone()).unwrap_or_default(),
-            Call::Track | Call::Page | Call::Screen => message_id.clone().unwrap_or_else(|| hash_hex.clone()),
+            Call::Identify => ids.user.clone().or_else(|| ids.anonymous.clone()).unwrap_or_default(),
+            Call::Track | Call::Page | Call::Screen => ids.message.clone().unwrap_or_else(|| hash_hex.to_string()),
             Call::Group => {
-                let group = required_id(&Role::GroupId, "groupId")?;
+                let group = self.required_id(row, ids, &Role::GroupId, "groupId")?;
                 top.push(("groupId".into(), Value::Text(group.clone())));
-                Json::from(vec![group, user_id.clone().unwrap_or_default()]).to_string()
+                Json::from(vec![group, ids.user.clone().unwrap_or_default()]).to_string()
             }
             Call::Alias => {
-                let (user, previous) = (
-                    required_id(&Role::UserId, "userId")?,
-                    required_id(&Role::PreviousId, "previousId")?,
-                );
+                let user = self.required_id(row, ids, &Role::UserId, "userId")?;
+                let previous = self.required_id(row, ids, &Role::PreviousId, "previousId")?;
                 top.push(("previousId".into(), Value::Text(previous.clone())));
                 Json::from(vec![user, previous]).to_string()
             }
         };
         match self.call {
-            Call::Track => top.push(("event".into(), Value::Text(required_text(&Role::Event, "event")?))),
+            Call::Track => top.push((
+                "event".into(),
+                Value::Text(self.required_text(row, ids, &Role::Event, "event")?),
+            )),
             Call::Page | Call::Screen => {
-                required_id(&Role::UserId, "userId")?;
-                top.push(("name".into(), Value::Text(required_text(&Role::Name, "name")?)));
+                self.required_id(row, ids, &Role::UserId, "userId")?;
+                top.push((
+                    "name".into(),
+                    Value::Text(self.required_text(row, ids, &Role::Name, "name")?),
+                ));
             }
-            _ => {}
+            Call::Identify | Call::Group | Call::Alias => {}
         }
-        for (id, field) in [(&user_id, "userId"), (&anonymous_id, "anonymousId")] {
-            if let Some(id) = id {
-                top.push((field.into(), Value::Text(id.clone())));
-            }
-        }
-        top.push(("messageId".into(), Value::Text(message_id.clone().unwrap_or(hash_hex))));
-        let timestamp = match value(&Role::Timestamp) {
-            None => self.run_time,
+        Ok(key)
+    }
+
+    /// The row's `timestamp` column, or the run's time.
+    fn timestamp(&self, row: &Row, ids: &RowIds) -> Result<DateTime<Utc>, Reject> {
+        match self.value(row, &Role::Timestamp) {
+            None => Ok(self.run_time),
             Some(v) => as_utc(v).ok_or_else(|| {
-                reject(format!(
+                ids.reject(format!(
                     "timestamp is malformed: a {} value that is not a date",
                     v.kind()
                 ))
-            })?,
-        };
-        top.push(("timestamp".into(), Value::Timestamp(timestamp)));
+            }),
+        }
+    }
 
+    /// Puts every other column where the spec wants it; JSON columns named `traits`,
+    /// `properties` or `context` are merged into that object.
+    fn spread(&self, row: &Row, ids: &RowIds) -> Result<Spread, Reject> {
+        let mut spread = Spread::default();
         for ((column, v), role) in row.iter().zip(&self.roles) {
             match role {
                 Role::Payload if self.call.payload().is_some() => {
-                    payload.insert(column.to_string(), v.to_plain_json());
+                    spread.payload.insert(column.to_string(), v.to_plain_json());
                 }
-                Role::Payload => custom.push((column.to_string(), v.clone())),
+                Role::Payload => spread.top_level.push((column.to_string(), v.clone())),
                 Role::Context(field) => {
-                    context.insert((*field).to_string(), v.to_plain_json());
+                    spread.context.insert((*field).to_string(), v.to_plain_json());
                 }
                 Role::Merged(target) => match v {
                     Value::Null => {}
                     Value::Json(Json::Object(object)) => {
-                        let into = if *target == "context" {
-                            &mut context
-                        } else {
-                            &mut payload
+                        let into = match *target {
+                            "context" => &mut spread.context,
+                            _ => &mut spread.payload,
                         };
                         for (k, v) in object {
                             into.entry(k.clone()).or_insert_with(|| v.clone());
                         }
                     }
-                    other => return Err(reject(format!("{column} must be a JSON object, got {}", other.kind()))),
+                    other => return Err(ids.reject(format!("{column} must be a JSON object, got {}", other.kind()))),
                 },
                 _ => {}
             }
         }
+        Ok(spread)
+    }
+
+    /// A group's `objectTypeId`: the column, or `object_type_id` among the traits; "1"
+    /// when neither is given.
+    fn object_type_id(&self, row: &Row, ids: &RowIds, traits: &Map<String, Json>) -> Result<String, Reject> {
+        let given = self
+            .value(row, &Role::ObjectTypeId)
+            .map(Value::to_plain_json)
+            .or_else(|| traits.get("object_type_id").cloned());
+        match given {
+            None | Some(Json::Null) => Ok("1".to_string()),
+            Some(Json::Number(n)) if n.is_u64() => Ok(n.to_string()),
+            Some(Json::String(s)) if !s.is_empty() && s.chars().all(|c| c.is_ascii_digit()) => Ok(s),
+            Some(other) => Err(ids.reject(format!("objectTypeId must be a whole number, got {other}"))),
+        }
+    }
+}
+
+impl RowMapper for CallMapper {
+    fn map(&self, row: Row) -> Result<Mapped, Reject> {
+        let ids = RowIds {
+            user: self.id(&row, &Role::UserId),
+            anonymous: self.id(&row, &Role::AnonymousId),
+            message: self.id(&row, &Role::MessageId),
+        };
+        check_values(&row).map_err(|reason| ids.reject(reason))?;
+        // The hash is of the row as read, so a row read again is unchanged even when its
+        // call got the run's time as its timestamp.
+        let hash = content_hash(&row);
+        let hash_hex = format!("{hash:032x}");
+        let mut top: Vec<(String, Value)> = vec![("type".into(), Value::Text(self.call.name().into()))];
+        let key = self.key(&row, &ids, &hash_hex, &mut top)?;
+        for (id, field) in [(&ids.user, "userId"), (&ids.anonymous, "anonymousId")] {
+            if let Some(id) = id {
+                top.push((field.into(), Value::Text(id.clone())));
+            }
+        }
+        top.push(("messageId".into(), Value::Text(ids.message.clone().unwrap_or(hash_hex))));
+        top.push(("timestamp".into(), Value::Timestamp(self.timestamp(&row, &ids)?)));
+        let spread = self.spread(&row, &ids)?;
         if self.call == Call::Group {
-            let object_type = value(&Role::ObjectTypeId)
-                .map(Value::to_plain_json)
-                .or_else(|| payload.get("object_type_id").cloned());
-            let object_type = match object_type {
-                None | Some(Json::Null) => "1".to_string(),
-                Some(Json::Number(n)) if n.is_u64() => n.to_string(),
-                Some(Json::String(s)) if !s.is_empty() && s.chars().all(|c| c.is_ascii_digit()) => s,
-                Some(other) => return Err(reject(format!("objectTypeId must be a whole number, got {other}"))),
-            };
+            let object_type = self.object_type_id(&row, &ids, &spread.payload)?;
             top.push(("objectTypeId".into(), Value::Text(object_type)));
         }
         if let Some(name) = self.call.payload() {
-            top.push((name.into(), Value::Json(Json::Object(payload))));
+            top.push((name.into(), Value::Json(Json::Object(spread.payload))));
         }
-        if !context.is_empty() {
-            top.push(("context".into(), Value::Json(Json::Object(context))));
+        if !spread.context.is_empty() {
+            top.push(("context".into(), Value::Json(Json::Object(spread.context))));
         }
-        top.extend(custom);
+        top.extend(spread.top_level);
         let (columns, values): (Vec<String>, Vec<Value>) = top.into_iter().unzip();
         let fields = Row {
             columns: Arc::from(columns),
             values,
         };
-        let warning = (self.call == Call::Group && user_id.is_none()).then_some(GROUP_WITHOUT_USER);
-        // The hash is of the row as read, so a row read again is unchanged even when its
-        // call got the run's time as its timestamp.
-        Ok(MappedCall {
+        let warning = (self.call == Call::Group && ids.user.is_none()).then_some(GROUP_WITHOUT_USER);
+        Ok(Mapped {
             record: Record { key, fields, hash },
+            member: None,
             warning,
         })
     }

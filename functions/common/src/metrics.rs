@@ -3,8 +3,21 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value as Json, json};
+use sluice_core::{Run, RunObserver, RunStatus};
 
-use crate::run::{Run, RunStatus};
+/// Prints every run's metrics as one EMF line on stdout, which CloudWatch Logs reads
+/// in Lambda.
+#[derive(Debug, Clone)]
+pub struct EmfMetrics {
+    /// The CloudWatch namespace, `Sluice/{NamePrefix}`.
+    pub namespace: String,
+}
+
+impl RunObserver for EmfMetrics {
+    fn run_finished(&self, run: &Run, at: DateTime<Utc>) {
+        println!("{}", emf(run, &self.namespace, at));
+    }
+}
 
 /// The EMF document of `run`, finished at `now`. Metrics are published per source and
 /// trigger, and per trigger over all sources (what the alarms watch).
@@ -66,16 +79,17 @@ pub fn emf(run: &Run, namespace: &str, now: DateTime<Utc>) -> Json {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::run::Trigger;
+    use sluice_core::Trigger;
 
     fn run(status: RunStatus, watermark: Option<DateTime<Utc>>) -> Run {
-        let mut run = Run::start("sales", Trigger::Schedule);
+        let mut run = Run::start("r".into(), "sales", Trigger::Schedule, Utc::now());
         run.rows_read = 10;
         run.rows_written = 7;
         run.rows_unchanged = 2;
         run.rows_rejected = 1;
         run.watermark = watermark;
-        run.finish(status, None)
+        let at = run.started_at;
+        run.finish(status, None, at)
     }
 
     fn declared(doc: &Json) -> Vec<&str> {

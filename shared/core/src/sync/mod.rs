@@ -4,26 +4,33 @@
 //! writes in flight, upsert members, and only then move the watermark, conditionally on
 //! the lease. Any failure leaves the watermark where it was: the next run re-reads.
 
+mod session;
+mod writer;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tracing::{Instrument, info, info_span, warn};
 
+pub(crate) use session::OpenSource;
+
+use crate::mapping::{LazyMapper, MappingError};
 use crate::ports::{
-    Events, LeaseOutcome, Schedules, Secrets, SecretsError, SourceError, SourceReader, SourceSession, SourceState,
-    Store, StoreError, WriteStats,
+    Clock, Events, IdSource, LeaseOutcome, NoObserver, RunObserver, Schedules, Secrets, SecretsError, SourceError,
+    SourceReader, SourceState, Store, StoreError, SystemClock, UuidIds,
 };
 use crate::preview::Preview;
-use crate::record::{MappingError, Member, Record, RecordMapper};
+use crate::record::Member;
 use crate::run::{Run, RunStatus, Trigger};
 use crate::source::SourceConfig;
-use crate::template::{QueryTemplate, RenderedQuery, TemplateError};
+use crate::template::TemplateError;
 use crate::window::{Window, next_start, windows};
+use writer::Writer;
 
 /// Tuning of the sync; the defaults suit a Lambda function of 128 MB to 1 GB.
 #[derive(Debug, Clone)]
@@ -34,9 +41,6 @@ pub struct SyncSettings {
     pub batch_size: usize,
     /// Write calls in flight at once.
     pub max_in_flight: usize,
-    /// Where each run's metrics go, as an Embedded Metric Format line on stdout
-    /// (CloudWatch Logs extracts them in Lambda); `None` prints none.
-    pub metrics_namespace: Option<String>,
 }
 
 impl Default for SyncSettings {
@@ -45,7 +49,6 @@ impl Default for SyncSettings {
             lease: Duration::from_secs(16 * 60),
             batch_size: 100,
             max_in_flight: 8,
-            metrics_namespace: None,
         }
     }
 }
@@ -74,15 +77,19 @@ pub enum SyncError {
     )]
     WindowTooFull {
         limit: u64,
-        from: chrono::DateTime<Utc>,
-        to: chrono::DateTime<Utc>,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
     },
+    #[error(
+        "even the one-minute window [{from}, {to}) is not read within the function's time budget; make the query faster (an index on the date column) or raise the function timeout"
+    )]
+    WindowTooSlow { from: DateTime<Utc>, to: DateTime<Utc> },
 }
 
 /// Windows are not halved below a minute.
 const MIN_WINDOW_SECONDS: i64 = 60;
 
-/// Why a chunk stopped before its window was read.
+/// Why reading stopped before the end of a window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stop {
     /// The function's time budget ran out.
@@ -130,6 +137,14 @@ impl Budget {
             None
         }
     }
+
+    /// The same budget with `margin` less time.
+    pub fn less(&self, margin: Duration) -> Budget {
+        Budget {
+            deadline: self.deadline.map(|d| d - margin),
+            interrupted: self.interrupted.clone(),
+        }
+    }
 }
 
 /// How a backfill chunk's run ended.
@@ -141,7 +156,7 @@ pub enum ChunkOutcome {
 }
 
 enum Outcome {
-    /// Done; with a note when the run stopped early on purpose (the row limit).
+    /// Done; with a note when the run stopped early on purpose (a limit).
     Done(Option<String>),
     Skipped(String),
 }
@@ -150,7 +165,18 @@ enum Outcome {
 enum WindowEnd {
     Complete,
     /// `max_rows_per_run` rows were read before the end of the window.
-    RowLimit,
+    RowLimit(u64),
+    Stopped(Stop),
+}
+
+/// What one run works with, built once: the source, its compiled query and open
+/// session, and how far the run may go.
+struct RunContext<'a> {
+    state: &'a SourceState,
+    open: OpenSource,
+    budget: &'a Budget,
+    /// Most rows the run reads (scheduled runs whose query is bounded from above).
+    row_limit: Option<u64>,
 }
 
 /// Runs syncs. Built once per process (or Lambda container) and shared.
@@ -161,12 +187,11 @@ pub struct SyncService {
     events: Arc<dyn Events>,
     /// Where the adaptive frequency is applied; without it (the CLI) it is only kept.
     schedules: Option<Arc<dyn Schedules>>,
+    observer: Arc<dyn RunObserver>,
+    clock: Arc<dyn Clock>,
+    ids: Arc<dyn IdSource>,
     settings: SyncSettings,
 }
-
-/// After this many records written with none unchanged, a window stops checking hashes:
-/// the check costs a read per record and would save nothing.
-const HASH_CHECK_PROBE: u64 = 1_000;
 
 impl SyncService {
     pub fn new(
@@ -182,6 +207,9 @@ impl SyncService {
             secrets,
             events,
             schedules: None,
+            observer: Arc::new(NoObserver),
+            clock: Arc::new(SystemClock),
+            ids: Arc::new(UuidIds),
             settings,
         }
     }
@@ -189,6 +217,19 @@ impl SyncService {
     /// Applies the adaptive frequency (DESIGN §7) to the sources' schedules.
     pub fn with_schedules(mut self, schedules: Arc<dyn Schedules>) -> Self {
         self.schedules = Some(schedules);
+        self
+    }
+
+    /// Shows every finished run to `observer` (metrics).
+    pub fn with_observer(mut self, observer: Arc<dyn RunObserver>) -> Self {
+        self.observer = observer;
+        self
+    }
+
+    /// Reads time and makes ids through these instead of the system's.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>, ids: Arc<dyn IdSource>) -> Self {
+        self.clock = clock;
+        self.ids = ids;
         self
     }
 
@@ -200,24 +241,43 @@ impl SyncService {
         &self.events
     }
 
+    pub fn clock(&self) -> &dyn Clock {
+        &*self.clock
+    }
+
+    pub fn ids(&self) -> &dyn IdSource {
+        &*self.ids
+    }
+
     /// The test query of `config`, saved or not: see [`crate::preview`]. Writes nothing.
     ///
     /// # Errors
     /// Only when the source's stored state cannot be read.
     pub async fn preview(&self, config: &SourceConfig, window: Option<Window>) -> Result<Preview, StoreError> {
         let state = self.store.get_source(&config.id).await?;
-        Ok(crate::preview::preview(&*self.reader, &*self.secrets, config, state.as_ref(), window).await)
+        Ok(crate::preview::preview(
+            &*self.reader,
+            &*self.secrets,
+            config,
+            state.as_ref(),
+            window,
+            self.clock.now(),
+        )
+        .await)
     }
 
     /// Runs one sync of `source_id`, logs it as a run and announces it. A failed or
-    /// skipped run is still `Ok`: the error is in the run's message.
+    /// skipped run is still `Ok`: the error is in the run's message. Reading stops
+    /// between batches at `deadline`.
     ///
     /// # Errors
     /// Only when the run log itself cannot be written.
     pub async fn run(&self, source_id: &str, trigger: Trigger, deadline: Option<Instant>) -> Result<Run, StoreError> {
-        let mut run = Run::start(source_id, trigger);
+        let now = self.clock.now();
+        let mut run = Run::start(self.ids.sortable_id(now), source_id, trigger, now);
         let span = info_span!("sync", source_id, run_id = %run.id, trigger = ?trigger);
-        let outcome = self.execute(&mut run, deadline).instrument(span.clone()).await;
+        let budget = Budget::until(deadline);
+        let outcome = self.execute(&mut run, &budget).instrument(span.clone()).await;
         let run = self.log(run, outcome, span.clone()).await?;
         if run.trigger == Trigger::Schedule && run.status == RunStatus::Succeeded {
             self.adapt_schedule(&run).instrument(span).await;
@@ -275,7 +335,8 @@ impl SyncService {
         window: Window,
         budget: &Budget,
     ) -> Result<(Run, ChunkOutcome), StoreError> {
-        let mut run = Run::start(&state.config.id, Trigger::Backfill);
+        let now = self.clock.now();
+        let mut run = Run::start(self.ids.sortable_id(now), &state.config.id, Trigger::Backfill, now);
         run.backfill_id = Some(backfill_id.to_string());
         let span = info_span!("backfill_chunk", source_id = %state.config.id, run_id = %run.id, backfill_id);
         let result = self
@@ -291,12 +352,13 @@ impl SyncService {
         Ok((run, outcome))
     }
 
-    /// Seals the run, logs it, stores it and announces it.
+    /// Seals the run, logs it, stores it, shows it to the observer and announces it.
     async fn log(&self, run: Run, outcome: Result<Outcome, SyncError>, span: tracing::Span) -> Result<Run, StoreError> {
+        let now = self.clock.now();
         let run = match outcome {
-            Ok(Outcome::Done(note)) => run.finish(RunStatus::Succeeded, note),
-            Ok(Outcome::Skipped(why)) => run.finish(RunStatus::Skipped, Some(why)),
-            Err(e) => run.finish(RunStatus::Failed, Some(e.to_string())),
+            Ok(Outcome::Done(note)) => run.finish(RunStatus::Succeeded, note, now),
+            Ok(Outcome::Skipped(why)) => run.finish(RunStatus::Skipped, Some(why), now),
+            Err(e) => run.finish(RunStatus::Failed, Some(e.to_string()), now),
         };
         let _guard = span.enter();
         info!(
@@ -306,9 +368,7 @@ impl SyncService {
             "run finished"
         );
         self.store.put_run(&run).await?;
-        if let Some(namespace) = &self.settings.metrics_namespace {
-            println!("{}", crate::metrics::emf(&run, namespace, Utc::now()));
-        }
+        self.observer.run_finished(&run, now);
         if let Err(e) = self.events.run_completed(&run).await {
             warn!(error = %e, "could not publish sluice.run.completed");
         }
@@ -317,7 +377,7 @@ impl SyncService {
 
     /// Takes the lease of `source_id` for `token`, or extends it when `token` holds it.
     pub async fn lease(&self, source_id: &str, token: &str) -> Result<LeaseOutcome, StoreError> {
-        let now = Utc::now();
+        let now = self.clock.now();
         let until = now + chrono::Duration::from_std(self.settings.lease).expect("lease fits");
         self.store.acquire_lease(source_id, token, now, until).await
     }
@@ -329,21 +389,23 @@ impl SyncService {
         window: Window,
         budget: &Budget,
     ) -> Result<(), SyncError> {
-        let config = &state.config;
-        let template = QueryTemplate::compile(&config.query)?;
-        let secret = self.secrets.connection(&config.secret_id).await?;
-        let timeout = Duration::from_secs(config.query_timeout_seconds.into());
-        let mut session = self.reader.open(&secret, timeout).await?;
+        let open = OpenSource::open(&state.config, &*self.reader, &*self.secrets).await?;
         run.window_start = Some(window.from);
         run.window_end = Some(window.to);
         run.watermark = state.watermark;
-        let query = template.render(config.engine.placeholder_style(), window.from, window.to)?;
-        self.sync_window(run, session.as_mut(), &query, state, window, Some(budget), None)
-            .await
-            .map(drop)
+        let mut ctx = RunContext {
+            state,
+            open,
+            budget,
+            row_limit: None,
+        };
+        match self.sync_window(run, &mut ctx, window).await? {
+            WindowEnd::Stopped(stop) => Err(SyncError::Stopped(stop)),
+            WindowEnd::Complete | WindowEnd::RowLimit(_) => Ok(()),
+        }
     }
 
-    async fn execute(&self, run: &mut Run, deadline: Option<Instant>) -> Result<Outcome, SyncError> {
+    async fn execute(&self, run: &mut Run, budget: &Budget) -> Result<Outcome, SyncError> {
         let id = run.source_id.clone();
         let state = self
             .store
@@ -355,11 +417,10 @@ impl SyncService {
         if !state.config.enabled {
             return Ok(Outcome::Skipped("the source is disabled".into()));
         }
-        if let Some(start_at) = state.config.start_at.filter(|s| *s > Utc::now()) {
+        if let Some(start_at) = state.config.start_at.filter(|s| *s > run.started_at) {
             return Ok(Outcome::Skipped(format!("the source starts at {start_at}")));
         }
-        let template = QueryTemplate::compile(&state.config.query)?;
-        let token = uuid::Uuid::new_v4().to_string();
+        let token = self.ids.token();
         let state = match self.lease(&id, &token).await? {
             LeaseOutcome::Acquired(state) => state,
             LeaseOutcome::Held { expires_at } => {
@@ -369,7 +430,17 @@ impl SyncService {
             }
             LeaseOutcome::NotFound => return Err(SyncError::UnknownSource(id)),
         };
-        let result = self.sync_windows(run, &state, &template, &token, deadline).await;
+        let result = async {
+            let open = OpenSource::open(&state.config, &*self.reader, &*self.secrets).await?;
+            let mut ctx = RunContext {
+                state: &state,
+                open,
+                budget,
+                row_limit: None,
+            };
+            self.sync_windows(run, &mut ctx, &token).await
+        }
+        .await;
         if let Err(e) = self.store.release_lease(&id, &token).await {
             warn!(error = %e, "could not release the lease; it expires by itself");
         }
@@ -381,21 +452,17 @@ impl SyncService {
     async fn sync_windows(
         &self,
         run: &mut Run,
-        state: &SourceState,
-        template: &QueryTemplate,
+        ctx: &mut RunContext<'_>,
         token: &str,
-        deadline: Option<Instant>,
     ) -> Result<Option<String>, SyncError> {
+        let state = ctx.state;
         let config = &state.config;
-        let secret = self.secrets.connection(&config.secret_id).await?;
-        let timeout = Duration::from_secs(config.query_timeout_seconds.into());
-        let mut session = self.reader.open(&secret, timeout).await?;
-        let upper = session.now().await?;
+        let upper = ctx.open.session.now().await?;
         let start = next_start(state.watermark, config.initial_watermark, config.lookback_seconds);
         // Windows can only be narrowed, and a run cut at a row limit, when the template
         // bounds them from above.
-        let bounded = template.uses_upper_limit();
-        let row_limit = bounded.then(|| config.row_limit());
+        let bounded = ctx.open.template.uses_upper_limit();
+        ctx.row_limit = bounded.then(|| config.row_limit());
         let narrowed = state.narrowed_window_seconds.filter(|_| bounded);
         let max = config
             .max_window_seconds
@@ -405,29 +472,32 @@ impl SyncService {
             .chain(narrowed)
             .min()
             .map(chrono::Duration::seconds);
-        run.watermark = state.watermark;
-        let style = config.engine.placeholder_style();
         let mut slowest = Duration::ZERO;
         for window in windows(start, upper, max) {
-            if let Some(deadline) = deadline {
-                // Catch-up goes on only while the budget clearly covers another window.
-                if run.window_start.is_some() && Instant::now() + slowest * 2 >= deadline {
-                    info!(remaining_from = %window.from, "time budget used; the next run continues");
-                    return Ok(None);
-                }
+            // Catch-up goes on only while the budget clearly covers another window.
+            if run.window_start.is_some() && ctx.budget.stop(slowest * 2).is_some() {
+                info!(remaining_from = %window.from, "time budget used; the next run continues");
+                return Ok(None);
             }
-            if row_limit.is_some_and(|l| run.rows_read >= l) {
+            if ctx.row_limit.is_some_and(|l| run.rows_read >= l) {
                 info!(remaining_from = %window.from, "max_rows_per_run read; the next run continues");
                 return Ok(None);
             }
             let began = Instant::now();
             run.window_start.get_or_insert(window.from);
-            let query = template.render(style, window.from, window.to)?;
-            let end = self
-                .sync_window(run, session.as_mut(), &query, state, window, None, row_limit)
-                .await?;
-            if let WindowEnd::RowLimit = end {
-                return self.narrow(run, window, row_limit.unwrap_or_default()).await.map(Some);
+            match self.sync_window(run, ctx, window).await? {
+                WindowEnd::Complete => {}
+                WindowEnd::RowLimit(limit) => return self.narrow(run, window, Some(limit)).await.map(Some),
+                WindowEnd::Stopped(Stop::OutOfTime) if bounded => {
+                    return self.narrow(run, window, None).await.map(Some);
+                }
+                WindowEnd::Stopped(Stop::OutOfTime) => {
+                    return Ok(Some(format!(
+                        "the time budget ran out before the end of the window [{}, {}); what was read is kept and the next run reads the window again; add `AND <date column> < {{{{ upper_date_limit }}}}` so that windows can be narrowed",
+                        window.from, window.to
+                    )));
+                }
+                WindowEnd::Stopped(stop) => return Err(SyncError::Stopped(stop)),
             }
             self.store.advance_watermark(&config.id, token, window.to).await?;
             run.window_end = Some(window.to);
@@ -441,64 +511,71 @@ impl SyncService {
         Ok(None)
     }
 
-    /// A window held more rows than a run may read: what was read is kept, the
-    /// watermark stays, and the next runs read it in halves.
-    async fn narrow(&self, run: &Run, window: Window, limit: u64) -> Result<String, SyncError> {
+    /// A window held more than a run could read, `limit` rows or what the time budget
+    /// allowed: what was read is kept, the watermark stays, and the next runs read it
+    /// in halves.
+    async fn narrow(&self, run: &Run, window: Window, limit: Option<u64>) -> Result<String, SyncError> {
         let seconds = (window.to - window.from).num_seconds();
+        let (from, to) = (window.from, window.to);
         if seconds <= MIN_WINDOW_SECONDS {
-            return Err(SyncError::WindowTooFull {
-                limit,
-                from: window.from,
-                to: window.to,
+            return Err(match limit {
+                Some(limit) => SyncError::WindowTooFull { limit, from, to },
+                None => SyncError::WindowTooSlow { from, to },
             });
         }
         let half = (seconds / 2).max(MIN_WINDOW_SECONDS);
         self.store.set_narrowed_window(&run.source_id, Some(half)).await?;
+        let why = match limit {
+            Some(limit) => format!("read max_rows_per_run ({limit}) rows"),
+            None => "the time budget ran out".to_string(),
+        };
         Ok(format!(
-            "read max_rows_per_run ({limit}) rows before the end of the window [{}, {}); what was read is kept, the watermark stays, and the next runs read it in windows of {half} s",
-            window.from, window.to
+            "{why} before the end of the window [{from}, {to}); what was read is kept, the watermark stays, and the next runs read it in windows of {half} s"
         ))
     }
 
     async fn sync_window(
         &self,
         run: &mut Run,
-        session: &mut dyn SourceSession,
-        query: &RenderedQuery,
-        state: &SourceState,
+        ctx: &mut RunContext<'_>,
         window: Window,
-        budget: Option<&Budget>,
-        row_limit: Option<u64>,
     ) -> Result<WindowEnd, SyncError> {
         info!(from = %window.from, to = %window.to, "window started");
-        let config = &state.config;
-        let columns = session.columns(query).await?;
-        let mut mapper = match columns.is_empty() {
-            true => None,
-            false => Some(RecordMapper::new(config.sync_type, &columns, run.started_at)?),
-        };
-        let mut rows = session.stream(query);
+        let config = &ctx.state.config;
+        let query = ctx
+            .open
+            .template
+            .render(config.engine.placeholder_style(), window.from, window.to)?;
+        let columns = ctx.open.session.columns(&query).await?;
+        let mut mapper = LazyMapper::new(config.sync_type, &columns, run.started_at)?;
+        let mut rows = ctx.open.session.stream(&query);
         let mut members: HashMap<String, Member> = HashMap::new();
-        let mut writer = Writer::new(self.store.clone(), &config.id, &self.settings);
-        let mut batch = Vec::with_capacity(self.settings.batch_size);
-        let deadline = budget.and_then(|b| b.deadline);
-        loop {
+        let mut writer = Writer::new(self.store.clone(), &config.id, self.settings.max_in_flight);
+        let batch_size = self.settings.batch_size;
+        let mut batch = Vec::with_capacity(batch_size);
+        let (budget, row_limit) = (ctx.budget, ctx.row_limit);
+        // A budget spent before the window began stops it at once, whatever the race
+        // between the first rows and the deadline's timer.
+        let mut end = match budget.stop(Duration::ZERO) {
+            Some(stop) => WindowEnd::Stopped(stop),
+            None => WindowEnd::Complete,
+        };
+        while matches!(end, WindowEnd::Complete) {
             // A query that is slow to answer is stopped at the deadline too.
-            let next = match deadline {
-                Some(d) => tokio::time::timeout_at(d.into(), rows.next())
-                    .await
-                    .map_err(|_| SyncError::Stopped(Stop::OutOfTime))?,
+            let next = match budget.deadline {
+                Some(d) => match tokio::time::timeout_at(d, rows.next()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        end = WindowEnd::Stopped(Stop::OutOfTime);
+                        break;
+                    }
+                },
                 None => rows.next().await,
             };
             let Some(row) = next else { break };
             let row = row?;
             run.rows_read += 1;
-            let at_limit = row_limit.is_some_and(|l| run.rows_read >= l);
-            let mapper = match &mapper {
-                Some(m) => m,
-                None => mapper.insert(RecordMapper::new(config.sync_type, &row.columns, run.started_at)?),
-            };
-            match mapper.map(row) {
+            match mapper.map(row)? {
                 Ok(mapped) => {
                     if let Some(warning) = mapped.warning {
                         run.warn(warning);
@@ -512,24 +589,24 @@ impl SyncService {
                 }
                 Err(reject) => run.reject(reject),
             }
-            if batch.len() >= self.settings.batch_size {
-                let full = std::mem::replace(&mut batch, Vec::with_capacity(self.settings.batch_size));
-                writer.submit(full).await?;
-                if let Some(stop) = budget.and_then(|b| b.stop(Duration::ZERO)) {
-                    writer.finish().await?;
-                    return Err(SyncError::Stopped(stop));
+            if batch.len() >= batch_size {
+                writer
+                    .submit(std::mem::replace(&mut batch, Vec::with_capacity(batch_size)))
+                    .await?;
+                if let Some(stop) = budget.stop(Duration::ZERO) {
+                    end = WindowEnd::Stopped(stop);
+                    break;
                 }
             }
-            if at_limit {
+            if let Some(limit) = row_limit.filter(|l| run.rows_read >= *l) {
+                // The row that reached the limit may have been the window's last: only a
+                // further row proves the window is longer.
+                if rows.next().await.is_some() {
+                    end = WindowEnd::RowLimit(limit);
+                }
                 break;
             }
         }
-        let end = match row_limit.is_some_and(|l| run.rows_read >= l) {
-            // The row that reached the limit may have been the window's last: only a
-            // further row proves the window is longer.
-            true if rows.next().await.is_some() => WindowEnd::RowLimit,
-            _ => WindowEnd::Complete,
-        };
         drop(rows);
         if !batch.is_empty() {
             writer.submit(batch).await?;
@@ -546,52 +623,5 @@ impl SyncService {
     }
 }
 
-/// Writes batches as tasks, several in flight, so reading and writing overlap.
-struct Writer {
-    store: Arc<dyn Store>,
-    source_id: Arc<str>,
-    max_in_flight: usize,
-    tasks: JoinSet<Result<WriteStats, StoreError>>,
-    stats: WriteStats,
-    check_unchanged: bool,
-}
-
-impl Writer {
-    fn new(store: Arc<dyn Store>, source_id: &str, settings: &SyncSettings) -> Self {
-        Writer {
-            store,
-            source_id: source_id.into(),
-            max_in_flight: settings.max_in_flight.max(1),
-            tasks: JoinSet::new(),
-            stats: WriteStats::default(),
-            check_unchanged: true,
-        }
-    }
-
-    async fn submit(&mut self, batch: Vec<Record>) -> Result<(), SyncError> {
-        while self.tasks.len() >= self.max_in_flight {
-            self.join_one().await?;
-        }
-        let (store, source_id, check) = (self.store.clone(), self.source_id.clone(), self.check_unchanged);
-        self.tasks
-            .spawn(async move { store.write_records(&source_id, batch, check).await }.in_current_span());
-        Ok(())
-    }
-
-    async fn join_one(&mut self) -> Result<(), SyncError> {
-        if let Some(done) = self.tasks.join_next().await {
-            self.stats += done??;
-            if self.stats.unchanged == 0 && self.stats.written >= HASH_CHECK_PROBE {
-                self.check_unchanged = false;
-            }
-        }
-        Ok(())
-    }
-
-    async fn finish(mut self) -> Result<WriteStats, SyncError> {
-        while !self.tasks.is_empty() {
-            self.join_one().await?;
-        }
-        Ok(self.stats)
-    }
-}
+#[cfg(test)]
+pub(crate) mod tests;

@@ -1,0 +1,83 @@
+//! Source databases: sessions that read, read-only, in UTC, with a statement timeout.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use futures::stream::BoxStream;
+
+use crate::source::ConnectionSecret;
+use crate::template::RenderedQuery;
+use crate::value::Row;
+
+/// What went wrong with the source database. `message` names the cause and the fix and
+/// never contains a credential.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct SourceError {
+    pub kind: SourceErrorKind,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceErrorKind {
+    /// The secret or config cannot describe a connection.
+    Config,
+    /// Host unreachable, refused, DNS.
+    Connect,
+    /// Wrong user or password, or no access to the database.
+    Auth,
+    /// TLS negotiation or certificate verification.
+    Tls,
+    /// The query failed on the server (syntax, missing table, permissions).
+    Query,
+    /// The statement timeout was reached.
+    Timeout,
+}
+
+impl SourceError {
+    pub fn new(kind: SourceErrorKind, message: impl Into<String>) -> Self {
+        SourceError {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// Opens sessions on source databases.
+#[async_trait]
+pub trait SourceReader: Send + Sync {
+    /// Checks what only the engine knows of a secret (its own fields), without
+    /// connecting.
+    ///
+    /// # Errors
+    /// A [`SourceErrorKind::Config`] error naming the field.
+    fn check(&self, secret: &ConnectionSecret) -> Result<(), SourceError>;
+
+    /// Connects with `secret` and returns a session that is read-only, set to UTC, and
+    /// has `query_timeout` as its statement timeout.
+    ///
+    /// # Errors
+    /// A [`SourceError`] whose kind says which step failed (connect, auth, TLS).
+    async fn open(
+        &self,
+        secret: &ConnectionSecret,
+        query_timeout: Duration,
+    ) -> Result<Box<dyn SourceSession>, SourceError>;
+}
+
+/// One read-only connection to a source database.
+#[async_trait]
+pub trait SourceSession: Send {
+    /// The database's own clock, in UTC: the upper bound of the window.
+    async fn now(&mut self) -> Result<DateTime<Utc>, SourceError>;
+
+    /// The names of the columns `query` returns, found without running it, so a
+    /// missing column is reported even when the window holds no rows. Empty when the
+    /// engine cannot tell before running (a stored procedure, say).
+    async fn columns(&mut self, query: &RenderedQuery) -> Result<Vec<String>, SourceError>;
+
+    /// Streams the rows of `query`, converting each value to a typed [`crate::Value`].
+    /// Never collects the result set.
+    fn stream<'a>(&'a mut self, query: &'a RenderedQuery) -> BoxStream<'a, Result<Row, SourceError>>;
+}

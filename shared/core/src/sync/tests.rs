@@ -1,0 +1,440 @@
+//! The sync's decisions, on an in-memory store and a scripted database, in paused
+//! tokio time: leases and their expiry, windows and the lookback, catch-up inside the
+//! budget, halving at the row limit and at the time limit, failures that keep the
+//! watermark, and the adaptive schedule.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+
+use super::*;
+use crate::ports::{Clock, SourceErrorKind};
+use crate::ports::{RecordReader, RunLog, SourceStore};
+use crate::source::ConnectionSecret;
+use crate::testing::{
+    MemorySchedules, MemorySecrets, MemoryStore, RecordedEvents, ScriptedDatabase, ScriptedReader, TestClock,
+};
+use crate::value::Value;
+
+pub(crate) const QUERY: &str = "SELECT id AS reference, user_id AS member_id, name AS member_name, date FROM sales
+WHERE updated_at >= {{ last_update_time }} AND updated_at < {{ upper_date_limit }}";
+
+pub(crate) fn base() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 1, 1, 12, 0, 0).unwrap()
+}
+
+pub(crate) fn minutes(m: i64) -> chrono::Duration {
+    chrono::Duration::minutes(m)
+}
+
+pub(crate) fn config(query: &str) -> SourceConfig {
+    serde_json::from_value(serde_json::json!({
+        "id": "sales", "name": "Sales", "engine": "postgres", "secret_id": "db",
+        "query": query, "sync_type": "registration"
+    }))
+    .unwrap()
+}
+
+/// A sync service over memory, a scripted database and a clock at [`base`].
+pub(crate) struct Fixture {
+    pub store: Arc<MemoryStore>,
+    pub db: Arc<ScriptedDatabase>,
+    pub clock: Arc<TestClock>,
+    pub schedules: Arc<MemorySchedules>,
+    pub service: Arc<SyncService>,
+}
+
+impl Fixture {
+    pub(crate) async fn new(config: SourceConfig) -> Self {
+        Self::with_settings(config, SyncSettings::default()).await
+    }
+
+    pub(crate) async fn with_settings(config: SourceConfig, settings: SyncSettings) -> Self {
+        let clock = Arc::new(TestClock::at(base()));
+        let db = ScriptedDatabase::new(clock.clone(), &["reference", "member_id", "member_name", "date"]);
+        let store = Arc::new(MemoryStore::new());
+        store.put_source(&config).await.unwrap();
+        let secret = ConnectionSecret::from_json(r#"{"engine": "postgres", "database": "shop"}"#).unwrap();
+        let schedules = Arc::new(MemorySchedules::default());
+        let service = SyncService::new(
+            store.clone(),
+            Arc::new(ScriptedReader(db.clone())),
+            Arc::new(MemorySecrets::with("db", secret)),
+            Arc::new(RecordedEvents::default()),
+            settings,
+        )
+        .with_clock(clock.clone(), Arc::new(crate::ports::UuidIds))
+        .with_schedules(schedules.clone());
+        Fixture {
+            store,
+            db,
+            clock,
+            schedules,
+            service: Arc::new(service),
+        }
+    }
+
+    /// Sale `id`, changed at `at` (what the window selects it by).
+    pub(crate) fn sale(&self, id: i64, at: DateTime<Utc>) {
+        self.db.upsert(
+            at,
+            vec![
+                Value::Text(format!("s-{id}")),
+                Value::Int(id % 3),
+                Value::Text(format!("member {}", id % 3)),
+                Value::Timestamp(at),
+            ],
+        );
+    }
+
+    pub(crate) async fn run(&self) -> Run {
+        self.service.run("sales", Trigger::Schedule, None).await.unwrap()
+    }
+
+    pub(crate) async fn state(&self) -> SourceState {
+        self.store.get_source("sales").await.unwrap().unwrap()
+    }
+
+    pub(crate) async fn records(&self) -> u64 {
+        self.store.count_records("sales").await.unwrap()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_first_run_reads_up_to_the_database_clock_then_moves_the_watermark() {
+    let f = Fixture::new(config(QUERY)).await;
+    for id in 1..=3 {
+        f.sale(id, base() - chrono::Duration::days(2));
+    }
+    let run = f.run().await;
+    assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.message);
+    assert_eq!((run.rows_read, run.rows_written, run.rows_unchanged), (3, 3, 0));
+    assert_eq!(
+        f.db.queried(),
+        [Window {
+            from: DateTime::UNIX_EPOCH,
+            to: base()
+        }]
+    );
+    assert_eq!(f.state().await.watermark, Some(base()));
+    assert_eq!(f.state().await.lease, None, "the lease is released");
+    let (members, _) = f.store.list_members("sales").await.unwrap();
+    assert_eq!(members.len(), 3);
+    assert_eq!(f.store.runs("sales"), [run]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_next_run_rereads_the_lookback_so_a_late_commit_is_not_lost() {
+    let f = Fixture::new(config(QUERY)).await;
+    f.sale(1, base() - minutes(30));
+    f.run().await;
+    f.db.queried();
+    tokio::time::advance(Duration::from_secs(600)).await;
+    // Stamped before the watermark, committed after the first run read.
+    f.sale(2, base() - minutes(2));
+    f.sale(3, base() + minutes(5));
+    let run = f.run().await;
+    assert_eq!(
+        f.db.queried(),
+        [Window {
+            from: base() - chrono::Duration::seconds(300),
+            to: base() + minutes(10)
+        }]
+    );
+    assert_eq!((run.rows_read, run.rows_written), (2, 2));
+    assert_eq!(f.records().await, 3);
+    // Nothing changed: the lookback re-reads, nothing is written.
+    tokio::time::advance(Duration::from_secs(60)).await;
+    let run = f.run().await;
+    assert_eq!((run.rows_read, run.rows_written, run.rows_unchanged), (1, 0, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_held_lease_skips_the_run_until_it_expires() {
+    let f = Fixture::new(config(QUERY)).await;
+    f.sale(1, base() - minutes(30));
+    let held_until = base() + minutes(16);
+    f.store
+        .acquire_lease("sales", "another", base(), held_until)
+        .await
+        .unwrap();
+    let run = f.run().await;
+    assert_eq!(run.status, RunStatus::Skipped);
+    assert!(
+        run.message
+            .as_deref()
+            .unwrap()
+            .contains("another run of this source is in progress")
+    );
+    assert_eq!(f.state().await.watermark, None);
+    assert!(f.db.queried().is_empty(), "a skipped run does not query");
+    // The other run died; its lease expires and the next run takes it.
+    tokio::time::advance(Duration::from_secs(17 * 60)).await;
+    let run = f.run().await;
+    assert_eq!((run.status, run.rows_written), (RunStatus::Succeeded, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_disabled_source_and_one_not_started_yet_are_skipped() {
+    let mut c = config(QUERY);
+    c.enabled = false;
+    let f = Fixture::new(c.clone()).await;
+    assert_eq!(f.run().await.message.as_deref(), Some("the source is disabled"));
+    c.enabled = true;
+    c.start_at = Some(base() + minutes(5));
+    f.store.put_source(&c).await.unwrap();
+    let run = f.run().await;
+    assert_eq!(run.status, RunStatus::Skipped);
+    assert!(run.message.unwrap().starts_with("the source starts at"));
+    tokio::time::advance(Duration::from_secs(6 * 60)).await;
+    assert_eq!(f.run().await.status, RunStatus::Succeeded);
+}
+
+#[tokio::test(start_paused = true)]
+async fn catch_up_moves_the_watermark_window_by_window_while_the_budget_lasts() {
+    let mut c = config(QUERY);
+    c.max_window_seconds = Some(3600);
+    c.initial_watermark = Some(base() - chrono::Duration::hours(5));
+    let f = Fixture::new(c).await;
+    for h in 0..5 {
+        f.sale(h, base() - chrono::Duration::hours(5 - h) + minutes(30));
+    }
+    f.db.answer_slowly(Duration::from_secs(10));
+    // The first window takes 10 s; 25 s does not clearly cover two more.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(25);
+    let run = f.service.run("sales", Trigger::Schedule, Some(deadline)).await.unwrap();
+    assert_eq!(run.status, RunStatus::Succeeded);
+    assert_eq!(run.rows_written, 1);
+    assert_eq!(f.state().await.watermark, Some(base() - chrono::Duration::hours(4)));
+    // Without a deadline the rest is caught up, an hour at a time.
+    f.db.queried();
+    let run = f.run().await;
+    assert_eq!(run.rows_written, 4);
+    assert_eq!(f.db.queried().len(), 5, "four hours and the lookback's part");
+    assert_eq!(
+        f.state().await.watermark,
+        Some(f.clock.now() - chrono::Duration::seconds(40))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_window_over_the_row_limit_is_read_in_halves_until_each_part_fits() {
+    let mut c = config(QUERY);
+    c.max_rows_per_run = Some(2);
+    c.initial_watermark = Some(base() - minutes(60));
+    let f = Fixture::new(c).await;
+    for (id, ago) in [(1, 55), (2, 50), (3, 40), (4, 20), (5, 10)] {
+        f.sale(id, base() - minutes(ago));
+    }
+    let first = f.run().await;
+    assert!(
+        first
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("read max_rows_per_run (2) rows before the end of the window"),
+        "{first:?}"
+    );
+    assert_eq!(f.state().await.watermark, None, "the watermark stays");
+    assert_eq!(f.state().await.narrowed_window_seconds, Some(1800));
+    let mut runs = 1;
+    while f.state().await.narrowed_window_seconds.is_some() || f.state().await.watermark != Some(f.clock.now()) {
+        let run = f.run().await;
+        assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.message);
+        assert!(run.rows_read <= 2, "a run reads at most the limit: {run:?}");
+        runs += 1;
+        assert!(runs < 12, "it converges");
+    }
+    assert_eq!(f.records().await, 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn even_one_minute_over_the_row_limit_fails_with_the_fix() {
+    let mut c = config(QUERY);
+    c.max_rows_per_run = Some(1);
+    c.initial_watermark = Some(base() - minutes(1));
+    let f = Fixture::new(c).await;
+    f.sale(1, base() - chrono::Duration::seconds(30));
+    f.sale(2, base() - chrono::Duration::seconds(20));
+    let run = f.run().await;
+    assert_eq!(run.status, RunStatus::Failed);
+    assert!(run.message.unwrap().contains("raise max_rows_per_run"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_window_the_budget_cannot_finish_keeps_what_it_wrote_and_is_narrowed() {
+    let mut c = config(QUERY);
+    c.initial_watermark = Some(base() - minutes(60));
+    let settings = SyncSettings {
+        batch_size: 10,
+        ..SyncSettings::default()
+    };
+    let f = Fixture::with_settings(c, settings).await;
+    for id in 0..60 {
+        f.sale(id, base() - minutes(60 - id));
+    }
+    f.db.answer_slowly(Duration::from_secs(1));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(25);
+    let run = f.service.run("sales", Trigger::Schedule, Some(deadline)).await.unwrap();
+    assert_eq!(run.status, RunStatus::Succeeded);
+    assert!(
+        run.message
+            .as_deref()
+            .unwrap()
+            .starts_with("the time budget ran out before the end of the window")
+    );
+    assert_eq!(run.rows_written, 25, "every row read before the deadline is kept");
+    let state = f.state().await;
+    assert_eq!((state.watermark, state.narrowed_window_seconds), (None, Some(1800)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_store_outage_fails_the_run_keeps_the_watermark_and_the_next_run_catches_up() {
+    let f = Fixture::new(config(QUERY)).await;
+    f.sale(1, base() - minutes(30));
+    f.run().await;
+    let watermark = f.state().await.watermark;
+    tokio::time::advance(Duration::from_secs(60)).await;
+    f.sale(2, base() + chrono::Duration::seconds(30));
+    f.store.fail_writes(Some("the table is unavailable"));
+    let run = f.run().await;
+    assert_eq!(run.status, RunStatus::Failed);
+    assert!(
+        run.message.as_deref().unwrap().contains("the table is unavailable"),
+        "{run:?}"
+    );
+    assert_eq!(f.state().await.watermark, watermark);
+    assert_eq!(f.state().await.lease, None, "a failed run releases its lease");
+    f.store.fail_writes(None);
+    tokio::time::advance(Duration::from_secs(60)).await;
+    assert_eq!(f.run().await.rows_written, 1);
+    assert_eq!(f.records().await, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_database_that_breaks_mid_stream_fails_the_run_with_its_message() {
+    let f = Fixture::new(config(QUERY)).await;
+    for id in 1..=5 {
+        f.sale(id, base() - minutes(id));
+    }
+    f.db.break_after(
+        3,
+        SourceError::new(SourceErrorKind::Connect, "the connection was lost while reading rows"),
+    );
+    let run = f.run().await;
+    assert_eq!(run.status, RunStatus::Failed);
+    assert_eq!(
+        run.message.as_deref(),
+        Some("source database: the connection was lost while reading rows")
+    );
+    assert_eq!(f.state().await.watermark, None);
+    f.db.heal();
+    assert_eq!(f.run().await.rows_read, 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_an_upper_bound_there_is_one_window_up_to_the_run_start() {
+    let mut c = config("SELECT * FROM sales WHERE updated_at >= {{ last_update_time }}");
+    c.max_window_seconds = Some(60);
+    c.max_rows_per_run = Some(1);
+    let f = Fixture::new(c).await;
+    f.sale(1, base() - minutes(30));
+    f.sale(2, base() - minutes(20));
+    let run = f.run().await;
+    assert_eq!((run.status, run.rows_written), (RunStatus::Succeeded, 2));
+    assert_eq!(f.db.queried().len(), 1);
+    let state = f.state().await;
+    assert_eq!((state.watermark, state.narrowed_window_seconds), (Some(base()), None));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_query_without_a_required_column_fails_the_run_naming_it() {
+    let f = Fixture::new(config(QUERY)).await;
+    f.db.hide_columns();
+    let run = f.run().await;
+    assert_eq!(run.status, RunStatus::Succeeded, "no row, no column to check");
+    let c = config("SELECT 1 AS reference WHERE d >= {{ last_update_time }} AND d < {{ upper_date_limit }}");
+    let f = Fixture::new(c).await;
+    let db = ScriptedDatabase::new(f.clock.clone(), &["reference"]);
+    let service = SyncService::new(
+        f.store.clone(),
+        Arc::new(ScriptedReader(db)),
+        Arc::new(MemorySecrets::with(
+            "db",
+            ConnectionSecret::from_json(r#"{"engine": "postgres", "database": "shop"}"#).unwrap(),
+        )),
+        Arc::new(RecordedEvents::default()),
+        SyncSettings::default(),
+    );
+    let run = service.run("sales", Trigger::Manual, None).await.unwrap();
+    assert_eq!(run.status, RunStatus::Failed);
+    assert!(run.message.unwrap().contains("the query returns no `member_id` column"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_scheduled_run_slows_its_schedule_and_fast_runs_bring_it_back() {
+    let mut c = config(QUERY);
+    c.frequency_minutes = 1;
+    let f = Fixture::new(c).await;
+    for id in 1..=4 {
+        f.sale(id, base() - minutes(id));
+    }
+    f.db.answer_slowly(Duration::from_secs(10));
+    f.run().await;
+    assert_eq!(*f.schedules.rate_changes.lock().unwrap(), [("sales".to_string(), 5)]);
+    assert_eq!(f.state().await.cadence.minutes(1), 5);
+    f.db.answer_slowly(Duration::ZERO);
+    for _ in 0..3 {
+        tokio::time::advance(Duration::from_secs(300)).await;
+        f.run().await;
+    }
+    assert_eq!(
+        f.schedules.rate_changes.lock().unwrap().last(),
+        Some(&("sales".to_string(), 1))
+    );
+    // A manual run never changes the schedule.
+    f.db.answer_slowly(Duration::from_secs(10));
+    f.service.run("sales", Trigger::Manual, None).await.unwrap();
+    assert_eq!(f.schedules.rate_changes.lock().unwrap().len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_chunk_never_moves_the_watermark() {
+    let f = Fixture::new(config(QUERY)).await;
+    f.sale(1, base() - chrono::Duration::days(3));
+    let state = f.state().await;
+    let window = Window {
+        from: base() - chrono::Duration::days(4),
+        to: base() - chrono::Duration::days(2),
+    };
+    let (run, outcome) = f
+        .service
+        .run_chunk(&state, "job", window, &Budget::default())
+        .await
+        .unwrap();
+    assert_eq!(outcome, ChunkOutcome::Done);
+    assert_eq!((run.trigger, run.rows_written), (Trigger::Backfill, 1));
+    assert_eq!(run.backfill_id.as_deref(), Some("job"));
+    assert_eq!(f.state().await.watermark, None);
+    assert_eq!(f.store.list_runs("sales", 5, None).await.unwrap(), [run]);
+}
+
+#[test]
+fn a_budget_stops_at_its_deadline_less_the_margin_and_when_interrupted() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let budget = Budget::until(Some(tokio::time::Instant::now() + Duration::from_secs(60)));
+        assert_eq!(budget.stop(Duration::from_secs(30)), None);
+        assert_eq!(
+            budget.less(Duration::from_secs(30)).stop(Duration::from_secs(30)),
+            Some(Stop::OutOfTime)
+        );
+        budget.interrupt();
+        assert_eq!(budget.stop(Duration::ZERO), Some(Stop::Interrupted));
+    });
+}
