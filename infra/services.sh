@@ -2,8 +2,9 @@
 # Start, on loopback, every service the tests need and that is not running yet:
 # PostgreSQL, MariaDB, moto's server (DynamoDB, Secrets Manager, EventBridge), fakesnow
 # (Snowflake's REST protocol), bqemulator (BigQuery's REST API), and
-# TLS instances of PostgreSQL and MariaDB with a test CA (infra/tls.sh), and an
-# OpenSSH server for tunnels (infra/ssh.sh).
+# TLS instances of PostgreSQL and MariaDB with a test CA (infra/tls.sh), an
+# OpenSSH server for tunnels (infra/ssh.sh), and Babelfish for SQL Server
+# (infra/babelfish.sh; built once per machine, about 20 minutes).
 # Idempotent: installs only what is missing (apt-get, pip into ./.venv) and leaves
 # running services alone. Prints the environment the tests read.
 set -euo pipefail
@@ -131,6 +132,9 @@ source "$ROOT/infra/tls.sh"
 # --- OpenSSH on 127.0.0.1:2222 for SSH tunnels -------------------------------------
 source "$ROOT/infra/ssh.sh"
 
+# --- Babelfish: SQL Server's TDS on 127.0.0.1:1433 (TLS) and :1434 -----------------
+source "$ROOT/infra/babelfish.sh"
+
 } >&2
 
 cat <<ENV
@@ -144,4 +148,6 @@ export SLUICE_TEST_SSH_DIR=$SSH_DIR
 export SLUICE_TEST_SSH_PORT=$SSH_PORT
 export SLUICE_TEST_SNOWFLAKE_PORT=$SNOWFLAKE_PORT
 export SLUICE_TEST_BIGQUERY_PORT=$BIGQUERY_PORT
+export SLUICE_TEST_SQLSERVER_PORT=$BBF_TLS_PORT
+export SLUICE_TEST_SQLSERVER_PLAIN_PORT=$BBF_PLAIN_PORT
 ENV

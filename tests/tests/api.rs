@@ -6,7 +6,7 @@ use aws_lambda_events::apigw::ApiGatewayProxyRequest;
 use serde_json::{Value as Json, json};
 use sluice_api::handle;
 use sluice_aws::{DynamoStore, ScheduleTarget};
-use sluice_core::{Engine, RunStatus, SourceAdmin, Store};
+use sluice_core::{Engine, RunStatus, SourceAdmin};
 use sluice_lambda::{ApiConfig, FunctionConfig, source_admin, sync_service};
 use sluice_tests::*;
 
@@ -525,4 +525,45 @@ async fn a_slow_import_slows_the_schedule_and_fast_ones_bring_it_back() {
     assert_eq!(rate(api.schedule(&id).await), "rate(1 minute)");
     let state = api.store.get_source(&id).await.unwrap().unwrap();
     assert_eq!(state.cadence, sluice_core::Cadence::default());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sql_server_source_is_created_tested_and_synced_through_the_api() {
+    let api = Api::new().await;
+    let db = Database::new(Engine::Sqlserver).await;
+    db.create_sales(50).await;
+    let id = unique("mssql");
+    let body = json!({
+        "id": id, "name": "Sales (SQL Server)", "engine": "sqlserver", "sync_type": "registration",
+        "query": SALES_QUERY, "connection": db.secret,
+    });
+    let (status, created) = api.call(api_request("sources-create.json", &[], &[], Some(body))).await;
+    assert_eq!(status, 201, "{created}");
+    let (status, preview) = api
+        .call(api_request("sources-test-query.json", &[("id", &id)], &[], None))
+        .await;
+    assert_eq!(status, 200, "{preview}");
+    assert_eq!(
+        (preview["row_count"].as_u64(), preview["errors"].clone()),
+        (Some(50), json!([]))
+    );
+    assert!(
+        preview["sql"]
+            .as_str()
+            .unwrap()
+            .contains("updated_at >= @P1 AND updated_at < @P2"),
+        "{preview}"
+    );
+    assert_eq!(preview["records"][0]["fields"]["team_name"], "team 1");
+    let sync = sync_service(&sdk().await, &api.config.function);
+    let run = sync.run(&id, sluice_core::Trigger::Manual, None).await.unwrap();
+    assert_eq!(
+        (run.status, run.rows_written),
+        (RunStatus::Succeeded, 50),
+        "{:?}",
+        run.message
+    );
+    for body in api.seen.lock().unwrap().iter() {
+        assert!(!body.contains(sluice_tests::sqlserver::PASSWORD), "{body}");
+    }
 }

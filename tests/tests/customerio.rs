@@ -1,5 +1,6 @@
-//! Customer.io-style sync types end to end: PostgreSQL rows become identify, track,
-//! group, page, screen and alias calls in DynamoDB (moto). For each type: the stored
+//! Customer.io-style sync types end to end: PostgreSQL and SQL Server (Babelfish) rows
+//! become identify, track, group, page, screen and alias calls in DynamoDB (moto), from
+//! queries written as each engine's users write them. For each type: the stored
 //! calls have the spec's shape, a second sync of the same rows writes nothing, an
 //! update changes the call in place, and rows missing a required value are rejected
 //! with the reason while the others go through.
@@ -21,8 +22,8 @@ struct Scenario {
 impl Scenario {
     /// A table made by `ddl` (its rows stamped now, so every sync reads them again
     /// through the lookback) and a source of `sync_type` over `query`.
-    async fn new(sync_type: SyncType, ddl: &str, query: &str) -> Self {
-        let db = Database::new(Engine::Postgres).await;
+    async fn new(engine: Engine, sync_type: SyncType, ddl: &str, query: &str) -> Self {
+        let db = Database::new(engine).await;
         db.exec(ddl).await;
         let store = store(StoreKind::Dynamo).await;
         let mut src = source(&unique("cio"), &db, query);
@@ -94,21 +95,70 @@ fn is_iso_utc(v: &Json) -> bool {
 
 const WINDOW: &str = "WHERE updated_at >= {{ last_update_time }} AND updated_at < {{ upper_date_limit }}";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn identify() {
+/// The PostgreSQL or the T-SQL text of a statement.
+fn sql<'a>(engine: Engine, postgres: &'a str, tsql: &'a str) -> &'a str {
+    match engine {
+        Engine::Postgres => postgres,
+        _ => tsql,
+    }
+}
+
+/// "Now" in an UPDATE.
+fn now(engine: Engine) -> &'static str {
+    sql(engine, "now()", "SYSUTCDATETIME()")
+}
+
+macro_rules! on_both_engines {
+    ($($scenario:ident),*) => {
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $scenario() {
+                super::$scenario(sluice_core::Engine::Postgres).await;
+            })*
+        }
+        mod sqlserver {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $scenario() {
+                super::$scenario(sluice_core::Engine::Sqlserver).await;
+            })*
+        }
+    };
+}
+
+on_both_engines!(identify, track, group, page, screen, alias);
+
+async fn identify(e: Engine) {
     let s = Scenario::new(
+        e,
         SyncType::Identify,
-        "CREATE TABLE people (id int, user_id text, anonymous_id text, email text, plan text, ip text,
-                              prefs jsonb, updated_at timestamptz DEFAULT now());
-         INSERT INTO people (id, user_id, anonymous_id, email, plan, ip, prefs) VALUES
-           (1, 'u1', NULL, 'ada@example.com', 'pro', '10.0.0.1', '{\"theme\": \"dark\"}'),
-           (2, NULL, 'anon-2', 'bob@example.com', 'free', NULL, NULL),
-           (3, NULL, NULL, 'nobody@example.com', 'free', NULL, NULL)",
-        // Customer.io's variable: the window's start as Unix seconds.
-        &format!(
-            "SELECT user_id, anonymous_id, email, plan, ip, prefs FROM people {WINDOW}
-             AND extract(epoch FROM updated_at) >= {{{{ last_sync_time }}}}"
+        sql(
+            e,
+            "CREATE TABLE people (id int, user_id text, anonymous_id text, email text, plan text, ip text,
+                                  prefs jsonb, updated_at timestamptz DEFAULT now());
+             INSERT INTO people (id, user_id, anonymous_id, email, plan, ip, prefs) VALUES
+               (1, 'u1', NULL, 'ada@example.com', 'pro', '10.0.0.1', '{\"theme\": \"dark\"}'),
+               (2, NULL, 'anon-2', 'bob@example.com', 'free', NULL, NULL),
+               (3, NULL, NULL, 'nobody@example.com', 'free', NULL, NULL)",
+            // SQL Server has no JSON type, and apps keep Unix times in integer columns.
+            "CREATE TABLE people (id int, login nvarchar(50), anonymous_id nvarchar(50), email nvarchar(200),
+                                  [plan] nvarchar(20), ip varchar(45), updated_epoch bigint,
+                                  updated_at datetime2(6) DEFAULT SYSUTCDATETIME());
+             INSERT INTO people (id, login, anonymous_id, email, [plan], ip, updated_epoch) VALUES
+               (1, 'u1', NULL, 'ada@example.com', 'pro', '10.0.0.1', DATEDIFF_BIG(second, '1970-01-01', SYSUTCDATETIME())),
+               (2, NULL, 'anon-2', 'bob@example.com', 'free', NULL, DATEDIFF_BIG(second, '1970-01-01', SYSUTCDATETIME())),
+               (3, NULL, NULL, 'nobody@example.com', 'free', NULL, DATEDIFF_BIG(second, '1970-01-01', SYSUTCDATETIME()))",
         ),
+        // Customer.io's variable: the window's start as Unix seconds.
+        &match e {
+            Engine::Postgres => format!(
+                "SELECT user_id, anonymous_id, email, plan, ip, prefs FROM people {WINDOW}
+                 AND extract(epoch FROM updated_at) >= {{{{ last_sync_time }}}}"
+            ),
+            _ => format!(
+                "SELECT p.login AS userId, p.anonymous_id AS anonymousId, p.email, p.[plan], p.ip FROM people p
+                 {WINDOW} AND p.updated_epoch >= {{{{ last_sync_time }}}}"
+            ),
+        },
     )
     .await;
     s.first_sync(2, &["userId and anonymousId are both null; identify calls require one"])
@@ -117,11 +167,11 @@ async fn identify() {
     assert_eq!(u1["type"], "identify");
     assert_eq!(u1["userId"], "u1");
     assert!(!u1.contains_key("anonymousId"));
-    assert_eq!(
-        u1["traits"],
-        json!({"email": "ada@example.com", "plan": "pro", "prefs": {"theme": "dark"}}),
-        "JSON columns stay nested"
-    );
+    let traits = match e {
+        Engine::Postgres => json!({"email": "ada@example.com", "plan": "pro", "prefs": {"theme": "dark"}}),
+        _ => json!({"email": "ada@example.com", "plan": "pro"}),
+    };
+    assert_eq!(u1["traits"], traits, "JSON columns stay nested");
     assert_eq!(u1["context"], json!({"ip": "10.0.0.1"}));
     assert!(
         is_iso_utc(&u1["timestamp"]) && is_message_id(&u1["messageId"]),
@@ -135,24 +185,46 @@ async fn identify() {
 
     s.resync_then_update(
         2,
-        "UPDATE people SET plan = 'enterprise', updated_at = now() WHERE id = 1",
+        sql(
+            e,
+            "UPDATE people SET plan = 'enterprise', updated_at = now() WHERE id = 1",
+            "UPDATE people SET [plan] = 'enterprise', updated_at = SYSUTCDATETIME() WHERE id = 1",
+        ),
     )
     .await;
     assert_eq!(s.call("u1").await["traits"]["plan"], "enterprise");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn track() {
+async fn track(e: Engine) {
     let s = Scenario::new(
+        e,
         SyncType::Track,
-        "CREATE TABLE orders (id int, user_id text, event text, amount numeric(10,2), message_id text,
-                              occurred_at timestamptz, locale text, updated_at timestamptz DEFAULT now());
+        &(sql(
+            e,
+            "CREATE TABLE orders (id int, user_id text, event text, amount numeric(10,2), message_id text,
+                              occurred_at timestamptz, locale text, updated_at timestamptz DEFAULT now());",
+            "CREATE TABLE orders (id int, user_id nvarchar(50), event nvarchar(100), amount decimal(10,2),
+                              message_id nvarchar(50), occurred_at datetimeoffset, locale nvarchar(10),
+                              updated_at datetime2(6) DEFAULT SYSUTCDATETIME());",
+        )
+        .to_string()
+            + "
          INSERT INTO orders (id, user_id, event, amount, message_id, occurred_at, locale) VALUES
            (1, 'u1', 'Order Completed', 12.50, 'm-1', '2025-01-02 03:04:05+00', 'en-GB'),
            (2, 'u2', 'Signed Up', NULL, 'm-2', NULL, NULL),
            (3, 'u3', NULL, 1, 'm-3', NULL, NULL),
-           (4, NULL, 'Order Completed', 2, 'm-4', NULL, NULL)",
-        &format!("SELECT user_id, event, amount, message_id, occurred_at AS timestamp, locale FROM orders {WINDOW}"),
+           (4, NULL, 'Order Completed', 2, 'm-4', NULL, NULL)"),
+        &match e {
+            Engine::Postgres => {
+                format!(
+                    "SELECT user_id, event, amount, message_id, occurred_at AS timestamp, locale FROM orders {WINDOW}"
+                )
+            }
+            _ => format!(
+                "SELECT o.user_id AS userId, o.event, o.amount, o.message_id AS messageId, o.occurred_at AS [timestamp],
+                        o.locale FROM orders o {WINDOW}"
+            ),
+        },
     )
     .await;
     s.first_sync(
@@ -182,22 +254,38 @@ async fn track() {
         "the run's time when the row has none: {m2:?}"
     );
 
-    s.resync_then_update(2, "UPDATE orders SET amount = 99, updated_at = now() WHERE id = 1")
-        .await;
+    s.resync_then_update(
+        2,
+        &format!("UPDATE orders SET amount = 99, updated_at = {} WHERE id = 1", now(e)),
+    )
+    .await;
     assert_eq!(s.call("m-1").await["properties"]["amount"], 99);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn group() {
+async fn group(e: Engine) {
     let s = Scenario::new(
+        e,
         SyncType::Group,
-        "CREATE TABLE companies (id int, group_id text, user_id text, name text, object_type_id int,
-                                 updated_at timestamptz DEFAULT now());
+        &(sql(
+            e,
+            "CREATE TABLE companies (id int, group_id text, user_id text, name text, object_type_id int,
+                                 updated_at timestamptz DEFAULT now());",
+            "CREATE TABLE companies (id int, group_id nvarchar(50), user_id nvarchar(50), name nvarchar(100),
+                                 object_type_id int, updated_at datetime2(6) DEFAULT SYSUTCDATETIME());",
+        )
+        .to_string()
+            + "
          INSERT INTO companies (id, group_id, user_id, name, object_type_id) VALUES
            (1, 'g1', 'u1', 'Acme', NULL),
            (2, 'g2', NULL, 'Beta', 2),
-           (3, NULL, 'u3', 'Gamma', NULL)",
-        &format!("SELECT group_id, user_id, name, object_type_id FROM companies {WINDOW}"),
+           (3, NULL, 'u3', 'Gamma', NULL)"),
+        &match e {
+            Engine::Postgres => format!("SELECT group_id, user_id, name, object_type_id FROM companies {WINDOW}"),
+            _ => format!(
+                "SELECT c.group_id AS groupId, c.user_id AS userId, c.name, c.object_type_id AS objectTypeId
+                 FROM companies c {WINDOW}"
+            ),
+        },
     )
     .await;
     // The test query shows the calls the rows would become, and the warning.
@@ -234,24 +322,38 @@ async fn group() {
 
     s.resync_then_update(
         2,
-        "UPDATE companies SET name = 'Acme Inc', updated_at = now() WHERE id = 1",
+        &format!(
+            "UPDATE companies SET name = 'Acme Inc', updated_at = {} WHERE id = 1",
+            now(e)
+        ),
     )
     .await;
     assert_eq!(s.call(r#"["g1","u1"]"#).await["traits"]["name"], "Acme Inc");
 }
 
 /// Page and screen calls have the same rules.
-async fn named_call(sync_type: SyncType, kind: &str) {
+async fn named_call(e: Engine, sync_type: SyncType, kind: &str) {
     let s = Scenario::new(
+        e,
         sync_type,
-        "CREATE TABLE views (id int, user_id text, name text, path text, message_id text,
-                             updated_at timestamptz DEFAULT now());
+        &(sql(
+            e,
+            "CREATE TABLE views (id int, user_id text, name text, path text, message_id text,
+                             updated_at timestamptz DEFAULT now());",
+            "CREATE TABLE views (id int, user_id nvarchar(50), name nvarchar(100), path nvarchar(400),
+                             message_id nvarchar(50), updated_at datetime2(6) DEFAULT SYSUTCDATETIME());",
+        )
+        .to_string()
+            + "
          INSERT INTO views (id, user_id, name, path, message_id) VALUES
            (1, 'u1', 'Home', '/', 'v-1'),
            (2, NULL, 'Pricing', '/pricing', 'v-2'),
            (3, 'u3', NULL, '/x', 'v-3'),
-           (4, 'u4', 'Docs', '/docs', NULL)",
-        &format!("SELECT user_id, name, path, message_id FROM views {WINDOW}"),
+           (4, 'u4', 'Docs', '/docs', NULL)"),
+        &match e {
+            Engine::Postgres => format!("SELECT user_id, name, path, message_id FROM views {WINDOW}"),
+            _ => format!("SELECT v.user_id AS userId, v.name, v.path, v.message_id AS messageId FROM views v {WINDOW}"),
+        },
     )
     .await;
     s.first_sync(
@@ -268,32 +370,43 @@ async fn named_call(sync_type: SyncType, kind: &str) {
         (Some(kind), Some("Home"), Some("u1"))
     );
     assert_eq!(v1["properties"], json!({"path": "/"}));
-    s.resync_then_update(2, "UPDATE views SET path = '/home', updated_at = now() WHERE id = 1")
-        .await;
+    s.resync_then_update(
+        2,
+        &format!("UPDATE views SET path = '/home', updated_at = {} WHERE id = 1", now(e)),
+    )
+    .await;
     assert_eq!(s.call("v-1").await["properties"]["path"], "/home");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn page() {
-    named_call(SyncType::Page, "page").await;
+async fn page(e: Engine) {
+    named_call(e, SyncType::Page, "page").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn screen() {
-    named_call(SyncType::Screen, "screen").await;
+async fn screen(e: Engine) {
+    named_call(e, SyncType::Screen, "screen").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn alias() {
+async fn alias(e: Engine) {
     let s = Scenario::new(
+        e,
         SyncType::Alias,
-        "CREATE TABLE merges (id int, user_id text, previous_id text, origin text,
-                              updated_at timestamptz DEFAULT now());
+        &(sql(
+            e,
+            "CREATE TABLE merges (id int, user_id text, previous_id text, origin text,
+                              updated_at timestamptz DEFAULT now());",
+            "CREATE TABLE merges (id int, user_id nvarchar(50), previous_id nvarchar(50), origin nvarchar(20),
+                              updated_at datetime2(6) DEFAULT SYSUTCDATETIME());",
+        )
+        .to_string()
+            + "
          INSERT INTO merges (id, user_id, previous_id, origin) VALUES
            (1, 'u1', 'anon-1', 'web'),
            (2, 'u2', NULL, 'web'),
-           (3, NULL, 'anon-3', 'app')",
-        &format!("SELECT user_id, previous_id, origin FROM merges {WINDOW}"),
+           (3, NULL, 'anon-3', 'app')"),
+        &match e {
+            Engine::Postgres => format!("SELECT user_id, previous_id, origin FROM merges {WINDOW}"),
+            _ => format!("SELECT m.user_id AS userId, m.previous_id AS previousId, m.origin FROM merges m {WINDOW}"),
+        },
     )
     .await;
     s.first_sync(
@@ -311,7 +424,10 @@ async fn alias() {
     );
     assert!(!a.contains_key("traits") && !a.contains_key("properties"), "{a:?}");
     assert_eq!(a["origin"], "web", "other columns are kept as fields");
-    s.resync_then_update(1, "UPDATE merges SET origin = 'app', updated_at = now() WHERE id = 1")
-        .await;
+    s.resync_then_update(
+        1,
+        &format!("UPDATE merges SET origin = 'app', updated_at = {} WHERE id = 1", now(e)),
+    )
+    .await;
     assert_eq!(s.call(r#"["u1","anon-1"]"#).await["origin"], "app");
 }

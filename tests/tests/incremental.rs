@@ -1,14 +1,13 @@
-//! The main job end to end: thousands of rows from PostgreSQL and MariaDB into
-//! DynamoDB (moto) and the embedded store, then inserts, updates and a late commit.
+//! The main job end to end: thousands of rows from PostgreSQL, MariaDB and SQL Server
+//! (Babelfish) into DynamoDB (moto) and the embedded store, then inserts, updates and a
+//! late commit.
 
 use sluice_core::{Engine, RunStatus, Trigger};
 use sluice_tests::*;
 
-const ROWS: usize = 3_000;
-
-async fn incremental(engine: Engine, kind: StoreKind) {
+async fn incremental(engine: Engine, kind: StoreKind, rows: usize) {
     let db = Database::new(engine).await;
-    db.create_sales(ROWS).await;
+    db.create_sales(rows).await;
     let store = store(kind).await;
     let src = source(&unique("sales"), &db, SALES_QUERY);
     store.put_source(&src).await.unwrap();
@@ -19,10 +18,10 @@ async fn incremental(engine: Engine, kind: StoreKind) {
     assert_eq!(r1.status, RunStatus::Succeeded, "{:?}", r1.message);
     assert_eq!(
         (r1.rows_read, r1.rows_written, r1.rows_unchanged, r1.rows_rejected),
-        (ROWS as u64, ROWS as u64, 0, 0)
+        (rows as u64, rows as u64, 0, 0)
     );
     assert_eq!(r1.window_start, Some(chrono::DateTime::UNIX_EPOCH));
-    assert_eq!(store.count_records(&src.id).await.unwrap(), ROWS as u64);
+    assert_eq!(store.count_records(&src.id).await.unwrap(), rows as u64);
     let wm1 = store
         .get_source(&src.id)
         .await
@@ -33,13 +32,13 @@ async fn incremental(engine: Engine, kind: StoreKind) {
     assert_eq!(r1.watermark, Some(wm1));
 
     // 100 new rows, 50 updated rows, and a row whose transaction is still open.
-    db.insert_sales(ROWS + 1, 100, "0 seconds").await;
+    db.insert_sales(rows + 1, 100, "0 seconds").await;
     db.exec(&format!(
         "UPDATE sales SET amount = amount + 1000, updated_at = {} WHERE id <= 50",
         db.now_sql()
     ))
     .await;
-    let late = db.begin_late_insert(9_001).await;
+    let late = db.begin_late_insert(rows + 6_001).await;
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
 
     let r2 = svc.run(&src.id, Trigger::Schedule, None).await.unwrap();
@@ -68,14 +67,14 @@ async fn incremental(engine: Engine, kind: StoreKind) {
     assert_eq!((r4.rows_read, r4.rows_written, r4.rows_unchanged), (151, 0, 151));
 
     // Every row exactly once, with its latest values.
-    assert_eq!(store.count_records(&src.id).await.unwrap(), ROWS as u64 + 101);
+    assert_eq!(store.count_records(&src.id).await.unwrap(), rows as u64 + 101);
     let updated = store.get_record(&src.id, "7").await.unwrap().unwrap();
     assert_eq!(updated.fields["amount"], serde_json::json!(7.0 * 1.25 + 1000.0));
     assert_eq!(updated.fields["member_name"], serde_json::json!("user 8"));
     let untouched = store.get_record(&src.id, "60").await.unwrap().unwrap();
     assert_eq!(untouched.fields["amount"], serde_json::json!(75));
     let late_row = store
-        .get_record(&src.id, "9001")
+        .get_record(&src.id, &(rows + 6_001).to_string())
         .await
         .unwrap()
         .expect("the late row arrived");
@@ -102,20 +101,30 @@ async fn incremental(engine: Engine, kind: StoreKind) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_into_dynamodb() {
-    incremental(Engine::Postgres, StoreKind::Dynamo).await;
+    incremental(Engine::Postgres, StoreKind::Dynamo, 3_000).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_into_embedded_store() {
-    incremental(Engine::Postgres, StoreKind::Embedded).await;
+    incremental(Engine::Postgres, StoreKind::Embedded, 3_000).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mariadb_into_dynamodb() {
-    incremental(Engine::Mysql, StoreKind::Dynamo).await;
+    incremental(Engine::Mysql, StoreKind::Dynamo, 3_000).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mariadb_into_embedded_store() {
-    incremental(Engine::Mysql, StoreKind::Embedded).await;
+    incremental(Engine::Mysql, StoreKind::Embedded, 3_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlserver_into_dynamodb() {
+    incremental(Engine::Sqlserver, StoreKind::Dynamo, 10_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlserver_into_embedded_store() {
+    incremental(Engine::Sqlserver, StoreKind::Embedded, 10_000).await;
 }
