@@ -2,14 +2,20 @@
 //! EventBridge Scheduler schedule per source, and Sluice's events on EventBridge. Clients are built once per process.
 
 mod dynamo;
+#[cfg(feature = "events")]
 mod events;
 mod item;
+#[cfg(feature = "schedules")]
 mod schedules;
+#[cfg(feature = "secrets")]
 mod secrets;
 
 pub use dynamo::{DynamoStore, TableNames};
+#[cfg(feature = "events")]
 pub use events::{BACKFILL_REQUESTED, BackfillRequested, EventBridgeEvents, RUN_COMPLETED};
+#[cfg(feature = "schedules")]
 pub use schedules::{ScheduleTarget, SchedulerSchedules, rate_expression};
+#[cfg(feature = "secrets")]
 pub use secrets::SecretsManagerSecrets;
 
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
