@@ -1,6 +1,7 @@
 //! `sluice`: the demo, and syncs and backfills from a config file against either store.
 
 mod backfill;
+mod deliver;
 mod demo;
 mod sources;
 mod wiring;
@@ -42,6 +43,36 @@ enum Command {
         #[arg(long = "source", short)]
         sources: Vec<String>,
         /// Print each run as JSON instead of a summary line.
+        #[arg(long)]
+        json: bool,
+        /// Then deliver the calls of the sources that have a destination.
+        #[arg(long)]
+        deliver: bool,
+    },
+    /// Sends the calls of sources with a destination that have not been delivered in
+    /// their current version (or, with --replay-failed, those whose delivery failed).
+    Deliver {
+        #[arg(long, short, default_value = "sluice.yaml")]
+        config: PathBuf,
+        /// Only these sources (default: every source with a destination).
+        #[arg(long = "source", short)]
+        sources: Vec<String>,
+        #[arg(long)]
+        replay_failed: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A source's delivery log: each call's state, attempts and last error.
+    Deliveries {
+        #[arg(long, short, default_value = "sluice.yaml")]
+        config: PathBuf,
+        #[arg(long, short)]
+        source: String,
+        /// Only `failed` or `delivered` ones.
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
         #[arg(long)]
         json: bool,
     },
@@ -161,7 +192,12 @@ async fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Demo { dir } => demo::run(dir).await.map(|()| ExitCode::SUCCESS),
-        Command::Sync { config, sources, json } => {
+        Command::Sync {
+            config,
+            sources,
+            json,
+            deliver,
+        } => {
             let config = LocalConfig::load(&config)?;
             let service = wiring::service(&config).await?;
             let ids: Vec<String> = if sources.is_empty() {
@@ -181,7 +217,49 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     println!("{}", summary(&run));
                 }
             }
+            if deliver {
+                let targets: Vec<_> = deliver::sources(&config, &[])?
+                    .into_iter()
+                    .filter(|s| ids.contains(&s.id))
+                    .collect();
+                let deliverer = wiring::deliverer(&config, service.store().clone())?;
+                failed |= !deliver::run(&deliverer, &targets, false, json).await?;
+            }
             Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+        }
+        Command::Deliver {
+            config,
+            sources,
+            replay_failed,
+            json,
+        } => {
+            let config = LocalConfig::load(&config)?;
+            let store = wiring::store(&config).await?;
+            for source in &config.sources {
+                store.put_source(source).await?;
+            }
+            let targets = deliver::sources(&config, &sources)?;
+            let deliverer = wiring::deliverer(&config, store)?;
+            let clean = deliver::run(&deliverer, &targets, replay_failed, json).await?;
+            Ok(if clean { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Deliveries {
+            config,
+            source,
+            status,
+            limit,
+            json,
+        } => {
+            let config = LocalConfig::load(&config)?;
+            let store = wiring::store(&config).await?;
+            let status = match status.as_deref() {
+                None => None,
+                Some("failed") => Some(sluice_core::DeliveryStatus::Failed),
+                Some("delivered") => Some(sluice_core::DeliveryStatus::Delivered),
+                Some(other) => anyhow::bail!("--status {other}: use failed or delivered"),
+            };
+            deliver::list(&*store, &source, status, limit, json).await?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Backfill {
             config,

@@ -4,7 +4,9 @@ use std::sync::Arc;
 
 use sluice_aws::{DynamoStore, TableNames, sdk_config};
 use sluice_core::backfiller::BackfillSettings;
-use sluice_core::{Store, SyncService, SyncSettings};
+use sluice_core::delivery::DeliverySettings;
+use sluice_core::{Deliverer, Store, SyncService, SyncSettings, SystemClock};
+use sluice_destinations::HttpSender;
 use sluice_local::{EmbeddedStore, FileSecrets, LocalConfig, LogEvents, StoreConfig};
 use sluice_sources::SqlReader;
 
@@ -69,4 +71,15 @@ pub fn backfill_settings() -> BackfillSettings {
         settings.retry_base = std::time::Duration::from_secs(secs);
     }
     settings
+}
+
+/// The delivery of calls, over `store`, with the file's secrets (write keys).
+pub fn deliverer(config: &LocalConfig, store: Arc<dyn Store>) -> anyhow::Result<Deliverer> {
+    Ok(Deliverer::new(
+        Arc::new(HttpSender::new()?),
+        Arc::new(FileSecrets::new(config.secrets.clone())),
+        store,
+        Arc::new(SystemClock),
+        DeliverySettings::default(),
+    ))
 }

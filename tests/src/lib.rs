@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 // The store ports, so that tests call them on any store.
-pub use sluice_core::{BackfillJobs, RecordReader, RecordWriter, RunLog, SourceStore};
+pub use sluice_core::{BackfillJobs, DeliveryLog, RecordReader, RecordWriter, RunLog, SourceStore};
 
 use sluice_aws::{DynamoStore, TableNames};
 use sluice_core::{Engine, Events, SourceConfig, Store, SyncService, SyncSettings, SyncType};
@@ -16,7 +16,9 @@ use sluice_local::{EmbeddedStore, FileSecrets, LogEvents};
 use sluice_sources::SqlReader;
 use sqlx::{Connection, Executor};
 
+pub mod receiver;
 pub mod sqlserver;
+pub mod stream;
 
 pub fn pg_url() -> String {
     std::env::var("SLUICE_TEST_PG_URL").unwrap_or_else(|_| "postgres://sluice:sluice@127.0.0.1:5432/postgres".into())
@@ -423,6 +425,7 @@ pub fn source(id: &str, db: &Database, query: &str) -> SourceConfig {
         max_rows_per_run: None,
         initial_watermark: None,
         query_timeout_seconds: 60,
+        destination: None,
     }
 }
 

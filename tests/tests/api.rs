@@ -6,15 +6,15 @@ use aws_lambda_events::apigw::ApiGatewayProxyRequest;
 use serde_json::{Value as Json, json};
 use sluice_api::handle;
 use sluice_aws::{DynamoStore, ScheduleTarget};
-use sluice_core::{Engine, RunStatus, SourceAdmin};
-use sluice_lambda::{ApiConfig, FunctionConfig, source_admin, sync_service};
+use sluice_core::{Engine, RunStatus};
+use sluice_lambda::{ApiConfig, FunctionConfig, deliverer, source_admin, sync_service};
 use sluice_tests::*;
 
 /// Loopback PostgreSQL trusts the login, so this password is only a marker to search for.
 const PASSWORD: &str = "pw-api-never-in-a-response-41c9";
 
 struct Api {
-    admin: SourceAdmin,
+    api: sluice_api::Api,
     config: ApiConfig,
     store: DynamoStore,
     scheduler: aws_sdk_scheduler::Client,
@@ -48,7 +48,10 @@ impl Api {
             secrets_prefix: format!("{}/", unique("sluice")),
         };
         Api {
-            admin: source_admin(&sdk, &config),
+            api: sluice_api::Api {
+                admin: source_admin(&sdk, &config),
+                deliverer: deliverer(&sdk, &config.function).unwrap(),
+            },
             config,
             store,
             scheduler,
@@ -59,7 +62,7 @@ impl Api {
 
     async fn call(&self, event: Json) -> (i64, Json) {
         let request: ApiGatewayProxyRequest = serde_json::from_value(event).unwrap();
-        let out = handle(&self.admin, &request).await;
+        let out = handle(&self.api, &request).await;
         let body = match out.body {
             Some(aws_lambda_events::encodings::Body::Text(t)) => t,
             other => panic!("a text body: {other:?}"),
@@ -566,4 +569,130 @@ async fn a_sql_server_source_is_created_tested_and_synced_through_the_api() {
     for body in api.seen.lock().unwrap().iter() {
         assert!(!body.contains(sluice_tests::sqlserver::PASSWORD), "{body}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_keeps_its_write_key_secret_and_failed_deliveries_are_listed_and_replayed() {
+    use sluice_tests::receiver::{Fault, Receiver};
+    let api = Api::new().await;
+    let db = Database::new(Engine::Postgres).await;
+    db.exec(
+        "CREATE TABLE people (id int, user_id text, plan text, updated_at timestamptz DEFAULT now());
+         INSERT INTO people SELECT g, 'u' || g, 'free' FROM generate_series(1, 12) g",
+    )
+    .await;
+    let write_key = format!("wk-{}", unique("api"));
+    let receiver = Receiver::start(&write_key).await;
+    let id = unique("cio");
+    let mut body = new_source(&id, &db);
+    body["sync_type"] = "identify".into();
+    body["query"] = "SELECT user_id, plan FROM people WHERE updated_at >= {{ last_update_time }} AND updated_at < {{ upper_date_limit }}".into();
+    body["destination"] = json!({"kind": "http", "base_url": receiver.base_url(), "write_key": write_key});
+    let (status, created) = api
+        .call(api_request("sources-create.json", &[], &[], Some(body.clone())))
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let key_secret = format!("{}{id}/write-key", api.config.secrets_prefix);
+    assert_eq!(
+        created["destination"],
+        json!({"kind": "http", "base_url": receiver.base_url(), "secret_id": key_secret})
+    );
+    let stored = api
+        .secrets
+        .get_secret_value()
+        .secret_id(&key_secret)
+        .send()
+        .await
+        .unwrap();
+    assert!(stored.secret_string().unwrap().contains(&write_key));
+
+    // A registration source cannot have a destination; a write key needs one.
+    let mut bad = body.clone();
+    bad["id"] = unique("bad").into();
+    bad["sync_type"] = "registration".into();
+    let (status, answer) = api.call(api_request("sources-create.json", &[], &[], Some(bad))).await;
+    assert_eq!(
+        (status, answer["error"]["field"].as_str()),
+        (400, Some("destination")),
+        "{answer}"
+    );
+
+    // The destination is down for the first delivery: every call fails, and is listed.
+    let sync = sync_service(&sdk().await, &api.config.function);
+    sync.run(&id, sluice_core::Trigger::Manual, None).await.unwrap();
+    let config = api.api.admin.get(&id).await.unwrap().config;
+    receiver.inject((0..5).map(|_| Fault::Status(503, None)));
+    let report = api
+        .api
+        .deliverer
+        .deliver_undelivered(&config, 100, &sluice_core::Budget::default(), &|_| {})
+        .await
+        .unwrap();
+    assert_eq!(report.undelivered.len(), 12);
+    let (status, page) = api
+        .call(api_request(
+            "deliveries-list.json",
+            &[("id", &id)],
+            &[("status", "failed")],
+            None,
+        ))
+        .await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["deliveries"].as_array().unwrap().len(), 12);
+    assert_eq!(page["deliveries"][0]["status"], "failed");
+    assert!(
+        page["deliveries"][0]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("HTTP 503"),
+        "{page}"
+    );
+
+    // A replay sends them: none is left failed.
+    let (status, replayed) = api
+        .call(api_request("deliveries-replay.json", &[("id", &id)], &[], None))
+        .await;
+    assert_eq!(status, 200, "{replayed}");
+    assert_eq!(
+        (
+            replayed["report"]["delivered"].as_u64(),
+            replayed["failed_left"].as_bool()
+        ),
+        (Some(12), Some(false))
+    );
+    assert_eq!(receiver.by_message_id().len(), 12);
+    let (_, page) = api
+        .call(api_request(
+            "deliveries-list.json",
+            &[("id", &id)],
+            &[("status", "failed")],
+            None,
+        ))
+        .await;
+    assert_eq!(page["deliveries"], json!([]));
+    let (status, page) = api
+        .call(api_request(
+            "deliveries-list.json",
+            &[("id", &id)],
+            &[("status", "lost")],
+            None,
+        ))
+        .await;
+    assert_eq!((status, page["error"]["field"].as_str()), (400, Some("status")));
+    for seen in api.seen.lock().unwrap().iter() {
+        assert!(!seen.contains(&write_key), "a response holds the write key: {seen}");
+    }
+    // Deleting the source deletes the secrets Sluice made for it.
+    let (status, _) = api
+        .call(api_request("sources-delete.json", &[("id", &id)], &[], None))
+        .await;
+    assert_eq!(status, 200);
+    assert!(
+        api.secrets
+            .get_secret_value()
+            .secret_id(&key_secret)
+            .send()
+            .await
+            .is_err()
+    );
 }

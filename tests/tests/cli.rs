@@ -173,3 +173,91 @@ async fn sources_are_listed_added_shown_and_removed() {
     );
     assert_eq!(open_local_store(&config).await.count_records(&second).await.unwrap(), 0);
 }
+
+/// `sluice sync --deliver`, `sluice deliver` and `sluice deliveries` on the embedded
+/// store, against a Segment-compatible receiver on loopback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_delivers_what_changed_from_the_embedded_store() {
+    use sluice_tests::receiver::{Fault, Receiver};
+    let db = Database::new(sluice_core::Engine::Postgres).await;
+    db.exec(
+        "CREATE TABLE people (id int, user_id text, plan text, updated_at timestamptz DEFAULT now());
+         INSERT INTO people SELECT g, 'u' || g, 'free' FROM generate_series(1, 1500) g",
+    )
+    .await;
+    let write_key = format!("wk-{}", unique("cli"));
+    let receiver = Receiver::start(&write_key).await;
+    let dir = std::env::temp_dir().join(unique("cfg"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("sluice.yaml");
+    let query = "SELECT user_id, plan FROM people WHERE updated_at >= {{ last_update_time }} AND updated_at < {{ upper_date_limit }}";
+    std::fs::write(
+        &config,
+        format!(
+            "store: {{kind: embedded, path: store.db}}
+secrets:
+  db: {db}
+  cio: {{write_key: \"${{SLUICE_TEST_WRITE_KEY}}\"}}
+sources:
+  - id: people
+    name: People
+    engine: postgres
+    secret_id: db
+    sync_type: identify
+    query: {query}
+    destination: {{kind: http, base_url: \"{base}\", secret_id: cio}}
+",
+            db = db.secret,
+            query = serde_json::to_string(query).unwrap(),
+            base = receiver.base_url()
+        ),
+    )
+    .unwrap();
+    let sluice = |args: &[&str]| {
+        let out = sluice_cmd(args, &config, 60)
+            .env("SLUICE_TEST_WRITE_KEY", &write_key)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!text.contains(&write_key), "the output holds the write key: {text}");
+        (out.status.success(), text)
+    };
+    let (ok, out) = sluice(&["sync", "--deliver"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("people: delivered 1500, refused 0, left undelivered 0"),
+        "{out}"
+    );
+    assert_eq!(receiver.by_message_id().len(), 1500);
+    let (ok, out) = sluice(&["deliver"]);
+    assert!(ok && out.contains("people: delivered 0,"), "nothing changed: {out}");
+
+    // Changed rows while the destination is down: the command fails, says why, and
+    // the failed ones are listed; `--replay-failed` sends them.
+    db.exec("UPDATE people SET plan = 'pro', updated_at = now() WHERE id <= 3")
+        .await;
+    receiver.inject((0..5).map(|_| Fault::Status(500, None)));
+    let (ok, out) = sluice(&["sync", "--deliver"]);
+    assert!(
+        !ok && out.contains("left undelivered 3") && out.contains("HTTP 500"),
+        "{out}"
+    );
+    let (ok, out) = sluice(&["deliveries", "--source", "people", "--status", "failed"]);
+    assert!(ok && out.matches(" failed, ").count() == 3, "{out}");
+    let (ok, out) = sluice(&["deliver", "--replay-failed"]);
+    assert!(ok && out.contains("people: delivered 3,"), "{out}");
+    let plans: Vec<_> = receiver
+        .calls()
+        .iter()
+        .rev()
+        .take(3)
+        .map(|c| c["traits"]["plan"].clone())
+        .collect();
+    assert_eq!(plans, ["pro", "pro", "pro"]);
+    let (_, out) = sluice(&["deliver", "--source", "nope"]);
+    assert!(out.contains("the config has no source `nope`"), "{out}");
+}

@@ -135,3 +135,30 @@ async fn the_documented_schemas_have_the_fields_the_handlers_send() {
     assert_eq!(preview["row_count"], 3, "{preview}");
     assert_matches(&doc, "Preview", &preview);
 }
+
+#[test]
+fn the_delivery_schemas_have_the_fields_the_api_sends() {
+    let doc = yaml("openapi.yaml");
+    let state = sluice_core::DeliveryState {
+        record_key: "u1".into(),
+        hash: "ab".into(),
+        message_id: Some("m".into()),
+        status: sluice_core::DeliveryStatus::Failed,
+        attempts: 5,
+        updated_at: chrono::Utc::now(),
+        delivered_at: None,
+        last_error: Some("HTTP 503".into()),
+    };
+    assert_matches(&doc, "Delivery", &serde_json::to_value(&state).unwrap());
+    let report = sluice_core::DeliveryReport {
+        delivered: 1,
+        rejected: vec![("u2".into(), "too big".into())],
+        undelivered: vec!["u3".into()],
+        error: Some("HTTP 503".into()),
+    };
+    assert_matches(&doc, "DeliveryReport", &serde_json::to_value(&report).unwrap());
+    let destination: sluice_core::Destination =
+        serde_json::from_value(serde_json::json!({"kind": "customerio", "region": "eu", "secret_id": "s"})).unwrap();
+    assert_matches(&doc, "Destination", &serde_json::to_value(&destination).unwrap());
+    assert_eq!(destination.batch_url(), "https://cdp-eu.customer.io/v1/batch");
+}

@@ -399,6 +399,7 @@ async fn a_backfill_runs_in_chunks_and_the_api_test_query_reads_the_source() {
                 source: Some(sluice_core::SourceInput {
                     config: unsaved,
                     connection: Some(connection(&db)),
+                    write_key: None,
                 }),
                 window: None,
             },

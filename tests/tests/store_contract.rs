@@ -170,6 +170,7 @@ async fn contract(store: Arc<dyn Store>) {
     assert_eq!(store.list_runs(&id, 1, None).await.unwrap(), vec![second.clone()]);
 
     backfill_contract(&*store, &id).await;
+    delivery_contract(&*store, &id).await;
     // Backfill jobs share the Runs table but never show up as runs.
     let runs = store.list_runs(&id, 10, None).await.unwrap();
     assert_eq!(runs.len(), 2);
@@ -199,6 +200,67 @@ async fn contract(store: Arc<dyn Store>) {
     assert_eq!(store.delete_source(&id, true).await.unwrap(), 60);
     assert_eq!(store.count_records(&id).await.unwrap(), 0);
     assert!(store.get_source(&id).await.unwrap().is_none());
+}
+
+/// Delivery states: one per record, listed by key and status, and the records whose
+/// current version has none are the undelivered ones.
+async fn delivery_contract(store: &dyn Store, id: &str) {
+    use sluice_core::{DeliveryState, DeliveryStatus};
+    let all = store.undelivered(id, 1_000).await.unwrap();
+    assert_eq!(all.len(), 60, "nothing delivered yet");
+    assert_eq!(all[0].key, "k0");
+    let state = |key: &str, hash: &str, status| DeliveryState {
+        record_key: key.into(),
+        hash: hash.into(),
+        message_id: Some(format!("m-{key}")),
+        status,
+        attempts: 1,
+        updated_at: Utc.with_ymd_and_hms(2026, 3, 4, 5, 6, 7).unwrap(),
+        delivered_at: None,
+        last_error: (status == DeliveryStatus::Failed).then(|| "HTTP 503".to_string()),
+    };
+    let hash_of = |key: &str| all.iter().find(|r| r.key == key).unwrap().hash.clone();
+    let mut states: Vec<_> = (0..50)
+        .map(|i| state(&format!("k{i}"), &hash_of(&format!("k{i}")), DeliveryStatus::Delivered))
+        .collect();
+    states.push(state("k50", &hash_of("k50"), DeliveryStatus::Failed));
+    // A state of an older version of k51: its current version is still undelivered.
+    states.push(state("k51", "an-older-hash", DeliveryStatus::Delivered));
+    store.put_deliveries(id, &states).await.unwrap();
+    let left: Vec<String> = store
+        .undelivered(id, 1_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.key)
+        .collect();
+    assert_eq!(left, ["k51", "k52", "k53", "k54", "k55", "k56", "k57", "k58", "k59"]);
+    assert_eq!(store.undelivered(id, 2).await.unwrap().len(), 2);
+    let failed = store
+        .list_deliveries(id, Some(DeliveryStatus::Failed), 10, None)
+        .await
+        .unwrap();
+    assert_eq!(failed, vec![states[50].clone()]);
+    let page = store.list_deliveries(id, None, 20, None).await.unwrap();
+    assert_eq!(page.len(), 20);
+    let next = store
+        .list_deliveries(id, None, 1_000, Some(&page[19].record_key))
+        .await
+        .unwrap();
+    assert_eq!(page.len() + next.len(), 52);
+    assert!(next.iter().all(|d| d.record_key > page[19].record_key));
+    // A new state replaces the record's earlier one.
+    store
+        .put_deliveries(id, &[state("k50", &hash_of("k50"), DeliveryStatus::Delivered)])
+        .await
+        .unwrap();
+    assert!(
+        store
+            .list_deliveries(id, Some(DeliveryStatus::Failed), 10, None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 /// Backfill jobs: one active per source, optimistic saves, cancel kept apart, the

@@ -5,8 +5,10 @@ use aws_lambda_events::apigw::{ApiGatewayProxyRequest, ApiGatewayProxyResponse};
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
 use sluice_core::backfill::parse_instant;
+use sluice_core::delivery::DeliveryError;
 use sluice_core::{
-    AdminError, ConnectionSecret, FieldError, SourceAdmin, SourceConfig, SourceInput, TestQuery, Window,
+    AdminError, Budget, ConnectionSecret, Deliverer, DeliveryStatus, FieldError, SourceAdmin, SourceConfig,
+    SourceInput, TestQuery, Window, WriteKey,
 };
 use sluice_lambda::http::{error_body, json_body, no_route, path_param, respond, route};
 use tracing::{error, info};
@@ -21,12 +23,27 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/sources/{id}/test-query"),
     ("GET", "/sources/{id}/runs"),
     ("GET", "/sources/{id}/runs/{run}"),
+    ("GET", "/sources/{id}/deliveries"),
+    ("POST", "/sources/{id}/deliveries/replay"),
 ];
+
+/// Failed calls one replay sends at most; the answer's `failed_left` says whether more wait.
+const REPLAY_LIMIT: usize = 500;
+
+/// What the API drives: sources, and the delivery of their calls.
+pub struct Api {
+    pub admin: SourceAdmin,
+    pub deliverer: Deliverer,
+}
 
 /// Runs a page holds unless `limit` says otherwise.
 const DEFAULT_PAGE: usize = 20;
 
-pub async fn handle(admin: &SourceAdmin, request: &ApiGatewayProxyRequest) -> ApiGatewayProxyResponse {
+/// A replay delivers inside API Gateway's 29 s.
+const REPLAY_BUDGET: std::time::Duration = std::time::Duration::from_secs(20);
+
+pub async fn handle(api: &Api, request: &ApiGatewayProxyRequest) -> ApiGatewayProxyResponse {
+    let admin = &api.admin;
     let (method, resource) = route(request);
     let id = path_param(request, "id");
     info!(method, resource, source_id = id, "api request");
@@ -73,6 +90,46 @@ pub async fn handle(admin: &SourceAdmin, request: &ApiGatewayProxyRequest) -> Ap
                 (200, json!(admin.runs(id, limit, query("before")).await?))
             }
             ("GET", "/sources/{id}/runs/{run}") => (200, json!(admin.run(id, path_param(request, "run")).await?)),
+            ("GET", "/sources/{id}/deliveries") => {
+                let status = match query("status") {
+                    None => None,
+                    Some("failed") => Some(DeliveryStatus::Failed),
+                    Some("delivered") => Some(DeliveryStatus::Delivered),
+                    Some(other) => return Err(bad("status", &format!("is {other:?}; use failed or delivered"))),
+                };
+                let limit = match query("limit") {
+                    None => DEFAULT_PAGE,
+                    Some(l) => l
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=1000).contains(n))
+                        .ok_or_else(|| bad("limit", "must be a whole number from 1 to 1000"))?,
+                };
+                (200, json!(admin.deliveries(id, status, limit, query("after")).await?))
+            }
+            ("POST", "/sources/{id}/deliveries/replay") => {
+                let config = admin.get(id).await?.config;
+                if config.destination.is_none() {
+                    return Err(bad("destination", "the source has no destination to deliver to"));
+                }
+                let budget = Budget::until(Some(tokio::time::Instant::now() + REPLAY_BUDGET));
+                let report = api
+                    .deliverer
+                    .replay_failed(&config, REPLAY_LIMIT, &budget)
+                    .await
+                    .map_err(|e| match e {
+                        DeliveryError::Store(e) => AdminError::Store(e),
+                        DeliveryError::Secrets(e) => AdminError::Secrets(e),
+                        DeliveryError::NoDestination(_) => {
+                            bad("destination", "the source has no destination to deliver to")
+                        }
+                    })?;
+                let left = admin.deliveries(id, Some(DeliveryStatus::Failed), 1, None).await?;
+                (
+                    200,
+                    json!({ "report": report, "failed_left": !left.deliveries.is_empty() }),
+                )
+            }
             _ => return Ok((0, Json::Null)),
         })
     }
@@ -126,10 +183,29 @@ fn source_input(admin: &SourceAdmin, mut body: Json, path_id: Option<&str>) -> R
             format!("is {body_id:?} but the URL names {path_id:?}"),
         ));
     }
+    let id = object.get("id").and_then(Json::as_str).unwrap_or_default().to_string();
     if connection.is_some() && !object.contains_key("secret_id") {
-        let id = object.get("id").and_then(Json::as_str).unwrap_or_default();
-        object.insert("secret_id".into(), Json::String(admin.owned_secret(id)));
+        object.insert("secret_id".into(), Json::String(admin.owned_secret(&id)));
     }
+    // A destination's write key is stored as a secret; the config keeps its name.
+    let write_key = match object.get_mut("destination").and_then(Json::as_object_mut) {
+        Some(destination) => match destination.remove("write_key") {
+            None | Some(Json::Null) => None,
+            Some(Json::String(key)) if !key.is_empty() => {
+                destination
+                    .entry("secret_id")
+                    .or_insert_with(|| Json::String(admin.owned_write_key(&id)));
+                Some(WriteKey(key))
+            }
+            Some(_) => {
+                return Err(FieldError::new(
+                    "destination.write_key",
+                    "must be the write key, a string",
+                ));
+            }
+        },
+        None => None,
+    };
     let config: SourceConfig = serde_path_to_error::deserialize(body).map_err(|e| {
         let path = e.path().to_string();
         match path.as_str() {
@@ -137,7 +213,11 @@ fn source_input(admin: &SourceAdmin, mut body: Json, path_id: Option<&str>) -> R
             _ => FieldError::new(path, e.inner().to_string()),
         }
     })?;
-    Ok(SourceInput { config, connection })
+    Ok(SourceInput {
+        config,
+        connection,
+        write_key,
+    })
 }
 
 /// `current` with the top-level fields of `changes` replaced (a JSON merge patch of

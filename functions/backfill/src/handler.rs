@@ -73,7 +73,7 @@ pub async fn handle(backfiller: &Backfiller, event: LambdaEvent<Json>) -> Result
         let response = api(backfiller, &request).await;
         return Ok(serde_json::to_value(response).expect("responses serialize"));
     }
-    let budget = Budget::until(Some(sluice_lambda::deadline(&event.context, FINISH_MARGIN)));
+    let budget = Budget::until(sluice_lambda::deadline(&event.context, FINISH_MARGIN));
     if payload.get("detail-type").and_then(Json::as_str) == Some(BACKFILL_REQUESTED) {
         let requested: BackfillRequested =
             serde_json::from_value(payload["detail"].clone()).map_err(|_| HandlerError::UnknownEvent)?;

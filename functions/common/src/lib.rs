@@ -7,10 +7,13 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
 use sluice_aws::{
-    DynamoStore, EventBridgeEvents, ScheduleTarget, SchedulerSchedules, SecretsManagerSecrets, TableNames,
+    DeadLetterQueue, DynamoStore, EventBridgeEvents, ScheduleTarget, SchedulerSchedules, SecretsManagerSecrets,
+    TableNames,
 };
 use sluice_core::backfiller::BackfillSettings;
-use sluice_core::{Backfiller, SourceAdmin, SyncService, SyncSettings};
+use sluice_core::delivery::{DeliverySettings, SendError};
+use sluice_core::{Backfiller, Deliverer, SourceAdmin, SyncService, SyncSettings, SystemClock};
+use sluice_destinations::HttpSender;
 use sluice_sources::SqlReader;
 
 pub mod http;
@@ -165,6 +168,33 @@ pub fn sync_service(sdk: &aws_config::SdkConfig, config: &FunctionConfig) -> Syn
     }
 }
 
+/// The DynamoDB store, built once at init.
+pub fn store(sdk: &aws_config::SdkConfig, config: &FunctionConfig) -> DynamoStore {
+    DynamoStore::new(aws_sdk_dynamodb::Client::new(sdk), config.tables.clone())
+}
+
+/// `SLUICE_DELIVERY_DLQ_URL`: where calls that cannot be delivered go, with their
+/// reason (template.yaml sets it).
+pub fn dead_letters(sdk: &aws_config::SdkConfig) -> Option<DeadLetterQueue> {
+    std::env::var("SLUICE_DELIVERY_DLQ_URL")
+        .ok()
+        .map(|url| DeadLetterQueue::new(aws_sdk_sqs::Client::new(sdk), url))
+}
+
+/// Builds the delivery of calls (HTTPS to the sources' destinations) once, at init.
+pub fn deliverer(sdk: &aws_config::SdkConfig, config: &FunctionConfig) -> Result<Deliverer, SendError> {
+    Ok(Deliverer::new(
+        Arc::new(HttpSender::new()?),
+        Arc::new(SecretsManagerSecrets::new(
+            aws_sdk_secretsmanager::Client::new(sdk),
+            Duration::from_secs(300),
+        )),
+        Arc::new(store(sdk, config)),
+        Arc::new(SystemClock),
+        DeliverySettings::default(),
+    ))
+}
+
 /// Builds the backfill service (over its own sync service) once, at init.
 pub fn backfiller(sdk: &aws_config::SdkConfig, config: &FunctionConfig) -> Backfiller {
     Backfiller::new(
@@ -177,9 +207,20 @@ pub fn backfiller(sdk: &aws_config::SdkConfig, config: &FunctionConfig) -> Backf
 }
 
 /// The instant this invocation must be done by, keeping `margin` in hand.
-pub fn deadline(context: &lambda_runtime::Context, margin: Duration) -> Instant {
+/// `None` when the invocation carries no deadline in the future (local runtimes may
+/// send none): the work then runs to its end.
+pub fn deadline(context: &lambda_runtime::Context, margin: Duration) -> Option<Instant> {
     let remaining = context.deadline().duration_since(SystemTime::now()).unwrap_or_default();
-    Instant::now() + remaining.saturating_sub(margin)
+    tracing::debug!(remaining_ms = remaining.as_millis() as u64, "invocation time budget");
+    if remaining.is_zero() {
+        tracing::warn!(
+            deadline_ms = context.deadline,
+            "the invocation's deadline has passed already; working without one"
+        );
+        return None;
+    }
+    // A function given a short timeout keeps a fifth of it in hand, not the whole margin.
+    Some(Instant::now() + remaining.saturating_sub(margin.min(remaining / 5)))
 }
 
 /// What a function's init builds first: its JSON logs and the SDK's configuration.
@@ -224,4 +265,26 @@ fn init_tracing() {
         .with_span_list(false)
         .with_target(false)
         .init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn context(seconds_left: u64) -> lambda_runtime::Context {
+        let mut context = lambda_runtime::Context::default();
+        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap();
+        context.deadline = (now + Duration::from_secs(seconds_left)).as_millis() as u64;
+        context
+    }
+
+    #[test]
+    fn the_margin_is_kept_but_never_more_than_a_fifth_of_the_time_left() {
+        let left = |d: Instant| (d - Instant::now()).as_secs_f64();
+        let long = left(deadline(&context(900), Duration::from_secs(60)).unwrap());
+        assert!((838.0..=841.0).contains(&long), "{long}");
+        let short = left(deadline(&context(30), Duration::from_secs(60)).unwrap());
+        assert!((23.0..=24.5).contains(&short), "{short}");
+        assert!(deadline(&lambda_runtime::Context::default(), Duration::from_secs(60)).is_none());
+    }
 }

@@ -48,7 +48,7 @@ impl From<HandlerError> for Diagnostic {
 pub async fn handle(service: &SyncService, event: LambdaEvent<SyncEvent>) -> Result<Run, HandlerError> {
     let deadline = sluice_lambda::deadline(&event.context, FINISH_MARGIN);
     let run = service
-        .run(&event.payload.source_id, Trigger::Schedule, Some(deadline))
+        .run(&event.payload.source_id, Trigger::Schedule, deadline)
         .await?;
     match run.status {
         RunStatus::Failed => Err(HandlerError::RunFailed {

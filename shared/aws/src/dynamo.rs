@@ -2,7 +2,7 @@
 //! (TTL) and Members. Leases and watermarks move with conditional updates; records go
 //! in BatchWriteItem requests of 25, after a BatchGetItem of their stored hashes.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -10,8 +10,8 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, DeleteRequest, KeySchemaElement, KeyType, KeysAndAttributes, Put,
-    PutRequest, ReturnValue, ScalarAttributeType, Select, TimeToLiveSpecification, TransactWriteItem, Update,
-    WriteRequest,
+    PutRequest, ReturnValue, ScalarAttributeType, Select, StreamSpecification, StreamViewType, TimeToLiveSpecification,
+    TransactWriteItem, Update, WriteRequest,
 };
 use chrono::{DateTime, Utc};
 use rand::Rng;
@@ -19,12 +19,12 @@ use sluice_core::stored::{
     StoredSource, decode_job, decode_run, encode_config, encode_job, encode_run, job_status, to_micros,
 };
 use sluice_core::{
-    BackendError, Backfill, BackfillCreated, BackfillJobs, Cadence, LeaseOutcome, Member, Record, RecordBatch,
-    RecordReader, RecordWriter, Run, RunLog, SaveOutcome, SourceConfig, SourceState, SourceStore, StoreError,
-    StoredRecord, Value, WriteStats,
+    BackendError, Backfill, BackfillCreated, BackfillJobs, Cadence, DeliveryLog, DeliveryState, DeliveryStatus,
+    LeaseOutcome, Member, Record, RecordBatch, RecordReader, RecordWriter, Run, RunLog, SaveOutcome, SourceConfig,
+    SourceState, SourceStore, StoreError, StoredRecord, Value, WriteStats,
 };
 
-use crate::item::{Item, attribute, n, plain_json, s};
+use crate::item::{Item, attribute, n, s, stored_record};
 
 /// DynamoDB's limits on one BatchWriteItem and one BatchGetItem.
 const WRITE_BATCH: usize = 25;
@@ -107,10 +107,12 @@ impl DynamoStore {
     /// template.yaml creates them).
     pub async fn create_tables(&self) -> Result<(), StoreError> {
         let t = &self.tables;
-        self.create_table(&t.sources, "source_id", None).await?;
-        self.create_table(&t.records, "source_id", Some("record_key")).await?;
-        self.create_table(&t.runs, "source_id", Some("run_id")).await?;
-        self.create_table(&t.members, "pk", Some("sk")).await?;
+        self.create_table(&t.sources, "source_id", None, false).await?;
+        // The Records table's stream feeds the delivery of calls, as in template.yaml.
+        self.create_table(&t.records, "source_id", Some("record_key"), true)
+            .await?;
+        self.create_table(&t.runs, "source_id", Some("run_id"), false).await?;
+        self.create_table(&t.members, "pk", Some("sk"), false).await?;
         // Best effort: some emulators lack TTL; AWS has it and template.yaml sets it.
         let ttl = TimeToLiveSpecification::builder()
             .enabled(true)
@@ -127,7 +129,7 @@ impl DynamoStore {
         Ok(())
     }
 
-    async fn create_table(&self, name: &str, pk: &str, sk: Option<&str>) -> Result<(), StoreError> {
+    async fn create_table(&self, name: &str, pk: &str, sk: Option<&str>, stream: bool) -> Result<(), StoreError> {
         let attr = |n: &str| {
             AttributeDefinition::builder()
                 .attribute_name(n)
@@ -151,6 +153,15 @@ impl DynamoStore {
             .key_schema(elem(pk, KeyType::Hash));
         if let Some(sk) = sk {
             req = req.attribute_definitions(attr(sk)).key_schema(elem(sk, KeyType::Range));
+        }
+        if stream {
+            req = req.stream_specification(
+                StreamSpecification::builder()
+                    .stream_enabled(true)
+                    .stream_view_type(StreamViewType::NewImage)
+                    .build()
+                    .expect("complete"),
+            );
         }
         match req.send().await {
             Ok(_) => Ok(()),
@@ -344,6 +355,11 @@ impl DynamoStore {
 /// import log's queries never see them.
 fn backfill_pk(source_id: &str) -> String {
     format!("backfill#{source_id}")
+}
+
+/// Delivery states too, a partition per source, one item per record.
+fn delivery_pk(source_id: &str) -> String {
+    format!("delivery#{source_id}")
 }
 
 impl DynamoStore {
@@ -875,19 +891,7 @@ impl RecordReader for DynamoStore {
             .send()
             .await
             .map_err(sdk("reading a record"))?;
-        Ok(out.item.map(|item| {
-            let hash = s(&item, "_hash").unwrap_or_default();
-            let fields: BTreeMap<String, serde_json::Value> = item
-                .iter()
-                .filter(|(k, _)| !matches!(k.as_str(), "source_id" | "record_key" | "_hash"))
-                .map(|(k, v)| (k.clone(), plain_json(v)))
-                .collect();
-            StoredRecord {
-                key: record_key.to_string(),
-                hash,
-                fields,
-            }
-        }))
+        Ok(out.item.as_ref().map(stored_record))
     }
 
     async fn count_records(&self, source_id: &str) -> Result<u64, StoreError> {
@@ -917,5 +921,99 @@ impl RecordReader for DynamoStore {
             .query_all(&self.tables.members, ("pk", &format!("team#{member_id_source}")), false)
             .await?;
         Ok((members, items.iter().filter_map(|i| s(i, "sk")).collect()))
+    }
+}
+
+#[async_trait]
+impl DeliveryLog for DynamoStore {
+    async fn put_deliveries(&self, source_id: &str, states: &[DeliveryState]) -> Result<(), StoreError> {
+        let pk = delivery_pk(source_id);
+        let requests = states
+            .iter()
+            .map(|state| {
+                let mut item = key(("source_id", &pk), Some(("run_id", &state.record_key)));
+                item.insert(
+                    "body".into(),
+                    AttributeValue::S(serde_json::to_string(state).expect("states serialize")),
+                );
+                item.insert("status".into(), AttributeValue::S(delivery_status(state.status).into()));
+                item.insert("hash".into(), AttributeValue::S(state.hash.clone()));
+                let expires = state.updated_at + chrono::Duration::days(sluice_core::run::RUN_RETENTION_DAYS);
+                item.insert("expires_at".into(), num(expires.timestamp()));
+                let put = PutRequest::builder().set_item(Some(item)).build().expect("item set");
+                WriteRequest::builder().put_request(put).build()
+            })
+            .collect();
+        self.batch_write(&self.tables.runs, requests).await
+    }
+
+    async fn list_deliveries(
+        &self,
+        source_id: &str,
+        status: Option<DeliveryStatus>,
+        limit: usize,
+        after: Option<&str>,
+    ) -> Result<Vec<DeliveryState>, StoreError> {
+        let pk = delivery_pk(source_id);
+        let mut states = Vec::new();
+        let mut start = after.map(|a| key(("source_id", &pk), Some(("run_id", a))));
+        loop {
+            let mut q = self
+                .client
+                .query()
+                .table_name(&self.tables.runs)
+                .key_condition_expression("source_id = :pk")
+                .expression_attribute_values(":pk", AttributeValue::S(pk.clone()))
+                .set_exclusive_start_key(start.take());
+            if let Some(status) = status {
+                q = q
+                    .filter_expression("#st = :st")
+                    .expression_attribute_names("#st", "status")
+                    .expression_attribute_values(":st", AttributeValue::S(delivery_status(status).into()));
+            }
+            let out = q.send().await.map_err(sdk("reading delivery states"))?;
+            for item in out.items() {
+                let body = s(item, "body").unwrap_or_default();
+                states.push(serde_json::from_str(&body).map_err(|e| StoreError::Corrupt {
+                    what: format!("a delivery state of {source_id}"),
+                    reason: e.to_string(),
+                })?);
+                if states.len() == limit {
+                    return Ok(states);
+                }
+            }
+            match out.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => return Ok(states),
+            }
+        }
+    }
+
+    async fn undelivered(&self, source_id: &str, limit: usize) -> Result<Vec<StoredRecord>, StoreError> {
+        // The stream delivers in AWS; this serves a delivery from the CLI, reading the
+        // source's records and states once.
+        let (states, _) = self
+            .query_all(&self.tables.runs, ("source_id", &delivery_pk(source_id)), false)
+            .await?;
+        let sent: HashMap<String, String> = states
+            .iter()
+            .filter_map(|i| Some((s(i, "run_id")?, s(i, "hash")?)))
+            .collect();
+        let (records, _) = self
+            .query_all(&self.tables.records, ("source_id", source_id), false)
+            .await?;
+        Ok(records
+            .iter()
+            .map(stored_record)
+            .filter(|r| sent.get(&r.key) != Some(&r.hash))
+            .take(limit)
+            .collect())
+    }
+}
+
+fn delivery_status(status: DeliveryStatus) -> &'static str {
+    match status {
+        DeliveryStatus::Delivered => "delivered",
+        DeliveryStatus::Failed => "failed",
     }
 }

@@ -5,14 +5,28 @@ mod dynamo;
 #[cfg(feature = "events")]
 mod events;
 mod item;
+#[cfg(feature = "queues")]
+mod queues;
 #[cfg(feature = "schedules")]
 mod schedules;
 #[cfg(feature = "secrets")]
 mod secrets;
 
 pub use dynamo::{DynamoStore, TableNames};
+
+/// A Records-table stream image (DynamoDB's JSON form) as the source id and the record
+/// it holds, read as the store reads records back; `None` when it is not a record.
+pub fn record_of_image(
+    image: &serde_json::Map<String, serde_json::Value>,
+) -> Option<(String, sluice_core::StoredRecord)> {
+    let item = item::item_from_json(image)?;
+    let source_id = item::s(&item, "source_id")?;
+    Some((source_id, item::stored_record(&item)))
+}
 #[cfg(feature = "events")]
 pub use events::{BACKFILL_REQUESTED, BackfillRequested, EventBridgeEvents, RUN_COMPLETED};
+#[cfg(feature = "queues")]
+pub use queues::DeadLetterQueue;
 #[cfg(feature = "schedules")]
 pub use schedules::{ScheduleTarget, SchedulerSchedules, rate_expression};
 #[cfg(feature = "secrets")]

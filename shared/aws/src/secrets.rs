@@ -1,19 +1,19 @@
-//! Connection secrets from Secrets Manager, cached in a warm container for a few
-//! minutes (a rotated password is picked up after at most `ttl`); and written when the
-//! API creates a source with its connection.
+//! Secrets from Secrets Manager (connections, write keys), cached in a warm container
+//! for a few minutes (a rotated password is picked up after at most `ttl`); and
+//! written when the API creates a source with its connection or write key.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use aws_sdk_secretsmanager::Client;
-use sluice_core::{ConnectionSecret, SecretWriter, Secrets, SecretsError};
+use sluice_core::{SecretWriter, Secrets, SecretsError};
 use tokio::sync::Mutex;
 
 pub struct SecretsManagerSecrets {
     client: Client,
     ttl: Duration,
-    cache: Mutex<HashMap<String, (Instant, ConnectionSecret)>>,
+    cache: Mutex<HashMap<String, (Instant, serde_json::Value)>>,
 }
 
 impl SecretsManagerSecrets {
@@ -28,7 +28,7 @@ impl SecretsManagerSecrets {
 
 #[async_trait]
 impl Secrets for SecretsManagerSecrets {
-    async fn connection(&self, secret_id: &str) -> Result<ConnectionSecret, SecretsError> {
+    async fn value(&self, secret_id: &str) -> Result<serde_json::Value, SecretsError> {
         if let Some((at, secret)) = self.cache.lock().await.get(secret_id)
             && at.elapsed() < self.ttl
         {
@@ -56,11 +56,12 @@ impl Secrets for SecretsManagerSecrets {
             })?;
         let text = out.secret_string().ok_or_else(|| SecretsError::Malformed {
             id: secret_id.to_string(),
-            reason: "it holds binary data; store the connection JSON as the secret string".into(),
+            reason: "it holds binary data; store the secret's JSON as the secret string".into(),
         })?;
-        let secret = ConnectionSecret::from_json(text).map_err(|e| SecretsError::Malformed {
+        // serde_json's messages name the position, never the text.
+        let secret: serde_json::Value = serde_json::from_str(text).map_err(|e| SecretsError::Malformed {
             id: secret_id.to_string(),
-            reason: e.reason,
+            reason: format!("it is not JSON: {e}"),
         })?;
         self.cache
             .lock()
@@ -83,8 +84,8 @@ where
 
 #[async_trait]
 impl SecretWriter for SecretsManagerSecrets {
-    async fn put_connection(&self, secret_id: &str, connection: &ConnectionSecret) -> Result<(), SecretsError> {
-        let value = serde_json::to_string(connection).expect("secrets serialize");
+    async fn put(&self, secret_id: &str, value: &serde_json::Value) -> Result<(), SecretsError> {
+        let value = value.to_string();
         let put = self
             .client
             .put_secret_value()
@@ -101,7 +102,7 @@ impl SecretWriter for SecretsManagerSecrets {
                 self.client
                     .create_secret()
                     .name(secret_id)
-                    .description("Sluice connection secret (DESIGN §5 JSON)")
+                    .description("Sluice secret: a connection (DESIGN §5) or a destination's write key")
                     .secret_string(value)
                     .send()
                     .await
@@ -113,7 +114,7 @@ impl SecretWriter for SecretsManagerSecrets {
         Ok(())
     }
 
-    async fn delete_connection(&self, secret_id: &str) -> Result<(), SecretsError> {
+    async fn delete(&self, secret_id: &str) -> Result<(), SecretsError> {
         self.cache.lock().await.remove(secret_id);
         match self
             .client

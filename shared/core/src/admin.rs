@@ -9,9 +9,10 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::cadence::Cadence;
+use crate::delivery::{DeliveryState, DeliveryStatus};
 use crate::ports::{
     Clock, Schedule, ScheduleError, Schedules, SecretWriter, Secrets, SecretsError, SourceReader, SourceState, Store,
-    StoreError, SystemClock,
+    StoreError, SystemClock, WriteKey,
 };
 use crate::preview::Preview;
 use crate::run::Run;
@@ -82,6 +83,14 @@ pub struct RunsPage {
     pub next: Option<String>,
 }
 
+/// One page of a source's delivery states, by record key; `next` is the cursor of the
+/// next page.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeliveriesPage {
+    pub deliveries: Vec<DeliveryState>,
+    pub next: Option<String>,
+}
+
 /// A source as its owner sends it: the config, and either a `connection` to store as
 /// the secret Sluice owns (`secret_id` then names it, see [`SourceAdmin::owned_secret`])
 /// or none (`secret_id` names an existing secret).
@@ -89,6 +98,9 @@ pub struct RunsPage {
 pub struct SourceInput {
     pub config: SourceConfig,
     pub connection: Option<ConnectionSecret>,
+    /// The destination's write key, to store as the secret Sluice owns
+    /// ([`SourceAdmin::owned_write_key`]); none keeps the secret the destination names.
+    pub write_key: Option<WriteKey>,
 }
 
 /// A test query: of the saved source, or of an unsaved one, for a given window or the
@@ -141,6 +153,11 @@ impl SourceAdmin {
         format!("{}{id}", self.secret_prefix)
     }
 
+    /// The name of the secret Sluice stores a source's write key as.
+    pub fn owned_write_key(&self, id: &str) -> String {
+        format!("{}{id}/write-key", self.secret_prefix)
+    }
+
     /// Creates a source, its secret when it brings a connection, and its schedule.
     pub async fn create(&self, input: SourceInput) -> Result<SourceView, AdminError> {
         self.check(&input)?;
@@ -148,7 +165,7 @@ impl SourceAdmin {
         if self.store.get_source(&config.id).await?.is_some() {
             return Err(AdminError::Conflict(config.id.clone()));
         }
-        self.keep_secret(config, input.connection.as_ref()).await?;
+        self.keep_secrets(&input).await?;
         self.store.put_source(config).await?;
         self.schedules.put_schedule(&schedule_of(config)).await?;
         self.get(&config.id).await
@@ -178,7 +195,7 @@ impl SourceAdmin {
         }
         self.check(&input)?;
         let config = &input.config;
-        self.keep_secret(config, input.connection.as_ref()).await?;
+        self.keep_secrets(&input).await?;
         self.store.put_source(config).await?;
         let mut schedule = schedule_of(config);
         if config.frequency_minutes == current.config.frequency_minutes {
@@ -197,7 +214,14 @@ impl SourceAdmin {
         let state = self.state(id).await?;
         self.schedules.delete_schedule(id).await?;
         if state.config.secret_id == self.owned_secret(id) {
-            self.secret_writer.delete_connection(&state.config.secret_id).await?;
+            self.secret_writer.delete(&state.config.secret_id).await?;
+        }
+        if let Some(d) = state
+            .config
+            .destination
+            .filter(|d| d.secret_id == self.owned_write_key(id))
+        {
+            self.secret_writer.delete(&d.secret_id).await?;
         }
         Ok(self.store.delete_source(id, purge).await?)
     }
@@ -232,6 +256,21 @@ impl SourceAdmin {
         Ok(crate::preview::preview(&*self.reader, secrets, config, state.as_ref(), request.window, now).await)
     }
 
+    /// A page of the source's delivery states, only those of `status` when given.
+    pub async fn deliveries(
+        &self,
+        id: &str,
+        status: Option<DeliveryStatus>,
+        limit: usize,
+        after: Option<&str>,
+    ) -> Result<DeliveriesPage, AdminError> {
+        self.state(id).await?;
+        let limit = limit.clamp(1, 1000);
+        let deliveries = self.store.list_deliveries(id, status, limit, after).await?;
+        let next = (deliveries.len() == limit).then(|| deliveries[limit - 1].record_key.clone());
+        Ok(DeliveriesPage { deliveries, next })
+    }
+
     /// A page of the source's import log, newest first.
     pub async fn runs(&self, id: &str, limit: usize, before: Option<&str>) -> Result<RunsPage, AdminError> {
         self.state(id).await?;
@@ -263,6 +302,18 @@ impl SourceAdmin {
     fn check(&self, input: &SourceInput) -> Result<(), FieldError> {
         let config = &input.config;
         config.validate()?;
+        if input.write_key.is_some() {
+            match &config.destination {
+                None => return Err(FieldError::new("destination.write_key", "needs a destination")),
+                Some(d) if d.secret_id != self.owned_write_key(&config.id) => {
+                    return Err(FieldError::new(
+                        "destination.secret_id",
+                        "give either secret_id (an existing secret) or write_key (stored as a new secret), not both",
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
         let Some(c) = &input.connection else { return Ok(()) };
         if c.engine != config.engine {
             return Err(FieldError::new(
@@ -281,22 +332,36 @@ impl SourceAdmin {
             .map_err(|e| FieldError::new("connection", e.message))
     }
 
-    /// Stores a new connection, or checks that the referenced secret exists.
-    async fn keep_secret(
-        &self,
-        config: &SourceConfig,
-        connection: Option<&ConnectionSecret>,
-    ) -> Result<(), AdminError> {
-        match connection {
-            Some(c) => Ok(self.secret_writer.put_connection(&config.secret_id, c).await?),
-            None => match self.secrets.connection(&config.secret_id).await {
-                Ok(_) => Ok(()),
-                Err(e @ (SecretsError::NotFound { .. } | SecretsError::Malformed { .. })) => {
-                    Err(FieldError::new("secret_id", e.to_string()).into())
-                }
-                Err(e) => Err(e.into()),
-            },
+    /// Stores a new connection and write key, or checks that the secrets named exist
+    /// and hold what they should.
+    async fn keep_secrets(&self, input: &SourceInput) -> Result<(), AdminError> {
+        let config = &input.config;
+        let refused = |field: &str, e: SecretsError| match e {
+            SecretsError::NotFound { .. } | SecretsError::Malformed { .. } => {
+                AdminError::BadRequest(FieldError::new(field, e.to_string()))
+            }
+            other => other.into(),
+        };
+        match &input.connection {
+            Some(c) => self.secret_writer.put_connection(&config.secret_id, c).await?,
+            None => drop(
+                self.secrets
+                    .connection(&config.secret_id)
+                    .await
+                    .map_err(|e| refused("secret_id", e))?,
+            ),
         }
+        match (&input.write_key, &config.destination) {
+            (Some(key), Some(d)) => self.secret_writer.put_write_key(&d.secret_id, key).await?,
+            (None, Some(d)) => drop(
+                self.secrets
+                    .write_key(&d.secret_id)
+                    .await
+                    .map_err(|e| refused("destination.secret_id", e))?,
+            ),
+            (_, None) => {}
+        }
+        Ok(())
     }
 }
 
@@ -314,7 +379,7 @@ struct InlineSecret(ConnectionSecret);
 
 #[async_trait]
 impl Secrets for InlineSecret {
-    async fn connection(&self, _secret_id: &str) -> Result<ConnectionSecret, SecretsError> {
-        Ok(self.0.clone())
+    async fn value(&self, _secret_id: &str) -> Result<serde_json::Value, SecretsError> {
+        Ok(serde_json::to_value(&self.0).expect("secrets serialize"))
     }
 }

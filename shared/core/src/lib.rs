@@ -6,6 +6,7 @@ pub mod admin;
 pub mod backfill;
 pub mod backfiller;
 pub mod cadence;
+pub mod delivery;
 pub mod mapping;
 pub mod ports;
 pub mod preview;
@@ -20,16 +21,20 @@ pub mod testing;
 pub mod value;
 pub mod window;
 
-pub use admin::{AdminError, RunsPage, SourceAdmin, SourceInput, SourceView, TestQuery};
+pub use admin::{AdminError, DeliveriesPage, RunsPage, SourceAdmin, SourceInput, SourceView, TestQuery};
 pub use backfill::{Action, Backfill, BackfillRequest, ChunkStatus, JobStatus, Progress};
 pub use backfiller::{BackfillError, BackfillSettings, Backfiller};
 pub use cadence::Cadence;
+pub use delivery::{CallSender, Deliverer, DeliveryReport, DeliveryState, DeliveryStatus, Outgoing};
 pub use mapping::{Mapped, MappingError, RowMapper};
 pub use ports::*;
 pub use preview::Preview;
 pub use record::{Member, Record, RecordBatch, Reject};
 pub use run::{Run, RunStatus, Trigger, Warning};
-pub use source::{ConnectionSecret, Engine, FieldError, SourceConfig, SshTunnel, SyncType, TlsMode};
+pub use source::{
+    ConnectionSecret, Destination, DestinationKind, Engine, FieldError, Region, SourceConfig, SshTunnel, SyncType,
+    TlsMode,
+};
 pub use sync::{Budget, ChunkOutcome, Stop, SyncError, SyncService, SyncSettings};
 pub use template::{Bind, PlaceholderStyle, QueryTemplate, RenderedQuery};
 pub use value::{Row, Value};

@@ -121,6 +121,80 @@ pub struct SourceConfig {
     /// Statement timeout of the source query.
     #[serde(default = "default_query_timeout")]
     pub query_timeout_seconds: u32,
+    /// Where the calls of a Customer.io-style source are delivered; none keeps them in
+    /// the store only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<Destination>,
+}
+
+/// A Segment-compatible batch API the calls are sent to (`POST {base}/v1/batch`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Destination {
+    /// `customerio` (Data Pipelines), `segment`, or `http` (any endpoint of the
+    /// Segment spec, such as RudderStack's).
+    pub kind: DestinationKind,
+    /// Customer.io's region: `us` (the default) or `eu`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<Region>,
+    /// The API's base URL: required for `http`; for the others it replaces their own
+    /// (a proxy, a test endpoint).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_url: Option<String>,
+    /// The secret that holds the write key, as `{"write_key": "..."}`.
+    pub secret_id: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DestinationKind {
+    Customerio,
+    Segment,
+    Http,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Region {
+    Us,
+    Eu,
+}
+
+impl Destination {
+    /// Where batches are posted.
+    pub fn batch_url(&self) -> String {
+        let base = match (&self.base_url, self.kind, self.region) {
+            (Some(base), _, _) => base.trim_end_matches('/'),
+            (None, DestinationKind::Customerio, Some(Region::Eu)) => "https://cdp-eu.customer.io",
+            (None, DestinationKind::Customerio, _) => "https://cdp.customer.io",
+            (None, DestinationKind::Segment, _) => "https://api.segment.io",
+            // Refused by `validate`.
+            (None, DestinationKind::Http, _) => "",
+        };
+        format!("{base}/v1/batch")
+    }
+
+    fn validate(&self) -> Result<(), FieldError> {
+        let bad = |field: &str, reason: &str| Err(FieldError::new(format!("destination.{field}"), reason));
+        if self.kind == DestinationKind::Http && self.base_url.is_none() {
+            return bad(
+                "base_url",
+                "is required for an http destination: the URL its /v1/batch is under",
+            );
+        }
+        if let Some(url) = &self.base_url
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            return bad("base_url", "must be an http:// or https:// URL");
+        }
+        if self.region.is_some() && self.kind != DestinationKind::Customerio {
+            return bad("region", "applies to customerio destinations only");
+        }
+        if self.secret_id.trim().is_empty() {
+            return bad("secret_id", "name the secret that holds the write key");
+        }
+        Ok(())
+    }
 }
 
 /// The sync frequencies a source may have, in minutes.
@@ -193,6 +267,15 @@ impl SourceConfig {
         }
         if self.query_timeout_seconds == 0 {
             return bad("query_timeout_seconds", "must be at least 1");
+        }
+        if let Some(destination) = &self.destination {
+            if self.sync_type == SyncType::Registration {
+                return bad(
+                    "destination",
+                    "registrations are not delivered; a destination takes Customer.io-style calls (identify, track, group, page, screen, alias)",
+                );
+            }
+            destination.validate()?;
         }
         // A trial render finds what compiling cannot: a variable inside a quoted literal.
         crate::template::QueryTemplate::compile(&self.query)

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use serde::Deserialize;
-use sluice_core::{Backfill, ConnectionSecret, Events, EventsError, Run, Secrets, SecretsError, SourceConfig};
+use sluice_core::{Backfill, Events, EventsError, Run, Secrets, SecretsError, SourceConfig};
 
 /// `sluice.yaml`. `${NAME}` anywhere in the file is replaced by the environment
 /// variable NAME, so passwords need not be written into it.
@@ -129,13 +129,9 @@ impl FileSecrets {
 
 #[async_trait]
 impl Secrets for FileSecrets {
-    async fn connection(&self, secret_id: &str) -> Result<ConnectionSecret, SecretsError> {
-        let json = self.0.get(secret_id).ok_or_else(|| SecretsError::NotFound {
+    async fn value(&self, secret_id: &str) -> Result<serde_json::Value, SecretsError> {
+        self.0.get(secret_id).cloned().ok_or_else(|| SecretsError::NotFound {
             id: secret_id.to_string(),
-        })?;
-        serde_json::from_value(json.clone()).map_err(|e| SecretsError::Malformed {
-            id: secret_id.to_string(),
-            reason: e.to_string(),
         })
     }
 }

@@ -10,9 +10,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sluice_core::stored::{StoredSource, decode_job, decode_run, encode_config, encode_job, encode_run, to_micros};
 use sluice_core::{
-    BackendError, Backfill, BackfillCreated, BackfillJobs, Cadence, LeaseOutcome, Member, Record, RecordBatch,
-    RecordReader, RecordWriter, Run, RunLog, SaveOutcome, SourceConfig, SourceState, SourceStore, StoreError,
-    StoredRecord, Value, WriteStats,
+    BackendError, Backfill, BackfillCreated, BackfillJobs, Cadence, DeliveryLog, DeliveryState, DeliveryStatus,
+    LeaseOutcome, Member, Record, RecordBatch, RecordReader, RecordWriter, Run, RunLog, SaveOutcome, SourceConfig,
+    SourceState, SourceStore, StoreError, StoredRecord, Value, WriteStats,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row as _, Sqlite, Transaction};
@@ -38,6 +38,9 @@ CREATE TABLE IF NOT EXISTS backfills (
   active INTEGER NOT NULL, cancel_requested_us INTEGER,
   PRIMARY KEY (source_id, job_id)) WITHOUT ROWID;
 CREATE UNIQUE INDEX IF NOT EXISTS one_active_backfill ON backfills (source_id) WHERE active = 1;
+CREATE TABLE IF NOT EXISTS deliveries (
+  source_id TEXT NOT NULL, record_key TEXT NOT NULL, hash TEXT NOT NULL, status TEXT NOT NULL,
+  body TEXT NOT NULL, PRIMARY KEY (source_id, record_key)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS teams (
   member_id_source TEXT NOT NULL, name TEXT NOT NULL,
   PRIMARY KEY (member_id_source, name)) WITHOUT ROWID;
@@ -114,6 +117,21 @@ impl EmbeddedStore {
             row.get("cancel_requested_us"),
         )
     }
+}
+
+/// A row of `record_key, hash, fields` as the record it is.
+fn stored_record(row: &sqlx::sqlite::SqliteRow) -> Result<StoredRecord, StoreError> {
+    let key: String = row.get(0);
+    let typed: BTreeMap<String, Value> =
+        serde_json::from_str(row.get::<&str, _>(2)).map_err(|e| StoreError::Corrupt {
+            what: format!("record {key}"),
+            reason: e.to_string(),
+        })?;
+    Ok(StoredRecord {
+        hash: row.get(1),
+        fields: typed.into_iter().map(|(k, v)| (k, v.to_plain_json())).collect(),
+        key,
+    })
 }
 
 fn fields_json(r: &Record) -> String {
@@ -472,23 +490,15 @@ impl BackfillJobs for EmbeddedStore {
 #[async_trait]
 impl RecordReader for EmbeddedStore {
     async fn get_record(&self, source_id: &str, key: &str) -> Result<Option<StoredRecord>, StoreError> {
-        let row = sqlx::query("SELECT hash, fields FROM records WHERE source_id = ? AND record_key = ?")
+        sqlx::query("SELECT record_key, hash, fields FROM records WHERE source_id = ? AND record_key = ?")
             .bind(source_id)
             .bind(key)
             .fetch_optional(&self.pool)
             .await
-            .map_err(backend("reading a record"))?;
-        let Some(row) = row else { return Ok(None) };
-        let corrupt = |e: serde_json::Error| StoreError::Corrupt {
-            what: format!("record {key}"),
-            reason: e.to_string(),
-        };
-        let typed: BTreeMap<String, Value> = serde_json::from_str(row.get::<&str, _>(1)).map_err(corrupt)?;
-        Ok(Some(StoredRecord {
-            key: key.to_string(),
-            hash: row.get(0),
-            fields: typed.into_iter().map(|(k, v)| (k, v.to_plain_json())).collect(),
-        }))
+            .map_err(backend("reading a record"))?
+            .as_ref()
+            .map(stored_record)
+            .transpose()
     }
 
     async fn count_records(&self, source_id: &str) -> Result<u64, StoreError> {
@@ -520,5 +530,82 @@ impl RecordReader for EmbeddedStore {
             .await
             .map_err(backend("reading teams"))?;
         Ok((members, teams))
+    }
+}
+
+fn delivery_status(status: DeliveryStatus) -> &'static str {
+    match status {
+        DeliveryStatus::Delivered => "delivered",
+        DeliveryStatus::Failed => "failed",
+    }
+}
+
+#[async_trait]
+impl DeliveryLog for EmbeddedStore {
+    async fn put_deliveries(&self, source_id: &str, states: &[DeliveryState]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(backend("saving delivery states"))?;
+        for state in states {
+            sqlx::query(
+                "INSERT OR REPLACE INTO deliveries (source_id, record_key, hash, status, body) VALUES (?, ?, ?, ?, ?)",
+            )
+            .bind(source_id)
+            .bind(&state.record_key)
+            .bind(&state.hash)
+            .bind(delivery_status(state.status))
+            .bind(serde_json::to_string(state).expect("states serialize"))
+            .execute(&mut *tx)
+            .await
+            .map_err(backend("saving delivery states"))?;
+        }
+        tx.commit().await.map_err(backend("saving delivery states"))?;
+        Ok(())
+    }
+
+    async fn list_deliveries(
+        &self,
+        source_id: &str,
+        status: Option<DeliveryStatus>,
+        limit: usize,
+        after: Option<&str>,
+    ) -> Result<Vec<DeliveryState>, StoreError> {
+        let status = status.map(delivery_status);
+        sqlx::query(
+            "SELECT body FROM deliveries WHERE source_id = ? AND (? IS NULL OR record_key > ?)
+               AND (? IS NULL OR status = ?) ORDER BY record_key LIMIT ?",
+        )
+        .bind(source_id)
+        .bind(after)
+        .bind(after)
+        .bind(status)
+        .bind(status)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend("reading delivery states"))?
+        .iter()
+        .map(|r| {
+            serde_json::from_str(r.get(0)).map_err(|e| StoreError::Corrupt {
+                what: format!("a delivery state of {source_id}"),
+                reason: e.to_string(),
+            })
+        })
+        .collect()
+    }
+
+    async fn undelivered(&self, source_id: &str, limit: usize) -> Result<Vec<StoredRecord>, StoreError> {
+        sqlx::query(
+            "SELECT r.record_key, r.hash, r.fields FROM records r
+             LEFT JOIN deliveries d ON d.source_id = r.source_id AND d.record_key = r.record_key
+             WHERE r.source_id = ? AND (d.hash IS NULL OR d.hash <> r.hash)
+             ORDER BY r.record_key LIMIT ?",
+        )
+        .bind(source_id)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend("reading undelivered records"))?
+        .iter()
+        .map(stored_record)
+        .collect()
     }
 }

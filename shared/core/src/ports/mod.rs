@@ -12,11 +12,11 @@ pub use clock::{Clock, IdSource, SystemClock, UuidIds};
 pub use reader::{SourceError, SourceErrorKind, SourceReader, SourceSession};
 pub use services::{
     Events, EventsError, NoObserver, RunObserver, Schedule, ScheduleError, Schedules, SecretWriter, Secrets,
-    SecretsError,
+    SecretsError, WriteKey,
 };
 pub use store::{
-    BackfillCreated, BackfillJobs, Lease, LeaseOutcome, RecordReader, RecordWriter, RunLog, SaveOutcome, SourceState,
-    SourceStore, Store, StoreError, StoredRecord, WriteStats,
+    BackfillCreated, BackfillJobs, DeliveryLog, Lease, LeaseOutcome, RecordReader, RecordWriter, RunLog, SaveOutcome,
+    SourceState, SourceStore, Store, StoreError, StoredRecord, WriteStats,
 };
 
 /// What an outside service said when it failed: its own error code when it has one,

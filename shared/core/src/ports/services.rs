@@ -25,22 +25,68 @@ pub enum SecretsError {
     },
 }
 
-/// Connection secrets by id.
+/// Secrets by id: JSON documents, a database's connection (DESIGN §5) or a
+/// destination's write key (`{"write_key": "..."}`). Adapters implement `value`; the
+/// typed readers and writers are the same for all.
 #[async_trait]
 pub trait Secrets: Send + Sync {
+    /// The secret's JSON document.
+    ///
     /// # Errors
-    /// `NotFound`, `Malformed` (naming the field, never a value), or `Backend`.
-    async fn connection(&self, secret_id: &str) -> Result<ConnectionSecret, SecretsError>;
+    /// `NotFound`, `Malformed` (not JSON), or `Backend`.
+    async fn value(&self, secret_id: &str) -> Result<serde_json::Value, SecretsError>;
+
+    /// A connection secret; `Malformed` names the field, never a value.
+    async fn connection(&self, secret_id: &str) -> Result<ConnectionSecret, SecretsError> {
+        let value = self.value(secret_id).await?;
+        serde_json::from_value(value).map_err(|e| SecretsError::Malformed {
+            id: secret_id.to_string(),
+            reason: format!(
+                "{e}; expected {{\"engine\",\"host\",\"port\",\"database\",\"username\",\"password\",\"tls\"}}"
+            ),
+        })
+    }
+
+    /// A destination's write key.
+    async fn write_key(&self, secret_id: &str) -> Result<WriteKey, SecretsError> {
+        match self.value(secret_id).await?.get("write_key") {
+            Some(serde_json::Value::String(key)) if !key.is_empty() => Ok(WriteKey(key.clone())),
+            _ => Err(SecretsError::Malformed {
+                id: secret_id.to_string(),
+                reason: "expected {\"write_key\": \"...\"}".into(),
+            }),
+        }
+    }
 }
 
-/// Writes connection secrets (the API stores the secret a new source brings).
+/// A destination's write key. `Debug` never prints it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WriteKey(pub String);
+
+impl std::fmt::Debug for WriteKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WriteKey(<redacted>)")
+    }
+}
+
+/// Writes secrets (the API stores the connection and the write key a new source
+/// brings).
 #[async_trait]
 pub trait SecretWriter: Send + Sync {
-    /// Creates the secret, or replaces its value.
-    async fn put_connection(&self, secret_id: &str, connection: &ConnectionSecret) -> Result<(), SecretsError>;
+    /// Creates the secret with this JSON document, or replaces its value.
+    async fn put(&self, secret_id: &str, value: &serde_json::Value) -> Result<(), SecretsError>;
 
     /// Deletes the secret at once (no recovery window); absent is fine.
-    async fn delete_connection(&self, secret_id: &str) -> Result<(), SecretsError>;
+    async fn delete(&self, secret_id: &str) -> Result<(), SecretsError>;
+
+    async fn put_connection(&self, secret_id: &str, connection: &ConnectionSecret) -> Result<(), SecretsError> {
+        self.put(secret_id, &serde_json::to_value(connection).expect("secrets serialize"))
+            .await
+    }
+
+    async fn put_write_key(&self, secret_id: &str, key: &WriteKey) -> Result<(), SecretsError> {
+        self.put(secret_id, &serde_json::json!({ "write_key": key.0 })).await
+    }
 }
 
 /// A source's schedule: `rate(every_minutes)` from `start_at`, invoking the sync with

@@ -15,6 +15,7 @@ use chrono::{DateTime, Utc};
 use super::BackendError;
 use crate::backfill::Backfill;
 use crate::cadence::Cadence;
+use crate::delivery::{DeliveryState, DeliveryStatus};
 use crate::record::{Member, RecordBatch};
 use crate::run::Run;
 use crate::source::SourceConfig;
@@ -224,7 +225,29 @@ pub trait RecordReader: Send + Sync {
     async fn list_members(&self, member_id_source: &str) -> Result<(Vec<Member>, Vec<String>), StoreError>;
 }
 
-/// Every port of a store, for wiring.
-pub trait Store: SourceStore + RecordWriter + RunLog + BackfillJobs + RecordReader {}
+/// Where each call's delivery stands (Customer.io-style sources with a destination).
+#[async_trait]
+pub trait DeliveryLog: Send + Sync {
+    /// Saves these states, replacing the records' earlier ones.
+    async fn put_deliveries(&self, source_id: &str, states: &[DeliveryState]) -> Result<(), StoreError>;
 
-impl<T: SourceStore + RecordWriter + RunLog + BackfillJobs + RecordReader> Store for T {}
+    /// The source's delivery states by record key, from after `after` (a page cursor:
+    /// the last key of the previous page), only those of `status` when given.
+    async fn list_deliveries(
+        &self,
+        source_id: &str,
+        status: Option<DeliveryStatus>,
+        limit: usize,
+        after: Option<&str>,
+    ) -> Result<Vec<DeliveryState>, StoreError>;
+
+    /// Up to `limit` records whose current hash has no delivery state, in key order:
+    /// the calls a delivery from the store (the CLI's) sends next. Failed ones are
+    /// not among them: they are sent again by a replay.
+    async fn undelivered(&self, source_id: &str, limit: usize) -> Result<Vec<StoredRecord>, StoreError>;
+}
+
+/// Every port of a store, for wiring.
+pub trait Store: SourceStore + RecordWriter + RunLog + BackfillJobs + RecordReader + DeliveryLog {}
+
+impl<T: SourceStore + RecordWriter + RunLog + BackfillJobs + RecordReader + DeliveryLog> Store for T {}

@@ -50,17 +50,18 @@ impl Clock for TestClock {
 
 /// Secrets held in memory, by id.
 #[derive(Debug, Default)]
-pub struct MemorySecrets(Mutex<BTreeMap<String, ConnectionSecret>>);
+pub struct MemorySecrets(Mutex<BTreeMap<String, serde_json::Value>>);
 
 impl MemorySecrets {
     pub fn with(id: &str, secret: ConnectionSecret) -> Self {
-        MemorySecrets(Mutex::new(BTreeMap::from([(id.to_string(), secret)])))
+        let value = serde_json::to_value(secret).expect("secrets serialize");
+        MemorySecrets(Mutex::new(BTreeMap::from([(id.to_string(), value)])))
     }
 }
 
 #[async_trait]
 impl Secrets for MemorySecrets {
-    async fn connection(&self, secret_id: &str) -> Result<ConnectionSecret, SecretsError> {
+    async fn value(&self, secret_id: &str) -> Result<serde_json::Value, SecretsError> {
         self.0
             .lock()
             .expect("not poisoned")
@@ -72,13 +73,13 @@ impl Secrets for MemorySecrets {
 
 #[async_trait]
 impl SecretWriter for MemorySecrets {
-    async fn put_connection(&self, secret_id: &str, connection: &ConnectionSecret) -> Result<(), SecretsError> {
+    async fn put(&self, secret_id: &str, value: &serde_json::Value) -> Result<(), SecretsError> {
         let mut secrets = self.0.lock().expect("not poisoned");
-        secrets.insert(secret_id.into(), connection.clone());
+        secrets.insert(secret_id.into(), value.clone());
         Ok(())
     }
 
-    async fn delete_connection(&self, secret_id: &str) -> Result<(), SecretsError> {
+    async fn delete(&self, secret_id: &str) -> Result<(), SecretsError> {
         self.0.lock().expect("not poisoned").remove(secret_id);
         Ok(())
     }

@@ -9,9 +9,10 @@ use chrono::{DateTime, Utc};
 
 use crate::backfill::Backfill;
 use crate::cadence::Cadence;
+use crate::delivery::{DeliveryState, DeliveryStatus};
 use crate::ports::{
-    BackendError, BackfillCreated, BackfillJobs, Lease, LeaseOutcome, RecordReader, RecordWriter, RunLog, SaveOutcome,
-    SourceState, SourceStore, StoreError, StoredRecord, WriteStats,
+    BackendError, BackfillCreated, BackfillJobs, DeliveryLog, Lease, LeaseOutcome, RecordReader, RecordWriter, RunLog,
+    SaveOutcome, SourceState, SourceStore, StoreError, StoredRecord, WriteStats,
 };
 use crate::record::{Member, RecordBatch};
 use crate::run::Run;
@@ -26,6 +27,7 @@ struct Inner {
     members: BTreeMap<(String, String), Member>,
     teams: BTreeMap<String, Vec<String>>,
     jobs: BTreeMap<(String, String), Backfill>,
+    deliveries: BTreeMap<(String, String), DeliveryState>,
     /// While set, record writes fail with this message.
     failing_writes: Option<String>,
     /// Record writes that reached the store.
@@ -355,5 +357,54 @@ impl RecordReader for MemoryStore {
             .collect();
         let teams = inner.teams.get(member_id_source).cloned().unwrap_or_default();
         Ok((members, teams))
+    }
+}
+
+#[async_trait]
+impl DeliveryLog for MemoryStore {
+    async fn put_deliveries(&self, source_id: &str, states: &[DeliveryState]) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        for state in states {
+            inner
+                .deliveries
+                .insert((source_id.into(), state.record_key.clone()), state.clone());
+        }
+        Ok(())
+    }
+
+    async fn list_deliveries(
+        &self,
+        source_id: &str,
+        status: Option<DeliveryStatus>,
+        limit: usize,
+        after: Option<&str>,
+    ) -> Result<Vec<DeliveryState>, StoreError> {
+        let inner = self.lock();
+        Ok(inner
+            .deliveries
+            .iter()
+            .filter(|((s, key), d)| {
+                s == source_id && after.is_none_or(|a| key.as_str() > a) && status.is_none_or(|st| d.status == st)
+            })
+            .take(limit)
+            .map(|(_, d)| d.clone())
+            .collect())
+    }
+
+    async fn undelivered(&self, source_id: &str, limit: usize) -> Result<Vec<StoredRecord>, StoreError> {
+        let inner = self.lock();
+        Ok(inner
+            .records
+            .iter()
+            .filter(|((s, key), r)| {
+                s == source_id
+                    && inner
+                        .deliveries
+                        .get(&(s.clone(), key.clone()))
+                        .is_none_or(|d| d.hash != r.hash)
+            })
+            .take(limit)
+            .map(|(_, r)| r.clone())
+            .collect())
     }
 }
