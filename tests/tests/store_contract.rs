@@ -206,7 +206,7 @@ async fn contract(store: Arc<dyn Store>) {
 /// current version has none are the undelivered ones.
 async fn delivery_contract(store: &dyn Store, id: &str) {
     use sluice_core::{DeliveryState, DeliveryStatus};
-    let all = store.undelivered(id, 1_000).await.unwrap();
+    let all = store.undelivered(id, None, 1_000).await.unwrap();
     assert_eq!(all.len(), 60, "nothing delivered yet");
     assert_eq!(all[0].key, "k0");
     let state = |key: &str, hash: &str, status| DeliveryState {
@@ -228,14 +228,22 @@ async fn delivery_contract(store: &dyn Store, id: &str) {
     states.push(state("k51", "an-older-hash", DeliveryStatus::Delivered));
     store.put_deliveries(id, &states).await.unwrap();
     let left: Vec<String> = store
-        .undelivered(id, 1_000)
+        .undelivered(id, None, 1_000)
         .await
         .unwrap()
         .into_iter()
         .map(|r| r.key)
         .collect();
     assert_eq!(left, ["k51", "k52", "k53", "k54", "k55", "k56", "k57", "k58", "k59"]);
-    assert_eq!(store.undelivered(id, 2).await.unwrap().len(), 2);
+    assert_eq!(store.undelivered(id, None, 2).await.unwrap().len(), 2);
+    let later: Vec<String> = store
+        .undelivered(id, Some("k55"), 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.key)
+        .collect();
+    assert_eq!(later, ["k56", "k57", "k58", "k59"]);
     let failed = store
         .list_deliveries(id, Some(DeliveryStatus::Failed), 10, None)
         .await

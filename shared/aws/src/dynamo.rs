@@ -989,7 +989,12 @@ impl DeliveryLog for DynamoStore {
         }
     }
 
-    async fn undelivered(&self, source_id: &str, limit: usize) -> Result<Vec<StoredRecord>, StoreError> {
+    async fn undelivered(
+        &self,
+        source_id: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<StoredRecord>, StoreError> {
         // The stream delivers in AWS; this serves a delivery from the CLI, reading the
         // source's records and states once.
         let (states, _) = self
@@ -1005,7 +1010,7 @@ impl DeliveryLog for DynamoStore {
         Ok(records
             .iter()
             .map(stored_record)
-            .filter(|r| sent.get(&r.key) != Some(&r.hash))
+            .filter(|r| after.is_none_or(|a| r.key.as_str() > a) && sent.get(&r.key) != Some(&r.hash))
             .take(limit)
             .collect())
     }

@@ -298,10 +298,11 @@ impl Deliverer {
         on_progress: &(dyn Fn(&DeliveryReport) + Send + Sync),
     ) -> Result<DeliveryReport, DeliveryError> {
         let mut total = DeliveryReport::default();
+        let mut after: Option<String> = None;
         loop {
             let calls: Vec<Outgoing> = self
                 .store
-                .undelivered(&source.id, batch.max(1))
+                .undelivered(&source.id, after.as_deref(), batch.max(1))
                 .await?
                 .into_iter()
                 .map(Outgoing::from)
@@ -309,6 +310,7 @@ impl Deliverer {
             if calls.is_empty() || budget.stop(Duration::ZERO).is_some() {
                 return Ok(total);
             }
+            after = calls.last().map(|c| c.key.clone());
             let report = self.deliver(source, calls, budget).await?;
             total.delivered += report.delivered;
             total.rejected.extend(report.rejected);

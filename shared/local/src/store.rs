@@ -592,14 +592,21 @@ impl DeliveryLog for EmbeddedStore {
         .collect()
     }
 
-    async fn undelivered(&self, source_id: &str, limit: usize) -> Result<Vec<StoredRecord>, StoreError> {
+    async fn undelivered(
+        &self,
+        source_id: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<StoredRecord>, StoreError> {
         sqlx::query(
             "SELECT r.record_key, r.hash, r.fields FROM records r
              LEFT JOIN deliveries d ON d.source_id = r.source_id AND d.record_key = r.record_key
-             WHERE r.source_id = ? AND (d.hash IS NULL OR d.hash <> r.hash)
+             WHERE r.source_id = ? AND (? IS NULL OR r.record_key > ?) AND (d.hash IS NULL OR d.hash <> r.hash)
              ORDER BY r.record_key LIMIT ?",
         )
         .bind(source_id)
+        .bind(after)
+        .bind(after)
         .bind(limit as i64)
         .fetch_all(&self.pool)
         .await

@@ -241,10 +241,15 @@ pub trait DeliveryLog: Send + Sync {
         after: Option<&str>,
     ) -> Result<Vec<DeliveryState>, StoreError>;
 
-    /// Up to `limit` records whose current hash has no delivery state, in key order:
-    /// the calls a delivery from the store (the CLI's) sends next. Failed ones are
-    /// not among them: they are sent again by a replay.
-    async fn undelivered(&self, source_id: &str, limit: usize) -> Result<Vec<StoredRecord>, StoreError>;
+    /// Up to `limit` records after the key `after` whose current hash has no delivery
+    /// state, in key order: the calls a delivery from the store (the CLI's) sends next.
+    /// Failed ones are not among them: they are sent again by a replay.
+    async fn undelivered(
+        &self,
+        source_id: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<StoredRecord>, StoreError>;
 }
 
 /// Every port of a store, for wiring.

@@ -391,13 +391,19 @@ impl DeliveryLog for MemoryStore {
             .collect())
     }
 
-    async fn undelivered(&self, source_id: &str, limit: usize) -> Result<Vec<StoredRecord>, StoreError> {
+    async fn undelivered(
+        &self,
+        source_id: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<StoredRecord>, StoreError> {
         let inner = self.lock();
         Ok(inner
             .records
             .iter()
             .filter(|((s, key), r)| {
                 s == source_id
+                    && after.is_none_or(|a| key.as_str() > a)
                     && inner
                         .deliveries
                         .get(&(s.clone(), key.clone()))
