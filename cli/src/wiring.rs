@@ -75,11 +75,11 @@ pub fn backfill_settings() -> BackfillSettings {
 
 /// The delivery of calls, over `store`, with the file's secrets (write keys).
 pub fn deliverer(config: &LocalConfig, store: Arc<dyn Store>) -> anyhow::Result<Deliverer> {
-    Ok(Deliverer::new(
-        Arc::new(HttpSender::new()?),
-        Arc::new(FileSecrets::new(config.secrets.clone())),
+    Ok(Deliverer {
+        sender: Arc::new(HttpSender::new()?),
+        secrets: Arc::new(FileSecrets::new(config.secrets.clone())),
         store,
-        Arc::new(SystemClock),
-        DeliverySettings::default(),
-    ))
+        clock: Arc::new(SystemClock),
+        settings: DeliverySettings::default(),
+    })
 }

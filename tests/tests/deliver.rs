@@ -88,19 +88,19 @@ impl Scenario {
             .unwrap()
             .queue_url
             .unwrap();
-        let deliverer = Deliverer::new(
-            Arc::new(HttpSender::new().unwrap()),
-            Arc::new(SecretsManagerSecrets::new(
+        let deliverer = Deliverer {
+            sender: Arc::new(HttpSender::new().unwrap()),
+            secrets: Arc::new(SecretsManagerSecrets::new(
                 aws_sdk_secretsmanager::Client::new(&sdk),
                 Duration::from_secs(300),
             )),
-            store.clone(),
-            Arc::new(SystemClock),
-            DeliverySettings {
+            store: store.clone(),
+            clock: Arc::new(SystemClock),
+            settings: DeliverySettings {
                 backoff: Duration::from_millis(50),
                 ..DeliverySettings::default()
             },
-        );
+        };
         let delivery = Delivery {
             store: store.clone(),
             deliverer,

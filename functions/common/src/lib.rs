@@ -183,16 +183,16 @@ pub fn dead_letters(sdk: &aws_config::SdkConfig) -> Option<DeadLetterQueue> {
 
 /// Builds the delivery of calls (HTTPS to the sources' destinations) once, at init.
 pub fn deliverer(sdk: &aws_config::SdkConfig, config: &FunctionConfig) -> Result<Deliverer, SendError> {
-    Ok(Deliverer::new(
-        Arc::new(HttpSender::new()?),
-        Arc::new(SecretsManagerSecrets::new(
+    Ok(Deliverer {
+        sender: Arc::new(HttpSender::new()?),
+        secrets: Arc::new(SecretsManagerSecrets::new(
             aws_sdk_secretsmanager::Client::new(sdk),
             Duration::from_secs(300),
         )),
-        Arc::new(store(sdk, config)),
-        Arc::new(SystemClock),
-        DeliverySettings::default(),
-    ))
+        store: Arc::new(store(sdk, config)),
+        clock: Arc::new(SystemClock),
+        settings: DeliverySettings::default(),
+    })
 }
 
 /// Builds the backfill service (over its own sync service) once, at init.

@@ -148,11 +148,13 @@ impl Default for DeliverySettings {
 
 /// Delivers calls. Built once per process and shared.
 pub struct Deliverer {
-    sender: Arc<dyn CallSender>,
-    secrets: Arc<dyn Secrets>,
-    store: Arc<dyn Store>,
-    clock: Arc<dyn Clock>,
-    settings: DeliverySettings,
+    pub sender: Arc<dyn CallSender>,
+    /// Where the destinations' write keys are.
+    pub secrets: Arc<dyn Secrets>,
+    /// Where delivery states are kept, and (from the CLI) undelivered calls read.
+    pub store: Arc<dyn Store>,
+    pub clock: Arc<dyn Clock>,
+    pub settings: DeliverySettings,
 }
 
 /// A batch's fate.
@@ -173,22 +175,6 @@ enum Sent {
 }
 
 impl Deliverer {
-    pub fn new(
-        sender: Arc<dyn CallSender>,
-        secrets: Arc<dyn Secrets>,
-        store: Arc<dyn Store>,
-        clock: Arc<dyn Clock>,
-        settings: DeliverySettings,
-    ) -> Self {
-        Deliverer {
-            sender,
-            secrets,
-            store,
-            clock,
-            settings,
-        }
-    }
-
     /// Delivers `calls` of `source` in order and records each one's state. Reading
     /// stops being retried when `budget` runs out; what was not delivered is in the
     /// report's `undelivered`.
@@ -541,13 +527,13 @@ mod tests {
             .await
             .unwrap();
         let clock = Arc::new(TestClock::at(Utc::now()));
-        let deliverer = Deliverer::new(
+        let deliverer = Deliverer {
             sender,
-            Arc::new(secrets),
-            store.clone(),
+            secrets: Arc::new(secrets),
+            store: store.clone(),
             clock,
-            DeliverySettings::default(),
-        );
+            settings: DeliverySettings::default(),
+        };
         (deliverer, store, config)
     }
 
