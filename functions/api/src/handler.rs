@@ -50,7 +50,7 @@ pub async fn handle(api: &Api, request: &ApiGatewayProxyRequest) -> ApiGatewayPr
     let query = |name: &str| request.query_string_parameters.first(name);
     let body = match json_body(request) {
         Ok(body) => body,
-        Err(reason) => return respond(400, &error_body("bad_request", Some("body"), &reason)),
+        Err(e) => return respond(400, &error_body("bad_request", Some(&e.field), &e.reason)),
     };
     let required = |body: Option<Json>| body.ok_or_else(|| bad("body", "is required: a JSON object"));
     let result: Result<(i64, Json), AdminError> = async {

@@ -153,7 +153,7 @@ pub async fn api(backfiller: &Backfiller, request: &ApiGatewayProxyRequest) -> A
 
 fn parse_body(request: &ApiGatewayProxyRequest) -> Result<BackfillRequest, BackfillError> {
     let bad = |reason: String| BackfillError::BadRequest(sluice_core::FieldError::new("body", reason));
-    match json_body(request).map_err(bad)? {
+    match json_body(request)? {
         None => Err(bad(
             r#"is empty; send {"start": "2024-01-01", "end": "2024-04-01", "chunk": "1d"}"#.into(),
         )),

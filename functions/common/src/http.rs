@@ -5,6 +5,7 @@ use aws_lambda_events::apigw::{ApiGatewayProxyRequest, ApiGatewayProxyResponse};
 use aws_lambda_events::encodings::Body;
 use aws_lambda_events::http::{HeaderMap, HeaderValue};
 use serde_json::{Value as Json, json};
+use sluice_core::FieldError;
 
 pub fn respond(status: i64, body: &Json) -> ApiGatewayProxyResponse {
     let mut headers = HeaderMap::new();
@@ -62,10 +63,15 @@ pub fn path_param<'a>(request: &'a ApiGatewayProxyRequest, name: &str) -> &'a st
 }
 
 /// The request's JSON body; `Ok(None)` when there is none.
-pub fn json_body(request: &ApiGatewayProxyRequest) -> Result<Option<Json>, String> {
+pub fn json_body(request: &ApiGatewayProxyRequest) -> Result<Option<Json>, FieldError> {
     let text = match (request.body.as_deref(), request.is_base64_encoded) {
         (None, _) => return Ok(None),
-        (Some(_), true) => return Err("must be JSON sent as application/json, not base64-encoded binary".into()),
+        (Some(_), true) => {
+            return Err(FieldError::new(
+                "body",
+                "must be JSON sent as application/json, not base64-encoded binary",
+            ));
+        }
         (Some(b), false) => b,
     };
     if text.trim().is_empty() {
@@ -73,5 +79,5 @@ pub fn json_body(request: &ApiGatewayProxyRequest) -> Result<Option<Json>, Strin
     }
     serde_json::from_str(text)
         .map(Some)
-        .map_err(|e| format!("is not valid JSON: {e}"))
+        .map_err(|e| FieldError::new("body", format!("is not valid JSON: {e}")))
 }
