@@ -198,7 +198,7 @@ impl Database {
                 }
             }
             Engine::Sqlserver => {
-                sqlserver::exec(sqlserver::tls_port(), "master", &format!("CREATE DATABASE {name}")).await;
+                sqlserver::create_database(sqlserver::tls_port(), &name).await;
                 let secret = sqlserver::secret(&name, sqlserver::tls_port(), "require");
                 Database {
                     engine,
@@ -412,6 +412,7 @@ pub fn source(id: &str, db: &Database, query: &str) -> SourceConfig {
     SourceConfig {
         id: id.to_string(),
         name: format!("test source {id}"),
+        description: None,
         engine: db.engine,
         secret_id: format!("{id}-secret"),
         query: query.to_string(),

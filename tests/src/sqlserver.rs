@@ -69,6 +69,27 @@ pub async fn exec(port: u16, database: &str, sql: &str) {
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
 }
 
+/// Creates `database` on the server at `port`. Babelfish fails a CREATE DATABASE that
+/// runs beside another with "tuple concurrently updated" (SQL Server does not); the
+/// tests create databases in parallel, so that one is tried again.
+pub async fn create_database(port: u16, database: &str) {
+    let sql = format!("CREATE DATABASE {database}");
+    for attempt in 1.. {
+        let mut c = client(port, "master").await;
+        let done = match c.simple_query(&sql).await {
+            Ok(stream) => stream.into_results().await.map(drop),
+            Err(e) => Err(e),
+        };
+        match done {
+            Ok(()) => return,
+            Err(e) if attempt < 20 && e.to_string().contains("tuple concurrently updated") => {
+                tokio::time::sleep(std::time::Duration::from_millis(50 * attempt)).await;
+            }
+            Err(e) => panic!("{sql}: {e}"),
+        }
+    }
+}
+
 /// The rows of a query in `database`, each cell as text (NULL as `None`).
 pub async fn query(port: u16, database: &str, sql: &str) -> Vec<Vec<Option<String>>> {
     let mut c = client(port, database).await;

@@ -257,12 +257,7 @@ async fn tls_is_used_verified_and_a_server_without_it_is_refused_with_the_fix() 
     assert!(e.message.contains("TLS with localhost:"), "{e}");
 
     // The server without TLS: refused when encryption is asked for, used when not.
-    sqlserver::exec(
-        sqlserver::plain_port(),
-        "master",
-        &format!("CREATE DATABASE {}", db.name),
-    )
-    .await;
+    sqlserver::create_database(sqlserver::plain_port(), &db.name).await;
     let e = open_error(sqlserver::secret(&db.name, sqlserver::plain_port(), "require")).await;
     assert_eq!(e.kind, SourceErrorKind::Tls, "{e}");
     assert!(
