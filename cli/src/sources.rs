@@ -53,6 +53,9 @@ pub async fn list(config: &LocalConfig, json: bool) -> anyhow::Result<()> {
         if let Some(job) = &v.active_backfill {
             line.push_str(&format!(", backfill {job} active"));
         }
+        if let Some(description) = &v.config.description {
+            line.push_str(&format!("\n  {description}"));
+        }
         println!("{line}");
     }
     Ok(())

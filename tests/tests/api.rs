@@ -351,9 +351,9 @@ async fn bad_bodies_unknown_ids_and_conflicts_are_named() {
         ),
         (with(&|b| b["colour"] = json!("blue")), "colour", "unknown field"),
         (
-            with(&|b| b["frequency_minutes"] = json!(7)),
+            with(&|b| b["frequency_minutes"] = json!(1441)),
             "frequency_minutes",
-            "one of 1, 5, 15",
+            "from 1 (every minute) to 1440 (once a day)",
         ),
         (with(&|b| b["engine"] = json!("db2")), "engine", "unknown variant `db2`"),
         (
@@ -694,5 +694,53 @@ async fn a_destination_keeps_its_write_key_secret_and_failed_deliveries_are_list
             .send()
             .await
             .is_err()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_custom_frequency_is_the_schedules_rate_and_every_minute_is_the_default() {
+    let api = Api::new().await;
+    let db = Database::new(Engine::Postgres).await;
+    db.create_sales(3).await;
+    let id = unique("freq");
+    let mut body = new_source(&id, &db);
+    body.as_object_mut().unwrap().remove("frequency_minutes");
+    body["description"] = json!("Sales of the Oslo shop, for the leaderboard");
+    let (status, created) = api.call(api_request("sources-create.json", &[], &[], Some(body))).await;
+    assert_eq!(
+        (status, created["frequency_minutes"].as_u64()),
+        (201, Some(1)),
+        "{created}"
+    );
+    assert_eq!(created["description"], "Sales of the Oslo shop, for the leaderboard");
+    assert_eq!(
+        api.schedule(&id).await.unwrap().schedule_expression(),
+        Some("rate(1 minute)")
+    );
+    let patch = |body: Json| api_request("sources-patch.json", &[("id", &id)], &[], Some(body));
+    let (status, patched) = api.call(patch(json!({"frequency_minutes": 7}))).await;
+    assert_eq!(status, 200, "{patched}");
+    assert_eq!(
+        api.schedule(&id).await.unwrap().schedule_expression(),
+        Some("rate(7 minutes)")
+    );
+    for (body, field) in [
+        (json!({"frequency_minutes": 0}), "frequency_minutes"),
+        (json!({"description": "x".repeat(1001)}), "description"),
+    ] {
+        let (status, refused) = api.call(patch(body)).await;
+        assert_eq!(
+            (status, refused["error"]["field"].as_str()),
+            (400, Some(field)),
+            "{refused}"
+        );
+    }
+    let (_, shown) = api
+        .call(api_request("sources-get.json", &[("id", &id)], &[], None))
+        .await;
+    assert_eq!(
+        (shown["frequency_minutes"].as_u64(), shown["description"].as_str()),
+        (Some(7), Some("Sales of the Oslo shop, for the leaderboard")),
+        "a refused patch changes nothing: {shown}"
     );
 }

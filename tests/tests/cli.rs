@@ -117,7 +117,7 @@ async fn sources_are_listed_added_shown_and_removed() {
 
     let (ok, text) = run(&["sources", "list"]);
     assert!(
-        ok && text.contains(&format!("{first} (postgres): every 5 min, enabled, not synced yet")),
+        ok && text.contains(&format!("{first} (postgres): every 1 min, enabled, not synced yet")),
         "{text}"
     );
 
@@ -125,7 +125,7 @@ async fn sources_are_listed_added_shown_and_removed() {
     let second = unique("second");
     let file = config.with_file_name("second.yaml");
     let definition = format!(
-        "id: {second}\nname: Second\nengine: postgres\nsecret_id: db\nsync_type: registration\nfrequency_minutes: 15\nquery: {}\n",
+        "id: {second}\nname: Second\ndescription: Sales of the second shop\nengine: postgres\nsecret_id: db\nsync_type: registration\nfrequency_minutes: 15\nquery: {}\n",
         serde_json::to_string(SALES_QUERY).unwrap()
     );
     std::fs::write(&file, definition).unwrap();
@@ -134,6 +134,13 @@ async fn sources_are_listed_added_shown_and_removed() {
     let loaded = sluice_local::LocalConfig::load(&config).unwrap();
     assert_eq!(loaded.sources.len(), 2);
     assert_eq!(loaded.source(&second).unwrap().frequency_minutes, 15);
+    let (ok, text) = run(&["sources", "list"]);
+    assert!(
+        ok && text.contains(&format!(
+            "{second} (postgres): every 15 min, enabled, not synced yet\n  Sales of the second shop"
+        )),
+        "{text}"
+    );
     let (ok, text) = run(&["sources", "add", "--file", file.to_str().unwrap()]);
     assert!(!ok && text.contains("already has a source"), "{text}");
     let other = config.with_file_name("other.yaml");

@@ -128,41 +128,52 @@ macro_rules! on_both_engines {
 on_both_engines!(identify, track, group, page, screen, alias);
 
 async fn identify(e: Engine) {
+    // Row 3 has an empty user id and an email: Customer.io identifies it by the email.
     let s = Scenario::new(
         e,
         SyncType::Identify,
         sql(
             e,
             "CREATE TABLE people (id int, user_id text, anonymous_id text, email text, plan text, ip text,
-                                  prefs jsonb, updated_at timestamptz DEFAULT now());
-             INSERT INTO people (id, user_id, anonymous_id, email, plan, ip, prefs) VALUES
-               (1, 'u1', NULL, 'ada@example.com', 'pro', '10.0.0.1', '{\"theme\": \"dark\"}'),
-               (2, NULL, 'anon-2', 'bob@example.com', 'free', NULL, NULL),
-               (3, NULL, NULL, 'nobody@example.com', 'free', NULL, NULL)",
-            // SQL Server has no JSON type, and apps keep Unix times in integer columns.
+                                  active boolean, prefs jsonb, integrations jsonb,
+                                  updated_at timestamptz DEFAULT now());
+             INSERT INTO people (id, user_id, anonymous_id, email, plan, ip, active, prefs, integrations) VALUES
+               (1, 'u1', NULL, 'ada@example.com', 'pro', '10.0.0.1', true, '{\"theme\": \"dark\"}',
+                '{\"All\": false, \"Customer.io\": true}'),
+               (2, NULL, 'anon-2', NULL, 'free', NULL, NULL, NULL, NULL),
+               (3, '', NULL, 'cy@example.com', 'free', NULL, NULL, NULL, NULL),
+               (4, NULL, NULL, NULL, 'free', NULL, NULL, NULL, NULL)",
+            // SQL Server has no JSON type (JSON is text), and apps keep Unix times in
+            // integer columns.
             "CREATE TABLE people (id int, login nvarchar(50), anonymous_id nvarchar(50), email nvarchar(200),
-                                  [plan] nvarchar(20), ip varchar(45), updated_epoch bigint,
-                                  updated_at datetime2(6) DEFAULT SYSUTCDATETIME());
-             INSERT INTO people (id, login, anonymous_id, email, [plan], ip, updated_epoch) VALUES
-               (1, 'u1', NULL, 'ada@example.com', 'pro', '10.0.0.1', DATEDIFF_BIG(second, '1970-01-01', SYSUTCDATETIME())),
-               (2, NULL, 'anon-2', 'bob@example.com', 'free', NULL, DATEDIFF_BIG(second, '1970-01-01', SYSUTCDATETIME())),
-               (3, NULL, NULL, 'nobody@example.com', 'free', NULL, DATEDIFF_BIG(second, '1970-01-01', SYSUTCDATETIME()))",
+                                  [plan] nvarchar(20), ip varchar(45), active bit, integrations nvarchar(200),
+                                  updated_epoch bigint, updated_at datetime2(6) DEFAULT SYSUTCDATETIME());
+             INSERT INTO people (id, login, anonymous_id, email, [plan], ip, active, integrations, updated_epoch) VALUES
+               (1, 'u1', NULL, 'ada@example.com', 'pro', '10.0.0.1', 1, '{\"All\": false, \"Customer.io\": true}',
+                DATEDIFF_BIG(second, '1970-01-01', SYSUTCDATETIME())),
+               (2, NULL, 'anon-2', NULL, 'free', NULL, NULL, NULL, DATEDIFF_BIG(second, '1970-01-01', SYSUTCDATETIME())),
+               (3, '', NULL, 'cy@example.com', 'free', NULL, NULL, NULL, DATEDIFF_BIG(second, '1970-01-01', SYSUTCDATETIME())),
+               (4, NULL, NULL, NULL, 'free', NULL, NULL, NULL, DATEDIFF_BIG(second, '1970-01-01', SYSUTCDATETIME()))",
         ),
         // Customer.io's variable: the window's start as Unix seconds.
         &match e {
             Engine::Postgres => format!(
-                "SELECT user_id, anonymous_id, email, plan, ip, prefs FROM people {WINDOW}
+                "SELECT user_id, anonymous_id, email, plan, ip, active, prefs, integrations FROM people {WINDOW}
                  AND extract(epoch FROM updated_at) >= {{{{ last_sync_time }}}}"
             ),
             _ => format!(
-                "SELECT p.login AS userId, p.anonymous_id AS anonymousId, p.email, p.[plan], p.ip FROM people p
+                "SELECT p.login AS userId, p.anonymous_id AS anonymousId, p.email, p.[plan], p.ip, p.active,
+                        p.integrations FROM people p
                  {WINDOW} AND p.updated_epoch >= {{{{ last_sync_time }}}}"
             ),
         },
     )
     .await;
-    s.first_sync(2, &["userId and anonymousId are both null; identify calls require one"])
-        .await;
+    s.first_sync(
+        3,
+        &["userId, anonymousId and email are all null or empty; identify calls require one"],
+    )
+    .await;
     let u1 = s.call("u1").await;
     assert_eq!(u1["type"], "identify");
     assert_eq!(u1["userId"], "u1");
@@ -172,7 +183,8 @@ async fn identify(e: Engine) {
         _ => json!({"email": "ada@example.com", "plan": "pro"}),
     };
     assert_eq!(u1["traits"], traits, "JSON columns stay nested");
-    assert_eq!(u1["context"], json!({"ip": "10.0.0.1"}));
+    assert_eq!(u1["context"], json!({"ip": "10.0.0.1", "active": true}));
+    assert_eq!(u1["integrations"], json!({"All": false, "Customer.io": true}));
     assert!(
         is_iso_utc(&u1["timestamp"]) && is_message_id(&u1["messageId"]),
         "{u1:?}"
@@ -182,9 +194,11 @@ async fn identify(e: Engine) {
         (anon["anonymousId"].as_str(), anon.get("userId")),
         (Some("anon-2"), None)
     );
+    let by_email = s.call("cy@example.com").await;
+    assert_eq!(by_email["userId"], "cy@example.com");
 
     s.resync_then_update(
-        2,
+        3,
         sql(
             e,
             "UPDATE people SET plan = 'enterprise', updated_at = now() WHERE id = 1",
@@ -231,7 +245,7 @@ async fn track(e: Engine) {
         2,
         &[
             "event is null; track calls require it",
-            "userId and anonymousId are both null; track calls require one",
+            "userId and anonymousId are both null or empty; track calls require one",
         ],
     )
     .await;

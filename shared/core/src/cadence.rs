@@ -7,6 +7,9 @@
 //! | 1 min | 30–120 s | 5 min |
 //! | 1 or 5 min | 120–180 s | 15 min |
 //! | 1, 5 or 15 min | 180 s and more | 1 hour |
+//!
+//! A custom frequency follows the step it is below: 3 minutes adapts as 1 does, 10 as 5
+//! does; more than 15 minutes never adapts.
 
 use std::time::Duration;
 
@@ -84,9 +87,9 @@ impl Cadence {
 fn slowest_needed(configured: u32, seconds: f64) -> u32 {
     if seconds >= 180.0 && configured <= 15 {
         60
-    } else if seconds >= 120.0 && configured <= 5 {
+    } else if seconds >= 120.0 && configured < 15 {
         15
-    } else if seconds >= 30.0 && configured == 1 {
+    } else if seconds >= 30.0 && configured < 5 {
         5
     } else {
         configured
@@ -128,6 +131,12 @@ mod tests {
         // configured 15 min
         assert_eq!(after(15, 179), 15);
         assert_eq!(after(15, 180), 60);
+        // custom frequencies follow the step they are below
+        assert_eq!(after(3, 40), 5);
+        assert_eq!(after(10, 40), 10);
+        assert_eq!(after(10, 130), 15);
+        assert_eq!(after(12, 200), 60);
+        assert_eq!(after(20, 900), 20);
         // configured 30 min and more never adapt
         assert_eq!(after(30, 900), 30);
         assert_eq!(after(60, 900), 60);
@@ -143,6 +152,19 @@ mod tests {
             path.push(c.minutes(1));
         }
         assert_eq!(path, [60, 60, 15, 15, 15, 5, 5, 5, 1]);
+        assert_eq!(c, Cadence::default());
+    }
+
+    #[test]
+    fn a_custom_frequency_returns_to_itself() {
+        let mut c = Cadence::default().after_run(3, secs(200));
+        assert_eq!(c.minutes(3), 60);
+        let mut path = Vec::new();
+        for _ in 0..9 {
+            c = c.after_run(3, secs(5));
+            path.push(c.minutes(3));
+        }
+        assert_eq!(path, [60, 60, 15, 15, 15, 5, 5, 5, 3]);
         assert_eq!(c, Cadence::default());
     }
 

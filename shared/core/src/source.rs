@@ -83,6 +83,9 @@ pub struct SourceConfig {
     pub id: String,
     /// Display name.
     pub name: String,
+    /// What the source is for, in the user's words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
     /// Engine of the source database.
     pub engine: Engine,
     /// Secret (Secrets Manager id, or a key of the local config's `secrets`) holding the
@@ -197,11 +200,15 @@ impl Destination {
     }
 }
 
-/// The sync frequencies a source may have, in minutes.
-pub const FREQUENCIES: [u32; 9] = [1, 5, 15, 30, 60, 120, 360, 720, 1440];
+/// The longest description a source may have.
+const MAX_DESCRIPTION_CHARS: usize = 1_000;
 
+/// The longest a source may wait between syncs: a day, in minutes.
+pub const MAX_FREQUENCY_MINUTES: u32 = 1440;
+
+/// Every minute, as Plecto syncs by default.
 fn default_frequency() -> u32 {
-    5
+    1
 }
 fn default_true() -> bool {
     true
@@ -250,13 +257,20 @@ impl SourceConfig {
         {
             return bad("id", "use 1 to 64 letters, digits, '-' or '_'");
         }
+        if self
+            .description
+            .as_ref()
+            .is_some_and(|d| d.chars().count() > MAX_DESCRIPTION_CHARS)
+        {
+            return bad("description", "keep it to 1,000 characters");
+        }
         if self.secret_id.trim().is_empty() {
             return bad("secret_id", "name the secret that holds the connection");
         }
-        if !FREQUENCIES.contains(&self.frequency_minutes) {
+        if !(1..=MAX_FREQUENCY_MINUTES).contains(&self.frequency_minutes) {
             return bad(
                 "frequency_minutes",
-                "must be one of 1, 5, 15, 30, 60, 120, 360, 720 or 1440 (minutes)",
+                "must be a whole number of minutes from 1 (every minute) to 1440 (once a day)",
             );
         }
         if self.max_rows_per_run == Some(0) {
@@ -463,7 +477,8 @@ mod tests {
     fn defaults_apply_and_validate() {
         let c = config();
         assert_eq!(c.lookback_seconds, 300);
-        assert_eq!(c.frequency_minutes, 5);
+        assert_eq!(c.frequency_minutes, 1, "every minute, as Plecto");
+        assert_eq!(c.row_limit(), 100_000);
         assert!(c.enabled);
         assert_eq!(c.member_id_source(), "sales");
         c.validate().unwrap();
@@ -479,6 +494,21 @@ mod tests {
         let e = c.validate().unwrap_err();
         assert_eq!(e.field, "query");
         assert!(e.reason.contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn any_whole_number_of_minutes_up_to_a_day_is_a_frequency() {
+        for minutes in [1, 5, 7, 90, 1440] {
+            let mut c = config();
+            c.frequency_minutes = minutes;
+            c.validate().unwrap();
+            assert_eq!(c.row_limit(), (u64::from(minutes) * 100_000).min(5_000_000));
+        }
+        for minutes in [0, 1441] {
+            let mut c = config();
+            c.frequency_minutes = minutes;
+            assert_eq!(c.validate().unwrap_err().field, "frequency_minutes");
+        }
     }
 
     #[test]

@@ -6,7 +6,12 @@
 //! `userId`, `user_id` and `USERID` are all the user id. The columns the spec names go
 //! to the top level (or into `context`); every other column becomes a trait (identify,
 //! group) or a property (track, page, screen), with its type; a JSON column named
-//! `traits`, `properties` or `context` is merged into that object.
+//! `traits`, `properties` or `context` is merged into that object, and one named
+//! `integrations` is the call's `integrations`. JSON may come as text, for engines
+//! without a JSON type (SQL Server, SQLite).
+//!
+//! An identify row whose `userId` is empty or null but which has an `email` is
+//! identified by that email, as Customer.io does.
 
 use std::sync::Arc;
 
@@ -80,11 +85,14 @@ enum Role {
     Context(&'static str),
     /// A JSON column merged into the payload or the context.
     Merged(&'static str),
+    /// The JSON object of destinations to send the call to, or not.
+    Integrations,
     /// A trait or property (a top-level custom field for alias).
     Payload,
 }
 
-const CONTEXT_FIELDS: [&str; 9] = [
+const CONTEXT_FIELDS: [&str; 11] = [
+    "active",
     "ip",
     "locale",
     "userAgent",
@@ -94,6 +102,7 @@ const CONTEXT_FIELDS: [&str; 9] = [
     "device",
     "os",
     "app",
+    "network",
 ];
 
 /// A column name without case or underscores: `user_id`, `USERID` and `userId` agree.
@@ -118,6 +127,7 @@ fn role(call: Call, column: &str) -> Role {
         "previousid" if call == Call::Alias => Role::PreviousId,
         "traits" | "properties" if call.payload().is_some() => Role::Merged("payload"),
         "context" => Role::Merged("context"),
+        "integrations" => Role::Integrations,
         _ => match CONTEXT_FIELDS.iter().find(|f| f.to_lowercase() == name) {
             Some(field) => Role::Context(field),
             None => Role::Payload,
@@ -130,6 +140,8 @@ fn role(call: Call, column: &str) -> Role {
 pub(super) struct CallMapper {
     call: Call,
     roles: Vec<Role>,
+    /// The `email` column of an identify call, its id when `userId` is empty.
+    email: Option<usize>,
     /// The timestamp of a call whose row has none.
     run_time: DateTime<Utc>,
 }
@@ -166,6 +178,21 @@ struct Spread {
     context: Map<String, Json>,
     /// Alias calls have no payload: their other columns stay top-level.
     top_level: Vec<(String, Value)>,
+    integrations: Option<Map<String, Json>>,
+}
+
+/// A JSON object column's object: `None` for NULL, text is parsed.
+fn json_object(column: &str, v: &Value) -> Result<Option<Map<String, Json>>, String> {
+    let not_an_object = |got: &str| format!("{column} must be a JSON object, got {got}");
+    match v {
+        Value::Null => Ok(None),
+        Value::Json(Json::Object(object)) => Ok(Some(object.clone())),
+        Value::Text(text) => match serde_json::from_str(text) {
+            Ok(Json::Object(object)) => Ok(Some(object)),
+            Ok(_) | Err(_) => Err(not_an_object("text that is not one")),
+        },
+        other => Err(not_an_object(other.kind())),
+    }
 }
 
 impl CallMapper {
@@ -178,8 +205,11 @@ impl CallMapper {
             returned: columns.join(", "),
         };
         let ids = has(&Role::UserId) || has(&Role::AnonymousId);
+        let email = (call == Call::Identify)
+            .then(|| columns.iter().position(|c| folded(c) == "email"))
+            .flatten();
         let required: &[(&'static str, bool)] = match call {
-            Call::Identify => &[("userId` or `anonymousId", ids)],
+            Call::Identify => &[("userId`, `anonymousId` or `email", ids || email.is_some())],
             Call::Track => &[("event", has(&Role::Event)), ("userId` or `anonymousId", ids)],
             Call::Group => &[("groupId", has(&Role::GroupId))],
             Call::Page | Call::Screen => &[("name", has(&Role::Name)), ("userId", has(&Role::UserId))],
@@ -188,7 +218,12 @@ impl CallMapper {
         if let Some((column, _)) = required.iter().find(|(_, present)| !present) {
             return Err(missing(column));
         }
-        Ok(CallMapper { call, roles, run_time })
+        Ok(CallMapper {
+            call,
+            roles,
+            email,
+            run_time,
+        })
     }
 
     /// The non-null value of the column that plays `role`.
@@ -202,6 +237,12 @@ impl CallMapper {
 
     fn id(&self, row: &Row, role: &Role) -> Option<String> {
         self.value(row, role).and_then(Value::as_key_text)
+    }
+
+    /// The user id, or for identify the email when the user id is null or empty.
+    fn user_id(&self, row: &Row) -> Option<String> {
+        self.id(row, &Role::UserId)
+            .or_else(|| row.values[self.email?].as_key_text())
     }
 
     fn required_id(&self, row: &Row, ids: &RowIds, role: &Role, column: &str) -> Result<String, Reject> {
@@ -224,9 +265,11 @@ impl CallMapper {
     fn key(&self, row: &Row, ids: &RowIds, hash_hex: &str, top: &mut Vec<(String, Value)>) -> Result<String, Reject> {
         let call = self.call.name();
         if matches!(self.call, Call::Identify | Call::Track) && ids.user.is_none() && ids.anonymous.is_none() {
-            return Err(ids.reject(format!(
-                "userId and anonymousId are both null; {call} calls require one"
-            )));
+            let columns = match self.email {
+                Some(_) => "userId, anonymousId and email are all",
+                None => "userId and anonymousId are both",
+            };
+            return Err(ids.reject(format!("{columns} null or empty; {call} calls require one")));
         }
         let key = match self.call {
             Call::Identify => ids.user.clone().or_else(|| ids.anonymous.clone()).unwrap_or_default(),
@@ -286,19 +329,16 @@ impl CallMapper {
                 Role::Context(field) => {
                     spread.context.insert((*field).to_string(), v.to_plain_json());
                 }
-                Role::Merged(target) => match v {
-                    Value::Null => {}
-                    Value::Json(Json::Object(object)) => {
-                        let into = match *target {
-                            "context" => &mut spread.context,
-                            _ => &mut spread.payload,
-                        };
-                        for (k, v) in object {
-                            into.entry(k.clone()).or_insert_with(|| v.clone());
-                        }
+                Role::Merged(target) => {
+                    let into = match *target {
+                        "context" => &mut spread.context,
+                        _ => &mut spread.payload,
+                    };
+                    for (k, v) in json_object(column, v).map_err(|e| ids.reject(e))?.unwrap_or_default() {
+                        into.entry(k).or_insert(v);
                     }
-                    other => return Err(ids.reject(format!("{column} must be a JSON object, got {}", other.kind()))),
-                },
+                }
+                Role::Integrations => spread.integrations = json_object(column, v).map_err(|e| ids.reject(e))?,
                 _ => {}
             }
         }
@@ -324,7 +364,7 @@ impl CallMapper {
 impl RowMapper for CallMapper {
     fn map(&self, row: Row) -> Result<Mapped, Reject> {
         let ids = RowIds {
-            user: self.id(&row, &Role::UserId),
+            user: self.user_id(&row),
             anonymous: self.id(&row, &Role::AnonymousId),
             message: self.id(&row, &Role::MessageId),
         };
@@ -352,6 +392,9 @@ impl RowMapper for CallMapper {
         }
         if !spread.context.is_empty() {
             top.push(("context".into(), Value::Json(Json::Object(spread.context))));
+        }
+        if let Some(integrations) = spread.integrations {
+            top.push(("integrations".into(), Value::Json(Json::Object(integrations))));
         }
         top.extend(spread.top_level);
         let (columns, values): (Vec<String>, Vec<Value>) = top.into_iter().unzip();
@@ -434,9 +477,64 @@ mod tests {
     }
 
     #[test]
+    fn identify_by_email_alone_and_integrations_active_and_network_pass_through() {
+        let columns = ["userId", "email", "active", "network", "integrations"];
+        let m = mapper(Call::Identify, &columns[1..]).unwrap();
+        let values = |user: Value, email: Value| {
+            vec![
+                user,
+                email,
+                Value::Bool(false),
+                Value::Json(json!({"wifi": true})),
+                Value::Text(r#"{"All": false, "Customer.io": true}"#.into()),
+            ]
+        };
+        let by_email = m
+            .map(row(
+                &columns[1..],
+                values(Value::Null, Value::Text("ada@example.com".into()))[1..].to_vec(),
+            ))
+            .unwrap();
+        assert_eq!(by_email.record.key, "ada@example.com");
+        let f = fields(&by_email.record);
+        assert_eq!(
+            (f["userId"].as_str(), f["traits"]["email"].as_str()),
+            (Some("ada@example.com"), Some("ada@example.com"))
+        );
+        assert_eq!(f["context"], json!({"active": false, "network": {"wifi": true}}));
+        assert_eq!(f["integrations"], json!({"All": false, "Customer.io": true}));
+        assert!(f["traits"].get("integrations").is_none());
+
+        let m = mapper(Call::Identify, &columns).unwrap();
+        let empty_user = m
+            .map(row(
+                &columns,
+                values(Value::Text(String::new()), Value::Text("ada@example.com".into())),
+            ))
+            .unwrap();
+        assert_eq!(empty_user.record.key, "ada@example.com", "an empty userId is no id");
+        let given = m
+            .map(row(
+                &columns,
+                values(Value::Int(7), Value::Text("ada@example.com".into())),
+            ))
+            .unwrap();
+        assert_eq!(given.record.key, "7", "a userId wins over the email");
+        let none = m.map(row(&columns, values(Value::Null, Value::Null))).err().unwrap();
+        assert_eq!(
+            none.reason,
+            "userId, anonymousId and email are all null or empty; identify calls require one"
+        );
+        let mut bad = values(Value::Int(7), Value::Null);
+        bad[4] = Value::Text("[1]".into());
+        let r = m.map(row(&columns, bad)).err().unwrap();
+        assert_eq!(r.reason, "integrations must be a JSON object, got text that is not one");
+    }
+
+    #[test]
     fn each_type_needs_its_columns() {
         let cases: [(Call, &[&str], &str); 6] = [
-            (Call::Identify, &["email"], "userId` or `anonymousId"),
+            (Call::Identify, &["name"], "userId`, `anonymousId` or `email"),
             (Call::Track, &["userId"], "event"),
             (Call::Group, &["userId"], "groupId"),
             (Call::Page, &["userId"], "name"),
@@ -458,7 +556,7 @@ mod tests {
         ));
         assert_eq!(
             r.err().unwrap().reason,
-            "userId and anonymousId are both null; track calls require one"
+            "userId and anonymousId are both null or empty; track calls require one"
         );
         let r = m.map(row(
             &["anonymousId", "event"],

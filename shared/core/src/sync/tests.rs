@@ -438,3 +438,32 @@ fn a_budget_stops_at_its_deadline_less_the_margin_and_when_interrupted() {
         assert_eq!(budget.stop(Duration::ZERO), Some(Stop::Interrupted));
     });
 }
+
+#[tokio::test(start_paused = true)]
+async fn members_go_to_the_namespace_the_source_names() {
+    let mut c = config(QUERY);
+    c.member_id_source = Some("crm".into());
+    let f = Fixture::new(c).await;
+    f.sale(1, base() - minutes(5));
+    f.run().await;
+    let (crm, _) = f.store.list_members("crm").await.unwrap();
+    assert_eq!(crm.len(), 1);
+    assert!(f.store.list_members("sales").await.unwrap().0.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn two_sources_share_one_secret_and_keep_their_own_watermarks() {
+    let f = Fixture::new(config(QUERY)).await;
+    let mut other = config(QUERY);
+    other.id = "refunds".into();
+    f.store.put_source(&other).await.unwrap();
+    f.sale(1, base() - minutes(5));
+    for id in ["sales", "refunds"] {
+        let run = f.service.run(id, Trigger::Schedule, None).await.unwrap();
+        assert_eq!((run.status, run.rows_written), (RunStatus::Succeeded, 1), "{id}");
+        tokio::time::advance(Duration::from_secs(60)).await;
+    }
+    assert_eq!(f.state().await.watermark, Some(base()));
+    let refunds = f.store.get_source("refunds").await.unwrap().unwrap();
+    assert_eq!(refunds.watermark, Some(base() + minutes(1)));
+}
