@@ -391,21 +391,25 @@ async fn bad_requests_get_the_field_and_the_reason() {
             .contains(first["id"].as_str().unwrap())
     );
 
-    // A query without an upper bound cannot be chunked.
-    let unbounded = d
-        .source(&db, "SELECT id AS reference, user_id AS member_id, user_name AS member_name, date FROM sales WHERE updated_at >= {{ last_update_time }}")
-        .await;
-    let (status, body) = d.create(&unbounded.id, &date(3), &date(1), "1d").await;
+    // A source whose template does not compile cannot be backfilled.
+    let broken = d.source(&db, SALES_QUERY).await;
+    let mut config = broken.clone();
+    config.query = "SELECT * FROM sales WHERE date >= {{ last_update_tme }}".into();
+    d.store.put_source(&config).await.unwrap();
+    let (status, body) = d.create(&broken.id, &date(3), &date(1), "1d").await;
     assert_eq!(
         (status, body["error"]["field"].as_str()),
         (400, Some("source")),
         "{body}"
     );
-    assert!(body["error"]["message"].as_str().unwrap().contains("upper_date_limit"));
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("last_update_tme"),
+        "{body}"
+    );
 
     // Nothing was stored for the refused requests.
     assert_eq!(d.store.list_backfills(&src.id, 10).await.unwrap().len(), 1);
-    assert!(d.store.list_backfills(&unbounded.id, 10).await.unwrap().is_empty());
+    assert!(d.store.list_backfills(&broken.id, 10).await.unwrap().is_empty());
 }
 
 fn backfill_cmd(config: &std::path::Path, source_id: &str, args: &[&str]) -> std::process::Command {
@@ -604,4 +608,37 @@ async fn a_chunk_that_outlasts_the_time_budget_is_split_and_finished_later() {
     let job = worked.iter().find(|j| j["id"] == json!(job_id)).unwrap();
     assert_eq!(job["status"], "done", "{job}");
     assert_eq!(d.store.count_records(&src.id).await.unwrap(), ROWS as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plecto_query_with_only_last_update_time_is_imported_up_to_the_end_sluice_keeps() {
+    const ROWS: usize = 3_000;
+    let d = Deployment::new().await;
+    let db = Database::new(Engine::Postgres).await;
+    db.spread_sales(ROWS, 30).await;
+    // As Plecto's examples have it: a lower bound and nothing more.
+    let query = "SELECT t.id AS reference, t.user_id AS member_id, t.user_name AS member_name,
+                        t.team AS team_name, t.date, t.amount
+                 FROM sales t WHERE t.date >= {{ last_update_time }}";
+    let src = d.source(&db, query).await;
+    let (status, job) = d.create(&src.id, &date(20), &date(10), "1d").await;
+    assert_eq!(status, 202, "{job}");
+    assert_eq!(
+        job["chunks"].as_array().unwrap().len(),
+        1,
+        "one chunk over the range: {job}"
+    );
+    let out = d.work(d.requested_event().await).await;
+    assert_eq!(out["worked_on"]["status"], "done", "{out}");
+
+    // The query read the twenty days from the start on; the ten from the end on stayed out.
+    let runs = d.store.list_runs(&src.id, 10, None).await.unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(
+        (runs[0].rows_read, runs[0].rows_written, runs[0].rows_past_end),
+        (2_000, 1_000, 1_000),
+        "{:?}",
+        runs[0]
+    );
+    assert_eq!(d.store.count_records(&src.id).await.unwrap(), 1_000);
 }

@@ -123,7 +123,7 @@ async fn the_documented_schemas_have_the_fields_the_handlers_send() {
         end: Some("2025-01-03".into()),
         chunk: None,
     };
-    let mut job = Backfill::plan("j".into(), "docs", &request, now).unwrap();
+    let mut job = Backfill::plan("j".into(), "docs", &request, now, true).unwrap();
     job.chunk_failed(0, "run", "boom", chrono::Utc::now(), chrono::Duration::seconds(5));
     let sent = serde_json::to_value(sluice_backfill::JobView::new(&job)).unwrap();
     assert_matches(&doc, "Backfill", &sent);

@@ -280,9 +280,9 @@ async fn backfill_contract(store: &dyn Store, id: &str) {
         chunk: None,
     };
     let (ids, now) = (UuidIds, Utc::now());
-    let mut job = Backfill::plan(ids.sortable_id(now), id, &request, now).unwrap();
-    let other = Backfill::plan(ids.sortable_id(now), id, &request, now).unwrap();
-    let orphan = Backfill::plan(ids.sortable_id(now), "no-such-source", &request, now).unwrap();
+    let mut job = Backfill::plan(ids.sortable_id(now), id, &request, now, true).unwrap();
+    let other = Backfill::plan(ids.sortable_id(now), id, &request, now, true).unwrap();
+    let orphan = Backfill::plan(ids.sortable_id(now), "no-such-source", &request, now, true).unwrap();
     assert_eq!(
         store.create_backfill(&orphan).await.unwrap(),
         BackfillCreated::SourceNotFound

@@ -200,12 +200,15 @@ pub enum Action {
 }
 
 impl Backfill {
-    /// Validates a request against `now` and plans its chunks, as the job `id`.
+    /// Validates a request against `now` and plans its chunks, as the job `id`. A
+    /// `bounded` query (one with `{{ upper_date_limit }}`) is read in the chunks asked
+    /// for; any other reads on past a chunk's end, so the range is one chunk.
     pub fn plan(
         id: String,
         source_id: &str,
         request: &BackfillRequest,
         now: DateTime<Utc>,
+        bounded: bool,
     ) -> Result<Self, FieldError> {
         let required = |field, v: &Option<String>| {
             v.as_deref()
@@ -214,10 +217,14 @@ impl Backfill {
         };
         let start = required("start", &request.start)?;
         let end = required("end", &request.end)?;
-        let chunk = parse_chunk(request.chunk.as_deref().unwrap_or("1d"))?;
         if end <= start {
             return Err(bad("end", format!("{end} is not after start {start}")));
         }
+        let span = end - start;
+        let chunk = match bounded {
+            true => parse_chunk(request.chunk.as_deref().unwrap_or("1d"))?,
+            false => span,
+        };
         if end > now {
             return Err(bad(
                 "end",
@@ -226,7 +233,6 @@ impl Backfill {
                 ),
             ));
         }
-        let span = end - start;
         let count = (span.num_seconds() + chunk.num_seconds() - 1) / chunk.num_seconds();
         if count as usize > MAX_CHUNKS {
             return Err(bad(
@@ -448,10 +454,22 @@ mod tests {
             "s",
             &request("2025-01-01", "2025-01-03T12:00:00Z", None),
             now(),
+            true,
         )
         .unwrap();
         assert_eq!(job.chunk_seconds, 86_400);
         assert_eq!(job.chunks.len(), 3);
+        // Without an upper bound the query reads on past any chunk: twenty years, one chunk.
+        let whole = Backfill::plan(
+            "j".into(),
+            "s",
+            &request("2005-01-01", "2025-01-01", Some("1d")),
+            now(),
+            false,
+        )
+        .unwrap();
+        assert_eq!(whole.chunks.len(), 1);
+        assert_eq!((whole.chunks[0].from, whole.chunks[0].to), (whole.start, whole.end));
         assert_eq!(job.chunks[2].to - job.chunks[2].from, Duration::hours(12));
         assert_eq!(job.next_action(now()), Action::Run(0));
         assert_eq!(job.progress().percent_done, 0.0);
@@ -469,7 +487,7 @@ mod tests {
         ];
         for (req, field) in cases {
             assert_eq!(
-                Backfill::plan("j".into(), "s", &req, now()).unwrap_err().field,
+                Backfill::plan("j".into(), "s", &req, now(), true).unwrap_err().field,
                 field,
                 "{req:?}"
             );
@@ -478,7 +496,7 @@ mod tests {
 
     #[test]
     fn failures_are_retried_then_failed_and_splits_halve() {
-        let mut job = Backfill::plan("j".into(), "s", &request("2025-01-01", "2025-01-03", None), now()).unwrap();
+        let mut job = Backfill::plan("j".into(), "s", &request("2025-01-01", "2025-01-03", None), now(), true).unwrap();
         job.chunk_failed(0, "r", "boom", now(), Duration::seconds(10));
         assert_eq!(job.next_action(now()), Action::Run(1));
         job.split_chunk(1, now());

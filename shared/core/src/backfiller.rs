@@ -79,21 +79,17 @@ impl Backfiller {
             .get_source(source_id)
             .await?
             .ok_or_else(|| BackfillError::SourceNotFound(source_id.into()))?;
-        match QueryTemplate::compile(&state.config.query) {
-            Ok(t) if t.uses_upper_limit() => {}
-            Ok(_) => {
-                return Err(FieldError::new(
-                    "source",
-                    "the source's query has no {{ upper_date_limit }}, so a chunk cannot be bounded; add `AND <date column> < {{ upper_date_limit }}` to it",
-                )
-                .into());
-            }
-            Err(e) => {
-                return Err(FieldError::new("source", format!("the source's query template is invalid: {e}")).into());
-            }
-        }
+        let template = QueryTemplate::compile(&state.config.query)
+            .map_err(|e| FieldError::new("source", format!("the source's query template is invalid: {e}")))?;
         let now = self.sync.clock().now();
-        let job = Backfill::plan(self.sync.ids().sortable_id(now), source_id, request, now)?;
+        let bounded = template.uses_upper_limit();
+        let job = Backfill::plan(self.sync.ids().sortable_id(now), source_id, request, now, bounded)?;
+        if !bounded {
+            info!(
+                source_id,
+                "the query has no {{{{ upper_date_limit }}}}: one chunk, whose end Sluice keeps by each row's time"
+            );
+        }
         match store.create_backfill(&job).await? {
             BackfillCreated::Created => {}
             BackfillCreated::SourceNotFound => return Err(BackfillError::SourceNotFound(source_id.into())),
@@ -304,7 +300,7 @@ mod tests {
 
     use super::*;
     use crate::backfill::{ChunkStatus, JobStatus};
-    use crate::ports::{BackfillJobs, SourceError, SourceErrorKind, SourceStore};
+    use crate::ports::{BackfillJobs, RecordReader, RunLog, SourceError, SourceErrorKind, SourceStore};
     use crate::sync::tests::{Fixture, QUERY, base, config};
 
     fn request(days: i64, chunk: &str) -> BackfillRequest {
@@ -377,12 +373,33 @@ mod tests {
             Err(BackfillError::Conflict { existing, .. }) => assert_eq!(existing, first.id),
             other => panic!("expected a conflict, got {other:?}"),
         }
-        let unbounded = config("SELECT * FROM sales WHERE updated_at >= {{ last_update_time }}");
-        let f = Fixture::new(unbounded).await;
-        match backfiller(&f).create("sales", &request(1, "1d")).await {
-            Err(BackfillError::BadRequest(e)) => assert_eq!(e.field, "source"),
-            other => panic!("expected a bad request, got {other:?}"),
-        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_query_without_an_upper_bound_is_one_chunk_whose_end_sluice_keeps() {
+        let f = Fixture::new(config("SELECT * FROM sales WHERE updated_at >= {{ last_update_time }}")).await;
+        daily_sales(&f, 3);
+        f.sale(9, base() - Span::hours(1));
+        let b = backfiller(&f);
+        let range = BackfillRequest {
+            start: Some((base() - Span::days(3)).to_rfc3339()),
+            end: Some((base() - Span::days(1)).to_rfc3339()),
+            chunk: Some("1d".into()),
+        };
+        let job = b.create("sales", &range).await.unwrap();
+        assert_eq!(job.chunks.len(), 1, "one chunk, whatever was asked");
+        let job = b.work("sales", &Budget::default(), &|_| {}).await.unwrap().unwrap();
+        assert_eq!(job.status, JobStatus::Done);
+        let runs = f.store.list_runs("sales", 10, None).await.unwrap();
+        let run = &runs[0];
+        assert_eq!(
+            (run.rows_read, run.rows_written, run.rows_past_end),
+            (4, 2, 2),
+            "the query read from the start to now; the two rows from the end on are left out"
+        );
+        assert_eq!(f.store.count_records("sales").await.unwrap(), 2);
+        assert!(f.store.get_record("sales", "s-1").await.unwrap().is_none());
+        assert!(f.store.get_record("sales", "s-9").await.unwrap().is_none());
     }
 
     #[tokio::test(start_paused = true)]

@@ -53,6 +53,10 @@ pub struct Run {
     pub rows_written: u64,
     pub rows_unchanged: u64,
     pub rows_rejected: u64,
+    /// Rows a backfill chunk of a query without `{{ upper_date_limit }}` read past the
+    /// chunk's end, and left out.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rows_past_end: u64,
     /// The first rejected rows, with the reason.
     pub rejects: Vec<Reject>,
     /// Why the run failed or was skipped; credentials redacted.
@@ -63,6 +67,10 @@ pub struct Run {
     /// The backfill job this run is a chunk of.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backfill_id: Option<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Run {
@@ -82,6 +90,7 @@ impl Run {
             rows_written: 0,
             rows_unchanged: 0,
             rows_rejected: 0,
+            rows_past_end: 0,
             rejects: Vec::new(),
             message: None,
             warnings: Vec::new(),

@@ -303,11 +303,11 @@ impl CallMapper {
         Ok(key)
     }
 
-    /// The row's `timestamp` column, or the run's time.
-    fn timestamp(&self, row: &Row, ids: &RowIds) -> Result<DateTime<Utc>, Reject> {
+    /// The row's `timestamp` column, if it has one.
+    fn timestamp(&self, row: &Row, ids: &RowIds) -> Result<Option<DateTime<Utc>>, Reject> {
         match self.value(row, &Role::Timestamp) {
-            None => Ok(self.run_time),
-            Some(v) => as_utc(v).ok_or_else(|| {
+            None => Ok(None),
+            Some(v) => as_utc(v).map(Some).ok_or_else(|| {
                 ids.reject(format!(
                     "timestamp is malformed: a {} value that is not a date",
                     v.kind()
@@ -381,7 +381,11 @@ impl RowMapper for CallMapper {
             }
         }
         top.push(("messageId".into(), Value::Text(ids.message.clone().unwrap_or(hash_hex))));
-        top.push(("timestamp".into(), Value::Timestamp(self.timestamp(&row, &ids)?)));
+        let occurred_at = self.timestamp(&row, &ids)?;
+        top.push((
+            "timestamp".into(),
+            Value::Timestamp(occurred_at.unwrap_or(self.run_time)),
+        ));
         let spread = self.spread(&row, &ids)?;
         if self.call == Call::Group {
             let object_type = self.object_type_id(&row, &ids, &spread.payload)?;
@@ -407,6 +411,7 @@ impl RowMapper for CallMapper {
             record: Record { key, fields, hash },
             member: None,
             warning,
+            occurred_at,
         })
     }
 }

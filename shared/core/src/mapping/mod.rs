@@ -42,6 +42,9 @@ pub struct Mapped {
     pub record: Record,
     pub member: Option<Member>,
     pub warning: Option<&'static str>,
+    /// When the row says it happened: a registration's `date`, a call's `timestamp`
+    /// column (none when the call took the run's time).
+    pub occurred_at: Option<DateTime<Utc>>,
 }
 
 /// Maps the rows of one result set.

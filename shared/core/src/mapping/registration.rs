@@ -68,6 +68,7 @@ impl RowMapper for RegistrationMapper {
             record: Record::new(key, row),
             member: Some(Member { member_id, name, team }),
             warning: None,
+            occurred_at: Some(date),
         })
     }
 }

@@ -19,13 +19,13 @@ use tracing::{Instrument, info, info_span, warn};
 
 pub(crate) use session::OpenSource;
 
-use crate::mapping::{LazyMapper, MappingError};
+use crate::mapping::{LazyMapper, Mapped, MappingError};
 use crate::ports::{
     Clock, Events, IdSource, LeaseOutcome, NoObserver, RunObserver, Schedules, Secrets, SecretsError, SourceError,
     SourceReader, SourceState, Store, StoreError, SystemClock, UuidIds,
 };
 use crate::preview::Preview;
-use crate::record::Member;
+use crate::record::{Member, Reject};
 use crate::run::{Run, RunStatus, Trigger};
 use crate::source::SourceConfig;
 use crate::template::TemplateError;
@@ -364,7 +364,7 @@ impl SyncService {
         info!(
             status = ?run.status, rows_read = run.rows_read, rows_written = run.rows_written,
             rows_unchanged = run.rows_unchanged, rows_rejected = run.rows_rejected,
-            duration_ms = run.duration_ms, watermark = ?run.watermark, message = run.message.as_deref(),
+            rows_past_end = run.rows_past_end, duration_ms = run.duration_ms, watermark = ?run.watermark, message = run.message.as_deref(),
             "run finished"
         );
         self.store.put_run(&run).await?;
@@ -548,6 +548,10 @@ impl SyncService {
             .render(config.engine.placeholder_style(), window.from, window.to)?;
         let columns = ctx.open.session.columns(&query).await?;
         let mut mapper = LazyMapper::new(config.sync_type, &columns, run.started_at)?;
+        // A backfill chunk of a query that does not bound itself from above reads on
+        // past the chunk; its end is kept here, by each row's own time.
+        let end_kept_here =
+            (run.trigger == Trigger::Backfill && !ctx.open.template.uses_upper_limit()).then_some(window.to);
         let mut rows = ctx.open.session.stream(&query);
         let mut members: HashMap<String, Member> = HashMap::new();
         let mut writer = Writer::new(self.store.clone(), &config.id, self.settings.max_in_flight);
@@ -575,8 +579,9 @@ impl SyncService {
             let Some(row) = next else { break };
             let row = row?;
             run.rows_read += 1;
-            match mapper.map(row)? {
-                Ok(mapped) => {
+            match mapper.map(row)?.and_then(|mapped| within(mapped, end_kept_here)) {
+                Ok(None) => run.rows_past_end += 1,
+                Ok(Some(mapped)) => {
                     if let Some(warning) = mapped.warning {
                         run.warn(warning);
                     }
@@ -620,6 +625,20 @@ impl SyncService {
                 .await?;
         }
         Ok(end)
+    }
+}
+
+/// `mapped`, unless it happened at or after `end`; with an end, a row must say when
+/// it happened.
+fn within(mapped: Mapped, end: Option<DateTime<Utc>>) -> Result<Option<Mapped>, Reject> {
+    let Some(end) = end else { return Ok(Some(mapped)) };
+    match mapped.occurred_at {
+        Some(at) if at >= end => Ok(None),
+        Some(_) => Ok(Some(mapped)),
+        None => Err(Reject {
+            reference: Some(mapped.record.key),
+            reason: "the row has no timestamp, and a backfill of a query without {{ upper_date_limit }} keeps to its end by each row's timestamp; select a `timestamp` column or add `AND <date column> < {{ upper_date_limit }}` to the query".into(),
+        }),
     }
 }
 
