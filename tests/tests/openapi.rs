@@ -109,6 +109,7 @@ async fn the_documented_schemas_have_the_fields_the_handlers_send() {
         running: false,
         active_backfill: None,
         effective_frequency_minutes: 5,
+        ssh_host_key: Some("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB".into()),
     };
     assert_matches(&doc, "Source", &serde_json::to_value(&view).unwrap());
     assert_matches(&doc, "SourceConfig", &serde_json::to_value(&src).unwrap());

@@ -1,5 +1,6 @@
 //! SSH tunnels through a real OpenSSH server on loopback (infra/ssh.sh) to PostgreSQL
-//! and MariaDB: each key format, host-key verification, and the errors a user meets.
+//! and MariaDB: each key format, host-key verification (pinned, or trusted on first
+//! use), and the errors a user meets.
 
 use serde_json::json;
 use sluice_core::{Engine, RunStatus, Trigger};
@@ -29,6 +30,11 @@ fn through_bastion(db: &Database, key: &str, host_key: &str) -> serde_json::Valu
 
 fn host_key() -> String {
     ssh_file("host_ed25519.pub")
+}
+
+/// A key as its type and base64, the way Sluice records it.
+fn key_line(file: &str) -> String {
+    ssh_file(file).split_whitespace().take(2).collect::<Vec<_>>().join(" ")
 }
 
 /// Syncs `db`'s sales through `secret`; the run as it ended.
@@ -95,15 +101,17 @@ async fn tunnel_failures_name_the_cause_and_the_fix() {
     )
     .await;
 
-    // A host key other than the bastion's: refused, naming the key it showed.
+    // A host key other than the bastion's: refused, naming both keys.
     let message = fails(
         through_bastion(&db, "ed25519", &ssh_file("ed25519.pub")),
-        "showed a host key other than the secret's ssh_tunnel.host_key",
+        "set ssh_tunnel.host_key in the secret to the new key",
     )
     .await;
-    let real = host_key();
-    let real: Vec<&str> = real.split_whitespace().take(2).collect();
-    assert!(message.contains(&real.join(" ")), "{message}");
+    assert!(
+        message.contains(&format!("showed the host key {}", key_line("host_ed25519.pub")))
+            && message.contains(&format!("pinned to {}", key_line("ed25519.pub"))),
+        "{message}"
+    );
 
     // An unreachable bastion.
     let mut secret = through_bastion(&db, "ed25519", &host_key());
@@ -129,4 +137,57 @@ async fn tunnel_failures_name_the_cause_and_the_fix() {
     let mut secret = through_bastion(&db, "ed25519", &host_key());
     secret["tls"] = json!("verify-full");
     fails(secret, "use require").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_host_key_the_first_tunnel_records_it_and_a_changed_key_is_refused() {
+    let db = Database::new(Engine::Postgres).await;
+    db.create_sales(20).await;
+    let id = unique("tofu");
+    let config = local_config(&db, StoreKind::Embedded, &id, SALES_QUERY);
+    // As Plecto asks for it: no host key in the secret.
+    let mut secret = through_bastion(&db, "ed25519", "");
+    secret["ssh_tunnel"].as_object_mut().unwrap().remove("host_key");
+    let yaml = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, yaml.replace(&db.secret.to_string(), &secret.to_string())).unwrap();
+    let run = |args: &[&str]| {
+        let out = sluice_cmd(args, &config, 60).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    };
+
+    // First contact: trusted, recorded, shown.
+    let (ok, text) = run(&["sync", "--source", &id]);
+    assert!(ok && text.contains("written 20"), "{text}");
+    let store = open_local_store(&config).await;
+    let state = store.get_source(&id).await.unwrap().unwrap();
+    assert_eq!(state.ssh_host_key, Some(key_line("host_ed25519.pub")));
+    let (ok, text) = run(&["sources", "show", "--source", &id]);
+    assert!(
+        ok && text.contains(&format!("ssh_host_key: {}", key_line("host_ed25519.pub"))),
+        "{text}"
+    );
+    let (ok, text) = run(&["sync", "--source", &id]);
+    assert!(ok && text.contains("succeeded"), "the recorded key is met: {text}");
+
+    // The bastion's key is not the one recorded (the server was replaced, or worse).
+    store.record_ssh_host_key(&id, &key_line("ed25519.pub")).await.unwrap();
+    let (_, text) = run(&["sync", "--source", &id]);
+    assert!(
+        text.contains(&format!("showed the host key {}", key_line("host_ed25519.pub")))
+            && text.contains(&format!("pinned to {}", key_line("ed25519.pub")))
+            && text.contains("failed"),
+        "{text}"
+    );
+    assert_eq!(store.count_records(&id).await.unwrap(), 20, "nothing stored is touched");
+
+    // Pinning the new key in the secret accepts it, and it is recorded.
+    let yaml = std::fs::read_to_string(&config).unwrap();
+    let mut pinned = secret.clone();
+    pinned["ssh_tunnel"]["host_key"] = json!(host_key());
+    std::fs::write(&config, yaml.replace(&secret.to_string(), &pinned.to_string())).unwrap();
+    let (ok, text) = run(&["sync", "--source", &id]);
+    assert!(ok && text.contains("succeeded"), "{text}");
+    let state = store.get_source(&id).await.unwrap().unwrap();
+    assert_eq!(state.ssh_host_key, Some(key_line("host_ed25519.pub")));
 }

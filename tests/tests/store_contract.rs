@@ -7,6 +7,7 @@ use sluice_core::{
     Backfill, BackfillCreated, BackfillRequest, IdSource, JobStatus, LeaseOutcome, Member, Record, RecordBatch, Row,
     Run, RunStatus, SaveOutcome, Store, StoreError, Trigger, UuidIds, Value,
 };
+use sluice_local::EmbeddedStore;
 use sluice_tests::*;
 
 fn record(key: &str, amount: i64) -> Record {
@@ -44,6 +45,21 @@ async fn contract(store: Arc<dyn Store>) {
     );
     store.put_source(&src).await.unwrap();
     assert_eq!(store.get_source(&id).await.unwrap().unwrap().config, src);
+
+    // The bastion's key: recorded, replaced, kept when the config is saved again, and
+    // never recorded for a source that does not exist.
+    assert_eq!(store.get_source(&id).await.unwrap().unwrap().ssh_host_key, None);
+    store.record_ssh_host_key(&id, "ssh-ed25519 AAAAold").await.unwrap();
+    store.record_ssh_host_key(&id, "ssh-ed25519 AAAAnew").await.unwrap();
+    store.put_source(&src).await.unwrap();
+    assert_eq!(
+        store.get_source(&id).await.unwrap().unwrap().ssh_host_key.as_deref(),
+        Some("ssh-ed25519 AAAAnew")
+    );
+    store
+        .record_ssh_host_key(&unique("none"), "ssh-ed25519 AAAA")
+        .await
+        .unwrap();
 
     // Lease: taken, held for others, free again when released or expired.
     let LeaseOutcome::Acquired(state) = store.acquire_lease(&id, "t1", now, later).await.unwrap() else {
@@ -357,4 +373,40 @@ async fn embedded_store_keeps_the_contract() {
 #[tokio::test]
 async fn memory_store_keeps_the_contract() {
     contract(Arc::new(sluice_core::testing::MemoryStore::new())).await;
+}
+
+#[tokio::test]
+async fn an_embedded_store_from_before_host_keys_gains_the_column_and_keeps_its_sources() {
+    let path = std::env::temp_dir().join(format!("{}.db", unique("old")));
+    {
+        let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=rwc", path.display()))
+            .await
+            .unwrap();
+        sqlx::raw_sql(
+            "CREATE TABLE sources (id TEXT PRIMARY KEY, config TEXT NOT NULL, watermark_us INTEGER,
+               lease_token TEXT, lease_expires_us INTEGER, effective_minutes INTEGER NOT NULL DEFAULT 0,
+               fast_runs INTEGER NOT NULL DEFAULT 0, narrowed_window_s INTEGER)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        let db = Database::new(sluice_core::Engine::Sqlite).await;
+        let src = source("kept", &db, SALES_QUERY);
+        sqlx::query("INSERT INTO sources (id, config, watermark_us) VALUES ('kept', ?, 1000000)")
+            .bind(serde_json::to_string(&src).unwrap())
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    let store = EmbeddedStore::open(&path).await.unwrap();
+    let state = store.get_source("kept").await.unwrap().unwrap();
+    assert_eq!(
+        (state.watermark.map(|w| w.timestamp()), state.ssh_host_key),
+        (Some(1), None)
+    );
+    store.record_ssh_host_key("kept", "ssh-ed25519 AAAA").await.unwrap();
+    drop(store);
+    let reopened = EmbeddedStore::open(&path).await.unwrap();
+    let state = reopened.get_source("kept").await.unwrap().unwrap();
+    assert_eq!(state.ssh_host_key.as_deref(), Some("ssh-ed25519 AAAA"));
 }

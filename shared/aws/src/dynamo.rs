@@ -180,6 +180,7 @@ impl DynamoStore {
             effective_minutes: n(item, "effective_minutes"),
             fast_runs: n(item, "fast_runs"),
             narrowed_window_s: n(item, "narrowed_window_s"),
+            ssh_host_key: s(item, "ssh_host_key"),
         }
         .decode(&s(item, "source_id").unwrap_or_default())
     }
@@ -551,6 +552,22 @@ impl SourceStore for DynamoStore {
                 }
             }
             Err(e) => Err(sdk("moving the watermark")(e)),
+        }
+    }
+
+    async fn record_ssh_host_key(&self, id: &str, key_line: &str) -> Result<(), StoreError> {
+        let update = self
+            .client
+            .update_item()
+            .table_name(&self.tables.sources)
+            .set_key(Some(key(("source_id", id), None)))
+            .condition_expression("attribute_exists(source_id)")
+            .update_expression("SET ssh_host_key = :k")
+            .expression_attribute_values(":k", AttributeValue::S(key_line.to_string()));
+        match update.send().await {
+            Ok(_) => Ok(()),
+            Err(e) if is_condition_failed(&e) => Ok(()),
+            Err(e) => Err(sdk("recording the SSH host key")(e)),
         }
     }
 

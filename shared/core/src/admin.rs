@@ -50,6 +50,8 @@ pub struct SourceView {
     /// How often the schedule runs now: `frequency_minutes`, or less often while
     /// imports are slow (DESIGN §7).
     pub effective_frequency_minutes: u32,
+    /// The SSH bastion's host key as recorded on first contact.
+    pub ssh_host_key: Option<String>,
 }
 
 impl SourceView {
@@ -61,6 +63,7 @@ impl SourceView {
             config: s.config,
             watermark: s.watermark,
             active_backfill: s.active_backfill,
+            ssh_host_key: s.ssh_host_key,
         }
     }
 
@@ -72,6 +75,7 @@ impl SourceView {
             watermark: None,
             running: false,
             active_backfill: None,
+            ssh_host_key: None,
         }
     }
 }

@@ -39,6 +39,9 @@ pub struct Preview {
     pub errors: Vec<String>,
     pub warnings: Vec<String>,
     pub duration_ms: u64,
+    /// The host key the SSH bastion showed, when the source has a tunnel.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ssh_host_key: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -80,6 +83,7 @@ pub async fn preview(
         errors: Vec::new(),
         warnings: Vec::new(),
         duration_ms: 0,
+        ssh_host_key: None,
     };
     if let Err(e) = run(&mut p, reader, secrets, config, state, window, now).await {
         p.errors.push(e.to_string());
@@ -125,7 +129,12 @@ async fn run(
     now: DateTime<Utc>,
 ) -> Result<(), PreviewError> {
     config.validate()?;
-    let OpenSource { template, mut session } = OpenSource::open(config, reader, secrets).await?;
+    // The stored source's bastion key binds a preview through the same secret only.
+    let recorded = state
+        .filter(|s| s.config.secret_id == config.secret_id)
+        .and_then(|s| s.ssh_host_key.as_deref());
+    let OpenSource { template, mut session } = OpenSource::open(config, reader, secrets, recorded).await?;
+    p.ssh_host_key = session.ssh_host_key().map(str::to_string);
     if !template.uses_upper_limit() {
         p.warnings.push(
             "the query has no {{ upper_date_limit }}: windows cannot be narrowed (catch-up, halving, backfill chunks); adding `AND <date column> < {{ upper_date_limit }}` is advised".into(),

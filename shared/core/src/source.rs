@@ -367,8 +367,10 @@ pub struct SshTunnel {
     #[serde(default)]
     pub passphrase: Option<String>,
     /// The bastion's public host key as one `known_hosts`/`.pub` line (`ssh-ed25519
-    /// AAAA...`); the tunnel is refused when the server shows another.
-    pub host_key: String,
+    /// AAAA...`); the tunnel is refused when the server shows another. Without it the
+    /// first tunnel records the key it is shown, and later ones must meet that.
+    #[serde(default)]
+    pub host_key: Option<String>,
 }
 
 fn default_ssh_port() -> u16 {

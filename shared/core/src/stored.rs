@@ -30,6 +30,7 @@ pub struct StoredSource {
     pub effective_minutes: Option<i64>,
     pub fast_runs: Option<i64>,
     pub narrowed_window_s: Option<i64>,
+    pub ssh_host_key: Option<String>,
 }
 
 impl StoredSource {
@@ -58,6 +59,7 @@ impl StoredSource {
                 fast_runs: self.fast_runs.unwrap_or(0) as u32,
             },
             narrowed_window_seconds: self.narrowed_window_s,
+            ssh_host_key: self.ssh_host_key,
         })
     }
 }

@@ -22,7 +22,7 @@ CREATE TABLE IF NOT EXISTS sources (
   id TEXT PRIMARY KEY, config TEXT NOT NULL,
   watermark_us INTEGER, lease_token TEXT, lease_expires_us INTEGER,
   effective_minutes INTEGER NOT NULL DEFAULT 0, fast_runs INTEGER NOT NULL DEFAULT 0,
-  narrowed_window_s INTEGER);
+  narrowed_window_s INTEGER, ssh_host_key TEXT);
 CREATE TABLE IF NOT EXISTS records (
   source_id TEXT NOT NULL, record_key TEXT NOT NULL, hash TEXT NOT NULL, date TEXT,
   fields TEXT NOT NULL, updated_at TEXT NOT NULL,
@@ -80,6 +80,18 @@ impl EmbeddedStore {
             .execute(&pool)
             .await
             .map_err(backend("creating the embedded store's tables"))?;
+        // Stores made before sources kept their bastion's key gain the column.
+        let has_host_key: bool =
+            sqlx::query_scalar("SELECT COUNT(*) > 0 FROM pragma_table_info('sources') WHERE name = 'ssh_host_key'")
+                .fetch_one(&pool)
+                .await
+                .map_err(backend("reading the embedded store's tables"))?;
+        if !has_host_key {
+            sqlx::query("ALTER TABLE sources ADD COLUMN ssh_host_key TEXT")
+                .execute(&pool)
+                .await
+                .map_err(backend("adding ssh_host_key to the embedded store"))?;
+        }
         Ok(EmbeddedStore { pool })
     }
 
@@ -87,7 +99,7 @@ impl EmbeddedStore {
         let row = sqlx::query(
             "SELECT config, watermark_us, lease_token, lease_expires_us,
                (SELECT job_id FROM backfills b WHERE b.source_id = s.id AND b.active = 1),
-               effective_minutes, fast_runs, narrowed_window_s
+               effective_minutes, fast_runs, narrowed_window_s, ssh_host_key
              FROM sources s WHERE id = ?",
         )
         .bind(id)
@@ -104,6 +116,7 @@ impl EmbeddedStore {
             effective_minutes: row.get(5),
             fast_runs: row.get(6),
             narrowed_window_s: row.get(7),
+            ssh_host_key: row.get(8),
         }
         .decode(id)
         .map(Some)
@@ -250,6 +263,16 @@ impl SourceStore for EmbeddedStore {
                 source_id: id.to_string(),
             });
         }
+        Ok(())
+    }
+
+    async fn record_ssh_host_key(&self, id: &str, key: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE sources SET ssh_host_key = ? WHERE id = ?")
+            .bind(key)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(backend("recording the SSH host key"))?;
         Ok(())
     }
 

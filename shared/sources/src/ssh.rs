@@ -1,6 +1,8 @@
 //! SSH tunnels (DESIGN §5): log in to the bastion with the secret's key, check its host
-//! key against the secret's, and forward a local loopback port to the database through
-//! `direct-tcpip` channels. The tunnel lives as long as the session that uses it.
+//! key against the pinned one (the secret's, or the one recorded on first contact; with
+//! neither, trust on first use as ssh does), and forward a local loopback port to the
+//! database through `direct-tcpip` channels. The tunnel lives as long as the session
+//! that uses it.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -17,6 +19,8 @@ use crate::CONNECT_TIMEOUT;
 /// A running tunnel: connections to `local` reach the database. Dropping it closes it.
 pub struct Tunnel {
     pub local: SocketAddr,
+    /// The bastion's host key, as an OpenSSH line.
+    pub host_key: String,
     forwarding: JoinHandle<()>,
 }
 
@@ -26,10 +30,10 @@ impl Drop for Tunnel {
     }
 }
 
-/// Checks the server's host key against the one the secret names, and remembers what
-/// the server showed, for the error message.
+/// Checks the server's host key against the pinned one (any key when none is), and
+/// remembers what the server showed.
 struct HostKeyCheck {
-    expected: PublicKey,
+    expected: Option<PublicKey>,
     shown: Arc<Mutex<Option<PublicKey>>>,
 }
 
@@ -41,7 +45,7 @@ impl client::Handler for HostKeyCheck {
             PublicKeyOrCertificate::PublicKey { key, .. } => key.clone(),
             PublicKeyOrCertificate::Certificate(c) => c.public_key().clone().into(),
         };
-        let trusted = key.key_data() == self.expected.key_data();
+        let trusted = self.expected.as_ref().is_none_or(|e| key.key_data() == e.key_data());
         *self.shown.lock().expect("not poisoned") = Some(key);
         Ok(trusted)
     }
@@ -54,12 +58,19 @@ fn error(kind: SourceErrorKind, message: impl Into<String>) -> SourceError {
 /// Opens a tunnel through `t` to `target_host:target_port` (as the bastion resolves it).
 pub async fn open(t: &SshTunnel, target_host: &str, target_port: u16) -> Result<Tunnel, SourceError> {
     let bastion = format!("{}:{}", t.host, t.port);
-    let expected = PublicKey::from_openssh(t.host_key.trim()).map_err(|e| {
-        error(
-            SourceErrorKind::Config,
-            format!("ssh_tunnel.host_key is not an OpenSSH public key line (like `ssh-ed25519 AAAA...`): {e}"),
-        )
-    })?;
+    let expected = t
+        .host_key
+        .as_deref()
+        .map(|line| {
+            PublicKey::from_openssh(line.trim()).map_err(|e| {
+                error(
+                    SourceErrorKind::Config,
+                    format!("ssh_tunnel.host_key is not an OpenSSH public key line (like `ssh-ed25519 AAAA...`): {e}"),
+                )
+            })
+        })
+        .transpose()?;
+    let pinned = expected.as_ref().map(openssh_line).unwrap_or_default();
     let key = decode_secret_key(&t.private_key, t.passphrase.as_deref()).map_err(|e| {
         error(
             SourceErrorKind::Config,
@@ -89,12 +100,16 @@ pub async fn open(t: &SshTunnel, target_host: &str, target_port: u16) -> Result<
             ));
         }
         Ok(Err(russh::Error::UnknownKey)) => {
-            let shown = shown.lock().expect("not poisoned").clone();
-            let line = shown.and_then(|k| k.to_openssh().ok()).unwrap_or_default();
+            let line = shown
+                .lock()
+                .expect("not poisoned")
+                .as_ref()
+                .map(openssh_line)
+                .unwrap_or_default();
             return Err(error(
                 SourceErrorKind::Tls,
                 format!(
-                    "the SSH bastion {bastion} showed a host key other than the secret's ssh_tunnel.host_key, so the tunnel was refused (a different server, or its key changed). If the key changed on purpose, set host_key to: {line}"
+                    "the SSH bastion {bastion} showed the host key {line}, but the source is pinned to {pinned} (the secret's ssh_tunnel.host_key, or the key recorded on first contact), so the tunnel was refused: a different server, or its key changed. If the key changed on purpose, set ssh_tunnel.host_key in the secret to the new key"
                 ),
             ));
         }
@@ -134,6 +149,12 @@ pub async fn open(t: &SshTunnel, target_host: &str, target_port: u16) -> Result<
             )
         })?;
     drop(probe);
+    let host_key = shown
+        .lock()
+        .expect("not poisoned")
+        .as_ref()
+        .map(openssh_line)
+        .unwrap_or_default();
     let listener = TcpListener::bind("127.0.0.1:0").await.map_err(|e| {
         error(
             SourceErrorKind::Connect,
@@ -145,7 +166,18 @@ pub async fn open(t: &SshTunnel, target_host: &str, target_port: u16) -> Result<
     let target_host = target_host.to_string();
     let forwarding = tokio::spawn(forward(listener, session, target_host, target_port));
     debug!(%bastion, %local, "SSH tunnel open");
-    Ok(Tunnel { local, forwarding })
+    Ok(Tunnel {
+        local,
+        host_key,
+        forwarding,
+    })
+}
+
+/// A key as one OpenSSH line, without a comment.
+fn openssh_line(key: &PublicKey) -> String {
+    let mut key = key.clone();
+    key.set_comment("");
+    key.to_openssh().unwrap_or_default()
 }
 
 /// Carries each local connection through its own channel.
@@ -171,15 +203,12 @@ async fn forward(listener: TcpListener, session: Arc<Handle<HostKeyCheck>>, host
 /// A session whose connection runs through an SSH tunnel, which it keeps open.
 pub(crate) struct Tunneled {
     session: Box<dyn SourceSession>,
-    _tunnel: Tunnel,
+    tunnel: Tunnel,
 }
 
 impl Tunneled {
     pub(crate) fn new(session: Box<dyn SourceSession>, tunnel: Tunnel) -> Self {
-        Tunneled {
-            session,
-            _tunnel: tunnel,
-        }
+        Tunneled { session, tunnel }
     }
 }
 
@@ -198,5 +227,9 @@ impl SourceSession for Tunneled {
         query: &'a RenderedQuery,
     ) -> futures::stream::BoxStream<'a, Result<sluice_core::Row, SourceError>> {
         self.session.stream(query)
+    }
+
+    fn ssh_host_key(&self) -> Option<&str> {
+        Some(&self.tunnel.host_key)
     }
 }

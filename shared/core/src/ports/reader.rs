@@ -80,4 +80,10 @@ pub trait SourceSession: Send {
     /// Streams the rows of `query`, converting each value to a typed [`crate::Value`].
     /// Never collects the result set.
     fn stream<'a>(&'a mut self, query: &'a RenderedQuery) -> BoxStream<'a, Result<Row, SourceError>>;
+
+    /// The host key the SSH bastion showed, as an OpenSSH line, when the session runs
+    /// through a tunnel.
+    fn ssh_host_key(&self) -> Option<&str> {
+        None
+    }
 }

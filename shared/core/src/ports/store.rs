@@ -53,6 +53,9 @@ pub struct SourceState {
     /// While a window held more than a run can read: how long the windows of the next
     /// runs are, until they catch up.
     pub narrowed_window_seconds: Option<i64>,
+    /// The SSH bastion's host key as first seen (trust on first use), as an OpenSSH
+    /// public key line.
+    pub ssh_host_key: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,6 +111,10 @@ pub trait SourceStore: Send + Sync {
 
     /// Sets (or clears) the narrowed window length of the source.
     async fn set_narrowed_window(&self, id: &str, seconds: Option<i64>) -> Result<(), StoreError>;
+
+    /// Records the SSH host key the source's bastion showed on a tunnel that opened:
+    /// the key later tunnels must meet when the secret pins none.
+    async fn record_ssh_host_key(&self, id: &str, key: &str) -> Result<(), StoreError>;
 
     /// Saves where the source's adaptive schedule stands.
     async fn set_cadence(&self, id: &str, cadence: Cadence) -> Result<(), StoreError>;

@@ -255,7 +255,7 @@ impl SyncService {
     /// Only when the source's stored state cannot be read.
     pub async fn preview(&self, config: &SourceConfig, window: Option<Window>) -> Result<Preview, StoreError> {
         let state = self.store.get_source(&config.id).await?;
-        Ok(crate::preview::preview(
+        let preview = crate::preview::preview(
             &*self.reader,
             &*self.secrets,
             config,
@@ -263,7 +263,11 @@ impl SyncService {
             window,
             self.clock.now(),
         )
-        .await)
+        .await;
+        if let Some(state) = state.filter(|s| s.config.secret_id == config.secret_id) {
+            self.remember_host_key(&state, preview.ssh_host_key.as_deref()).await?;
+        }
+        Ok(preview)
     }
 
     /// Runs one sync of `source_id`, logs it as a run and announces it. A failed or
@@ -382,6 +386,32 @@ impl SyncService {
         self.store.acquire_lease(source_id, token, now, until).await
     }
 
+    /// Opens `state`'s source, its tunnel pinned to the bastion key recorded first.
+    async fn open(&self, state: &SourceState) -> Result<OpenSource, SyncError> {
+        let recorded = state.ssh_host_key.as_deref();
+        let open = OpenSource::open(&state.config, &*self.reader, &*self.secrets, recorded).await?;
+        self.remember_host_key(state, open.session.ssh_host_key()).await?;
+        Ok(open)
+    }
+
+    /// Records the host key an opened tunnel's bastion showed, when it is not the one
+    /// recorded: on first contact (trust on first use), or after the secret pinned a
+    /// new one.
+    async fn remember_host_key(&self, state: &SourceState, shown: Option<&str>) -> Result<(), StoreError> {
+        let Some(shown) = shown.filter(|k| Some(*k) != state.ssh_host_key.as_deref()) else {
+            return Ok(());
+        };
+        match &state.ssh_host_key {
+            None => {
+                info!(source_id = %state.config.id, host_key = shown, "SSH bastion's host key trusted on first contact and recorded")
+            }
+            Some(old) => {
+                info!(source_id = %state.config.id, host_key = shown, previous = %old, "SSH bastion's host key changed as the secret pins; recorded")
+            }
+        }
+        self.store.record_ssh_host_key(&state.config.id, shown).await
+    }
+
     async fn read_chunk(
         &self,
         run: &mut Run,
@@ -389,7 +419,7 @@ impl SyncService {
         window: Window,
         budget: &Budget,
     ) -> Result<(), SyncError> {
-        let open = OpenSource::open(&state.config, &*self.reader, &*self.secrets).await?;
+        let open = self.open(state).await?;
         run.window_start = Some(window.from);
         run.window_end = Some(window.to);
         run.watermark = state.watermark;
@@ -431,7 +461,7 @@ impl SyncService {
             LeaseOutcome::NotFound => return Err(SyncError::UnknownSource(id)),
         };
         let result = async {
-            let open = OpenSource::open(&state.config, &*self.reader, &*self.secrets).await?;
+            let open = self.open(&state).await?;
             let mut ctx = RunContext {
                 state: &state,
                 open,

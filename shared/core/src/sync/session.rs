@@ -15,6 +15,10 @@ pub(crate) struct OpenSource {
 }
 
 impl OpenSource {
+    /// Opens `config`'s source. A tunnel whose secret pins no host key must meet
+    /// `recorded_host_key`, the key its bastion showed first; with neither, the tunnel
+    /// trusts the key it is shown, and the session says which it was.
+    ///
     /// # Errors
     /// The template's error before anything is fetched, then the secret's, then the
     /// database's.
@@ -22,9 +26,15 @@ impl OpenSource {
         config: &SourceConfig,
         reader: &dyn SourceReader,
         secrets: &dyn Secrets,
+        recorded_host_key: Option<&str>,
     ) -> Result<Self, SyncError> {
         let template = QueryTemplate::compile(&config.query)?;
-        let secret = secrets.connection(&config.secret_id).await?;
+        let mut secret = secrets.connection(&config.secret_id).await?;
+        if let Some(tunnel) = secret.ssh_tunnel.as_mut()
+            && tunnel.host_key.is_none()
+        {
+            tunnel.host_key = recorded_host_key.map(str::to_string);
+        }
         let timeout = Duration::from_secs(config.query_timeout_seconds.into());
         let session = reader.open(&secret, timeout).await?;
         Ok(OpenSource { template, session })

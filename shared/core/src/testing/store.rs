@@ -86,6 +86,7 @@ impl SourceStore for MemoryStore {
                         active_backfill: None,
                         cadence: Cadence::default(),
                         narrowed_window_seconds: None,
+                        ssh_host_key: None,
                     },
                 );
             }
@@ -160,6 +161,13 @@ impl SourceStore for MemoryStore {
     async fn set_narrowed_window(&self, id: &str, seconds: Option<i64>) -> Result<(), StoreError> {
         if let Some(state) = self.lock().sources.get_mut(id) {
             state.narrowed_window_seconds = seconds;
+        }
+        Ok(())
+    }
+
+    async fn record_ssh_host_key(&self, id: &str, key: &str) -> Result<(), StoreError> {
+        if let Some(state) = self.lock().sources.get_mut(id) {
+            state.ssh_host_key = Some(key.to_string());
         }
         Ok(())
     }
