@@ -163,3 +163,38 @@ fn the_delivery_schemas_have_the_fields_the_api_sends() {
     assert_matches(&doc, "Destination", &serde_json::to_value(&destination).unwrap());
     assert_eq!(destination.batch_url(), "https://cdp-eu.customer.io/v1/batch");
 }
+
+#[test]
+fn the_functions_that_reach_the_database_can_run_in_a_vpc_behind_one_egress_address() {
+    let template = yaml("template.yaml");
+    let resources = &template["Resources"];
+    for function in ["SyncFunction", "BackfillFunction", "ApiFunction"] {
+        let vpc = serde_yaml::to_string(&resources[function]["Properties"]["VpcConfig"]).unwrap();
+        assert!(
+            vpc.contains("InVpc") && vpc.contains("VpcSubnetIds") && vpc.contains("VpcSecurityGroupIds"),
+            "{function}: {vpc}"
+        );
+    }
+    assert!(
+        resources["DeliverFunction"]["Properties"].get("VpcConfig").is_none(),
+        "the deliver function reaches the destination only, so it stays outside"
+    );
+    for (resource, condition) in [
+        ("NatGatewayAddress", "CreateNatGateway"),
+        ("NatGateway", "CreateNatGateway"),
+        ("NatGatewayRoute", "CreateNatGateway"),
+        ("DynamoDbEndpoint", "CreateEndpoints"),
+        ("SecretsManagerEndpoint", "CreateEndpoints"),
+        ("EventBridgeEndpoint", "CreateEndpoints"),
+        ("SchedulerEndpoint", "CreateEndpoints"),
+    ] {
+        assert_eq!(resources[resource]["Condition"].as_str(), Some(condition), "{resource}");
+    }
+    let egress = &template["Outputs"]["EgressIp"];
+    assert_eq!(egress["Condition"].as_str(), Some("CreateNatGateway"));
+    assert!(
+        serde_yaml::to_string(&egress["Value"])
+            .unwrap()
+            .contains("NatGatewayAddress.PublicIp")
+    );
+}
