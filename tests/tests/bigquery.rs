@@ -155,3 +155,46 @@ async fn bigquery_secrets_that_cannot_work_say_why() {
     assert_eq!(e.kind, SourceErrorKind::Connect, "{e}");
     assert!(e.message.contains("cannot reach bigquery"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bigquery_procedure_is_called_and_its_result_set_synced_and_a_script_around_it_refused() {
+    let db = Database::new(Engine::Bigquery).await;
+    db.create_sales(300).await;
+    // bqemulator runs CALL but does not bind query parameters into its arguments, so this
+    // procedure takes none; the window's binds are the SELECT path's, tested above.
+    // One request: the procedure's body has its own `;`.
+    bigquery_exec(
+        &db.name,
+        &format!(
+            "CREATE PROCEDURE {d}.all_sales() BEGIN
+               SELECT id AS reference, user_id AS member_id, user_name AS member_name, date, amount FROM {d}.sales;
+             END",
+            d = db.name
+        ),
+    )
+    .await;
+    let store = store(StoreKind::Embedded).await;
+    let src = source(&unique("bqcall"), &db, &format!("CALL {}.all_sales()", db.name));
+    store.put_source(&src).await.unwrap();
+    let svc = service(store.clone(), secrets_for(&src, &db));
+    let run = svc.run(&src.id, Trigger::Manual, None).await.unwrap();
+    assert_eq!(
+        (run.status, run.rows_written),
+        (RunStatus::Succeeded, 300),
+        "{:?}",
+        run.message
+    );
+    assert_eq!(store.count_records(&src.id).await.unwrap(), 300);
+
+    // A script that calls and then writes is refused before it runs; the table stays.
+    let secret: ConnectionSecret = serde_json::from_value(db.secret.clone()).unwrap();
+    let mut session = SqlReader.open(&secret, Duration::from_secs(30)).await.unwrap();
+    let script = RenderedQuery {
+        sql: format!("CALL {d}.all_sales(); DELETE FROM {d}.sales WHERE TRUE", d = db.name),
+        binds: vec![],
+    };
+    let e = session.stream(&script).try_collect::<Vec<_>>().await.unwrap_err();
+    assert!(e.message.contains("more than one statement"), "{e}");
+    let count = bigquery_exec(&db.name, &format!("SELECT COUNT(*) FROM {}.sales", db.name)).await;
+    assert_eq!(count["rows"][0]["f"][0]["v"], "300");
+}

@@ -4,8 +4,10 @@
 //! consumed.
 //!
 //! BigQuery has no read-only session, so every query is first dry-run (free) and
-//! refused unless it is a SELECT; a job timeout bounds it. TIMESTAMP is UTC; DATETIME
-//! has no zone and is read as UTC.
+//! refused unless it is a SELECT, or one `CALL` of a procedure (a script to BigQuery,
+//! whose last result set is the rows; the procedure's own writes are kept from it only
+//! by the service account's roles); a job timeout bounds it. TIMESTAMP is UTC;
+//! DATETIME has no zone and is read as UTC.
 
 use std::time::Duration;
 
@@ -302,6 +304,13 @@ impl BigQuery {
 
     /// Runs `query` after a dry run shows it only reads; the first page, complete.
     async fn start(&self, query: &RenderedQuery) -> Result<(QueryResponse, Vec<Field>), SourceError> {
+        // Several statements are refused before anything is sent, dry run included.
+        if statement(&query.sql).contains(';') {
+            return Err(SourceError::new(
+                SourceErrorKind::Query,
+                "the query holds more than one statement; Sluice reads only: the template must be one SELECT, or one CALL of a procedure",
+            ));
+        }
         let dry = self
             .call(
                 self.http
@@ -311,10 +320,13 @@ impl BigQuery {
             .await?;
         match dry.statement_type.as_deref() {
             Some("SELECT") | None => {}
+            Some("SCRIPT") if is_one_call(&query.sql) => {}
             Some(other) => {
                 return Err(SourceError::new(
                     SourceErrorKind::Query,
-                    format!("the query is a {other} statement; Sluice reads only: the template must be a SELECT"),
+                    format!(
+                        "the query is a {other} statement; Sluice reads only: the template must be one SELECT, or one CALL of a procedure"
+                    ),
                 ));
             }
         }
@@ -400,6 +412,57 @@ impl SourceSession for BigQuery {
     }
 }
 
+/// Whether `sql` is one `CALL` statement.
+fn is_one_call(sql: &str) -> bool {
+    let statement = statement(sql);
+    let first = statement.split_whitespace().next();
+    first.is_some_and(|w| w.eq_ignore_ascii_case("call")) && !statement.contains(';')
+}
+
+/// `sql` without its comments, its quoted strings and names masked, and without a
+/// trailing `;`: a `;` left in it separates statements.
+fn statement(sql: &str) -> String {
+    let mut code = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' | '"' | '`' => {
+                code.push('x');
+                let mut escaped = false;
+                for d in chars.by_ref() {
+                    match d {
+                        _ if escaped => escaped = false,
+                        '\\' => escaped = true,
+                        _ if d == c => break,
+                        _ => {}
+                    }
+                }
+            }
+            '-' if chars.peek() == Some(&'-') => {
+                chars.by_ref().find(|d| *d == '\n');
+                code.push(' ');
+            }
+            '#' => {
+                chars.by_ref().find(|d| *d == '\n');
+                code.push(' ');
+            }
+            '/' if chars.peek() == Some(&'*') => {
+                chars.next();
+                let mut last = ' ';
+                for d in chars.by_ref() {
+                    if last == '*' && d == '/' {
+                        break;
+                    }
+                    last = d;
+                }
+                code.push(' ');
+            }
+            _ => code.push(c),
+        }
+    }
+    code.trim().trim_end_matches(';').trim_end().to_string()
+}
+
 /// A row of `{"f": [{"v": ...}, ...]}` as values.
 fn row_values(row: &Json, fields: &[Field]) -> Vec<Value> {
     let cells = row["f"].as_array().map(Vec::as_slice).unwrap_or_default();
@@ -465,6 +528,27 @@ fn field_value(v: &Json, field: &Field) -> Value {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn one_call_is_a_call_alone_whatever_its_comments_and_strings() {
+        for sql in [
+            "CALL ds.sales_between(@p1, @p2)",
+            "  -- the window\n call `proj.ds.p`('a;b', \"--\") ;  ",
+            "/* a; b */ CALL ds.p(@p1) # trailing; comment",
+        ] {
+            assert!(is_one_call(sql), "{sql}");
+        }
+        for sql in [
+            "SELECT 1",
+            "CALL ds.p(); DELETE FROM ds.t WHERE TRUE",
+            "DELETE FROM ds.t WHERE TRUE; CALL ds.p()",
+            "BEGIN CALL ds.p(); END",
+            "CALL ds.p('it\\'s'); DROP TABLE ds.t",
+        ] {
+            assert!(!is_one_call(sql), "{sql}");
+        }
+    }
+
     use super::*;
 
     fn field(kind: &str) -> Field {
