@@ -1,6 +1,6 @@
 //! The main job end to end: thousands of rows from PostgreSQL, MariaDB and SQL Server
 //! (Babelfish) into DynamoDB (moto) and the embedded store, then inserts, updates and a
-//! late commit.
+//! late commit; and the settings users set on a source beside its query.
 
 use sluice_core::{Engine, RunStatus, Trigger};
 use sluice_tests::*;
@@ -127,4 +127,66 @@ async fn sqlserver_into_dynamodb() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlserver_into_embedded_store() {
     incremental(Engine::Sqlserver, StoreKind::Embedded, 10_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sources_sharing_a_secret_keep_their_own_watermarks_members_and_start() {
+    let db = Database::new(Engine::Postgres).await;
+    db.create_sales(40).await;
+    let store = store(StoreKind::Dynamo).await;
+    let secret_id = unique("shared-secret");
+    let mut sales = source(&unique("sales"), &db, SALES_QUERY);
+    sales.secret_id = secret_id.clone();
+    sales.member_id_source = Some(unique("crm"));
+    let mut big = source(
+        &unique("big"),
+        &db,
+        &SALES_QUERY.replace("WHERE", "WHERE amount >= 25 AND"),
+    );
+    big.secret_id = secret_id.clone();
+    let mut later = source(&unique("later"), &db, SALES_QUERY);
+    later.secret_id = secret_id.clone();
+    later.start_at = Some(chrono::Utc::now() + chrono::Duration::days(1));
+    for s in [&sales, &big, &later] {
+        store.put_source(s).await.unwrap();
+    }
+    let svc = service(store.clone(), [(secret_id, db.secret.clone())].into());
+
+    let a = svc.run(&sales.id, Trigger::Schedule, None).await.unwrap();
+    let b = svc.run(&big.id, Trigger::Schedule, None).await.unwrap();
+    let c = svc.run(&later.id, Trigger::Schedule, None).await.unwrap();
+    assert_eq!(
+        (a.status, a.rows_written),
+        (RunStatus::Succeeded, 40),
+        "{:?}",
+        a.message
+    );
+    assert_eq!(
+        (b.status, b.rows_written),
+        (RunStatus::Succeeded, 21),
+        "{:?}",
+        b.message
+    );
+    assert_eq!(c.status, RunStatus::Skipped);
+    assert!(c.message.as_deref().unwrap().contains("the source starts at"), "{c:?}");
+    assert_eq!(store.count_records(&later.id).await.unwrap(), 0);
+    let watermark = |id: String| {
+        let store = store.clone();
+        async move { store.get_source(&id).await.unwrap().unwrap().watermark }
+    };
+    assert!(watermark(sales.id.clone()).await.is_some() && watermark(big.id.clone()).await.is_some());
+    assert_eq!(watermark(later.id.clone()).await, None, "a skipped run moves nothing");
+
+    // Members go to the namespace the source names, not to the source id's.
+    let (members, _) = store
+        .list_members(sales.member_id_source.as_deref().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(members.len(), 40, "one member per user id");
+    assert!(store.list_members(&sales.id).await.unwrap().0.is_empty());
+    let (default_namespace, _) = store.list_members(&big.id).await.unwrap();
+    assert!(
+        !default_namespace.is_empty(),
+        "without member_id_source the source id is the namespace"
+    );
 }
