@@ -198,3 +198,73 @@ fn the_functions_that_reach_the_database_can_run_in_a_vpc_behind_one_egress_addr
             .contains("NatGatewayAddress.PublicIp")
     );
 }
+
+/// Every IAM statement of template.yaml: the resource it names it in, and the statement.
+fn iam_statements(template: &Yaml) -> Vec<(String, Yaml)> {
+    let mut out = Vec::new();
+    for (name, resource) in template["Resources"].as_mapping().unwrap() {
+        let name = name.as_str().unwrap().to_string();
+        let props = &resource["Properties"];
+        let documents = props["Policies"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .chain(std::iter::once(&props["PolicyDocument"]));
+        for document in documents {
+            for statement in document["Statement"].as_sequence().into_iter().flatten() {
+                out.push((name.clone(), statement.clone()));
+            }
+        }
+    }
+    out
+}
+
+/// A YAML scalar or a list of them, or an intrinsic function's text.
+fn texts(v: &Yaml) -> Vec<String> {
+    match v {
+        Yaml::Sequence(items) => items.iter().flat_map(texts).collect(),
+        Yaml::String(s) => vec![s.clone()],
+        other => vec![serde_yaml::to_string(other).unwrap()],
+    }
+}
+
+#[test]
+fn iam_grants_no_wildcard_and_secrets_only_under_the_prefix() {
+    let template = yaml("template.yaml");
+    let statements = iam_statements(&template);
+    assert!(statements.len() > 20, "the policies were found: {}", statements.len());
+    for (resource, statement) in &statements {
+        for action in texts(&statement["Action"]) {
+            assert!(!action.contains('*'), "{resource}: the action {action} is a wildcard");
+        }
+        for arn in texts(&statement["Resource"]) {
+            let arn = arn.trim();
+            assert!(
+                arn != "*" && !arn.ends_with(":*"),
+                "{resource}: the resource {arn} is everything"
+            );
+            if arn.ends_with('*') {
+                // Only a prefix of our own: the secrets under SecretsPrefix, the schedules of our group.
+                assert!(
+                    arn.ends_with(":secret:${SecretsPrefix}*") || arn.ends_with(":schedule/${SyncScheduleGroup}/*"),
+                    "{resource}: {arn}"
+                );
+            }
+            if arn.contains(":secretsmanager:") {
+                assert!(arn.ends_with(":secret:${SecretsPrefix}*"), "{resource}: {arn}");
+            }
+        }
+    }
+    // The sync function only reads secrets, and only those under the prefix.
+    let sync: Vec<&Yaml> = statements
+        .iter()
+        .filter(|(r, _)| r == "SyncFunction")
+        .map(|(_, s)| s)
+        .collect();
+    let secret_actions: Vec<String> = sync
+        .iter()
+        .flat_map(|s| texts(&s["Action"]))
+        .filter(|a| a.starts_with("secretsmanager:"))
+        .collect();
+    assert_eq!(secret_actions, ["secretsmanager:GetSecretValue"]);
+}
