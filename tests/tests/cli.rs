@@ -268,3 +268,138 @@ sources:
     let (_, out) = sluice(&["deliver", "--source", "nope"]);
     assert!(out.contains("the config has no source `nope`"), "{out}");
 }
+
+/// Every command, at the most verbose log level, with credentials that can be found
+/// again: a database password, an SSH private key and a write key. None of them may
+/// appear in any output line, error or run-log entry, whether the command works or
+/// fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_command_shows_a_credential_even_at_trace_level() {
+    use sluice_core::{DeliveryLog, RunLog};
+    use sluice_tests::receiver::{Fault, Receiver};
+    let db = Database::new(sluice_core::Engine::Postgres).await;
+    db.create_sales(30).await;
+    let role = unique("leak");
+    let password = format!("pw-LEAK-{role}");
+    db.exec(&format!(
+        "CREATE ROLE {role} LOGIN PASSWORD '{password}'; GRANT SELECT ON sales TO {role}"
+    ))
+    .await;
+    let ssh_dir = std::env::var("SLUICE_TEST_SSH_DIR").unwrap_or_else(|_| "/var/lib/sluice-tests/ssh".into());
+    let private_key = std::fs::read_to_string(format!("{ssh_dir}/ed25519")).unwrap();
+    let host_key = std::fs::read_to_string(format!("{ssh_dir}/host_ed25519.pub")).unwrap();
+    let ssh_port: u16 = std::env::var("SLUICE_TEST_SSH_PORT").map_or(2222, |p| p.parse().unwrap());
+    let write_key = format!("wk-LEAK-{}", unique("k"));
+    let receiver = Receiver::start(&write_key).await;
+
+    let mut secret = db.secret.clone();
+    secret["username"] = role.clone().into();
+    secret["password"] = password.clone().into();
+    secret["ssh_tunnel"] = serde_json::json!({"host": "127.0.0.1", "port": ssh_port, "username": "sluicetunnel",
+                                              "private_key": private_key, "host_key": host_key});
+    // The test server trusts loopback logins, so the failing source names a database
+    // that is not there; its error still passes through the code that writes errors.
+    let mut wrong = secret.clone();
+    wrong["database"] = format!("{}_absent", db.name).into();
+    let dir = std::env::temp_dir().join(unique("cfg"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("sluice.yaml");
+    let query = serde_json::to_string(
+        "SELECT id AS user_id, amount FROM sales WHERE updated_at >= {{ last_update_time }} AND updated_at < {{ upper_date_limit }}",
+    )
+    .unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "store: {{kind: embedded, path: store.db}}
+secrets:
+  db: {secret}
+  wrong: {wrong}
+  cio: {{write_key: \"{write_key}\"}}
+sources:
+  - {{id: people, name: People, engine: postgres, secret_id: db, sync_type: identify, query: {query},
+     destination: {{kind: http, base_url: \"{base}\", secret_id: cio}}}}
+  - {{id: refused, name: Refused, engine: postgres, secret_id: wrong, sync_type: identify, query: {query}}}
+",
+            base = receiver.base_url()
+        ),
+    )
+    .unwrap();
+    // The key's base64 lines, each recognisable on its own.
+    let key_lines: Vec<&str> = private_key.lines().filter(|l| !l.starts_with("-----")).collect();
+    let credentials: Vec<&str> = [password.as_str(), write_key.as_str()]
+        .into_iter()
+        .chain(key_lines)
+        .collect();
+    let leaks = |text: &str| credentials.iter().find(|c| text.contains(*c)).map(|c| c.to_string());
+
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    let yesterday = (chrono::Utc::now() - chrono::Duration::days(1))
+        .format("%Y-%m-%d")
+        .to_string();
+    let commands: Vec<Vec<&str>> = vec![
+        vec!["sync", "--deliver"],
+        vec!["sync", "--json", "--deliver"],
+        vec!["deliver", "--replay-failed"],
+        vec!["deliveries", "--source", "people"],
+        vec!["preview", "--source", "people"],
+        vec!["preview", "--source", "refused", "--json"],
+        vec!["backfill", "--source", "people", "--start", &yesterday, "--end", &today],
+        vec![
+            "backfill", "--source", "refused", "--start", &yesterday, "--end", &today,
+        ],
+        vec!["runs", "--source", "people"],
+        vec!["runs", "--source", "refused"],
+        vec!["sources", "list"],
+        vec!["sources", "show", "--source", "people"],
+    ];
+    let mut outcomes = Vec::new();
+    for (i, args) in commands.iter().enumerate() {
+        if i == 1 {
+            // Changed rows, and a destination that refuses the key.
+            db.exec("UPDATE sales SET amount = amount + 1, updated_at = now() WHERE id <= 5")
+                .await;
+            receiver.inject((0..20).map(|_| Fault::Status(401, None)));
+        }
+        let out = sluice_cmd(args, &config, 60)
+            .env("SLUICE_LOG", "trace")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            leaks(&text).is_none(),
+            "`sluice {}` shows {:?}:\n{text}",
+            args.join(" "),
+            leaks(&text)
+        );
+        outcomes.push((args.join(" "), out.status.success(), text));
+    }
+    // The paths ran: a sync through the tunnel and its delivery, a database that is not
+    // there, a destination that refuses the key.
+    let (_, ok, text) = &outcomes[0];
+    assert!(
+        !ok && text.contains("people: delivered 30") && text.contains("does not exist"),
+        "{text}"
+    );
+    assert!(outcomes[1].2.contains("401"), "{}", outcomes[1].2);
+    assert_eq!(receiver.by_message_id().len(), 30, "the calls reached the destination");
+    assert!(
+        outcomes[0].2.contains("TRACE"),
+        "the most verbose logs were searched too"
+    );
+
+    let store = sluice_local::EmbeddedStore::open(&dir.join("store.db")).await.unwrap();
+    for id in ["people", "refused"] {
+        let runs = store.list_runs(id, 50, None).await.unwrap();
+        assert!(!runs.is_empty(), "{id} ran");
+        let log = serde_json::to_string(&runs).unwrap();
+        assert!(leaks(&log).is_none(), "the run log of {id} holds {:?}", leaks(&log));
+    }
+    let deliveries = store.list_deliveries("people", None, 100, None).await.unwrap();
+    let log = serde_json::to_string(&deliveries).unwrap();
+    assert!(leaks(&log).is_none(), "the delivery log holds {:?}", leaks(&log));
+}
