@@ -16,6 +16,7 @@ use sluice_local::{EmbeddedStore, FileSecrets, LogEvents};
 use sluice_sources::SqlReader;
 use sqlx::{Connection, Executor};
 
+pub mod faults;
 pub mod receiver;
 pub mod sqlserver;
 pub mod stream;

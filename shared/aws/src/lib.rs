@@ -45,18 +45,48 @@ where
     R: std::fmt::Debug + Send + Sync + 'static,
 {
     match e.as_service_error() {
-        Some(refusal) => BackendError::new(
-            Some(refusal.code().unwrap_or("an unnamed service error").to_string()),
-            refusal.message().unwrap_or("no message"),
-        ),
+        Some(refusal) => {
+            let code = refusal.code().unwrap_or("an unnamed service error");
+            let mut message = refusal.message().unwrap_or("no message").to_string();
+            if THROTTLING.contains(&code) {
+                message.push_str(&format!(
+                    " (still throttled after {MAX_ATTEMPTS} attempts; the next run does the work again, and nothing done is lost: give the table on-demand capacity or more throughput, or fewer sources at once)"
+                ));
+            }
+            BackendError::new(Some(code.to_string()), message)
+        }
         None => BackendError::message(DisplayErrorContext(e).to_string()),
     }
 }
 
-/// Loads the shared AWS configuration (region, credentials). `AWS_ENDPOINT_URL` (or
-/// `endpoint_url`) points every client at a local endpoint such as moto.
+/// How long one attempt of an AWS call may take before it is tried again. The SDK has
+/// no such limit by default, so an answer that never came held a run until the
+/// function's timeout; DynamoDB answers a batch in milliseconds.
+pub const ATTEMPT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Attempts of one AWS call (throttling, 5xx, a reset or timed-out connection), with
+/// the SDK's exponential backoff and jitter between them.
+pub const MAX_ATTEMPTS: u32 = 5;
+
+/// The codes AWS answers a caller over its throughput with.
+const THROTTLING: [&str; 4] = [
+    "ThrottlingException",
+    "ProvisionedThroughputExceededException",
+    "RequestLimitExceeded",
+    "TooManyRequestsException",
+];
+
+/// Loads the shared AWS configuration (region, credentials), with attempt timeouts and
+/// retries. `AWS_ENDPOINT_URL` (or `endpoint_url`) points every client at a local
+/// endpoint such as moto.
 pub async fn sdk_config(endpoint_url: Option<&str>) -> aws_config::SdkConfig {
-    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    let timeouts = aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(std::time::Duration::from_secs(3))
+        .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+        .build();
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .timeout_config(timeouts)
+        .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS));
     if let Some(url) = endpoint_url {
         loader = loader.endpoint_url(url);
     }
