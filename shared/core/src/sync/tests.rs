@@ -51,8 +51,20 @@ impl Fixture {
     }
 
     pub(crate) async fn with_settings(config: SourceConfig, settings: SyncSettings) -> Self {
+        Self::build(config, settings, chrono::Duration::zero()).await
+    }
+
+    /// A fixture whose sync runs on a clock `skew` ahead of the database's.
+    async fn skewed(config: SourceConfig, skew: chrono::Duration) -> Self {
+        Self::build(config, SyncSettings::default(), skew).await
+    }
+
+    async fn build(config: SourceConfig, settings: SyncSettings, skew: chrono::Duration) -> Self {
         let clock = Arc::new(TestClock::at(base()));
-        let db = ScriptedDatabase::new(clock.clone(), &["reference", "member_id", "member_name", "date"]);
+        let db = ScriptedDatabase::new(
+            Arc::new(TestClock::at(base() - skew)),
+            &["reference", "member_id", "member_name", "date"],
+        );
         let store = Arc::new(MemoryStore::new());
         store.put_source(&config).await.unwrap();
         let secret = ConnectionSecret::from_json(r#"{"engine": "postgres", "database": "shop"}"#).unwrap();
@@ -466,4 +478,33 @@ async fn two_sources_share_one_secret_and_keep_their_own_watermarks() {
     assert_eq!(f.state().await.watermark, Some(base()));
     let refunds = f.store.get_source("refunds").await.unwrap().unwrap();
     assert_eq!(refunds.watermark, Some(base() + minutes(1)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_clock_ten_minutes_off_the_databases_loses_no_late_row() {
+    for skew in [minutes(10), minutes(-10)] {
+        let f = Fixture::skewed(config(QUERY), skew).await;
+        let db_now = || f.clock.now() - skew;
+        let mut id = 0;
+        for _ in 0..30 {
+            tokio::time::advance(Duration::from_secs(60)).await;
+            // A row stamped as it commits, and one stamped four minutes before its
+            // commit (a long transaction), inside the five-minute lookback.
+            for lag in [0, 4] {
+                id += 1;
+                f.sale(id, db_now() - minutes(lag));
+            }
+            let run = f.run().await;
+            assert_eq!(run.status, RunStatus::Succeeded, "{skew}: {:?}", run.message);
+        }
+        // The rows stamped at the last run's upper bound are the next run's.
+        tokio::time::advance(Duration::from_secs(60)).await;
+        f.run().await;
+        assert_eq!(f.records().await, id as u64, "skew {skew}: every row, once");
+        let watermark = f.state().await.watermark.unwrap();
+        assert!(
+            (watermark - db_now()).num_seconds().abs() <= 60,
+            "the watermark follows the database's clock: {watermark}"
+        );
+    }
 }
