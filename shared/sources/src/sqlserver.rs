@@ -8,16 +8,17 @@
 //! converted to UTC.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, NaiveTime, SubsecRound, Utc};
-use futures::stream::BoxStream;
-use futures::{StreamExt, TryFutureExt};
+use futures::stream::{self, BoxStream};
+use futures::{StreamExt, TryFutureExt, future};
 use sluice_core::{
     Bind, ConnectionSecret, RenderedQuery, Row, SourceError, SourceErrorKind, SourceSession, TlsMode, Value,
 };
-use tiberius::{AuthMethod, Client, ColumnData, ColumnType, Config, EncryptionLevel, FromSql};
+use tiberius::{AuthMethod, Client, ColumnData, ColumnType, Config, EncryptionLevel, FromSql, QueryItem};
 use tokio::net::TcpStream;
 use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
 
@@ -246,10 +247,32 @@ impl SourceSession for SqlServer {
 
     fn stream<'a>(&'a mut self, rendered: &'a RenderedQuery) -> BoxStream<'a, Result<Row, SourceError>> {
         let SqlServer { client, names } = self;
+        // A statement that returns no result set at all (an INSERT, a DROP) wrote, or
+        // tried to: its work is rolled back, and the run must not pass for an empty read.
+        let read_a_result = Arc::new(AtomicBool::new(false));
+        let at_end = read_a_result.clone();
+        let no_result = stream::once(future::lazy(move |_| {
+            (!at_end.load(Ordering::Relaxed)).then(|| {
+                Err(SourceError::new(
+                    SourceErrorKind::Query,
+                    "the query returned no result set, so it is not a SELECT (what it wrote was rolled back); Sluice reads only: the template must be a SELECT, or an EXEC of a procedure that returns rows",
+                ))
+            })
+        }))
+        .filter_map(future::ready);
         query(rendered)
             .query(client)
-            .map_ok(|s| s.into_row_stream())
             .try_flatten_stream()
+            .filter_map(move |item| {
+                future::ready(match item {
+                    Ok(QueryItem::Metadata(_)) => {
+                        read_a_result.store(true, Ordering::Relaxed);
+                        None
+                    }
+                    Ok(QueryItem::Row(row)) => Some(Ok(row)),
+                    Err(e) => Some(Err(e)),
+                })
+            })
             .map(move |row| {
                 let row = row.map_err(classify_query)?;
                 // A procedure may return several result sets; each has its own columns.
@@ -268,6 +291,7 @@ impl SourceSession for SqlServer {
                     .collect();
                 Ok(Row { columns, values })
             })
+            .chain(no_result)
             .boxed()
     }
 }
