@@ -136,3 +136,103 @@ async fn dynamodb_faults_lose_duplicate_and_leave_stale_nothing() {
         );
     }
 }
+
+/// Kills the session reading `db`'s sales once, while it streams, from the server side.
+async fn kill_the_reader_once(db: &Database) -> tokio::task::JoinHandle<bool> {
+    let (engine, url) = (db.engine, db.pg_url().to_string());
+    tokio::spawn(async move {
+        for _ in 0..200 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let killed = match engine {
+                Engine::Postgres => {
+                    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+                    let pids: Vec<i32> = sqlx::query_scalar(
+                        "SELECT pid FROM pg_stat_activity WHERE query LIKE '%FROM sales%' AND query NOT LIKE '%pg_stat_activity%' AND pid <> pg_backend_pid()",
+                    )
+                    .fetch_all(&pool)
+                    .await
+                    .unwrap();
+                    for pid in &pids {
+                        sqlx::query("SELECT pg_terminate_backend($1)")
+                            .bind(pid)
+                            .execute(&pool)
+                            .await
+                            .unwrap();
+                    }
+                    !pids.is_empty()
+                }
+                _ => {
+                    let pool = sqlx::MySqlPool::connect(&url).await.unwrap();
+                    let ids: Vec<i64> = sqlx::query_scalar(
+                        "SELECT id FROM information_schema.processlist WHERE info LIKE '%FROM sales%' AND info NOT LIKE '%processlist%'",
+                    )
+                    .fetch_all(&pool)
+                    .await
+                    .unwrap();
+                    for id in &ids {
+                        sqlx::query(sqlx::AssertSqlSafe(format!("KILL {id}")))
+                            .execute(&pool)
+                            .await
+                            .unwrap();
+                    }
+                    !ids.is_empty()
+                }
+            };
+            if killed {
+                return true;
+            }
+        }
+        false
+    })
+}
+
+async fn a_session_killed_mid_stream(engine: Engine) {
+    const ROWS: usize = 2_000;
+    let db = Database::new(engine).await;
+    db.create_sales(ROWS).await;
+    // Every 50th row sleeps a little, so the query lives long enough to be killed.
+    let sleep = match engine {
+        Engine::Postgres => "pg_sleep(0.02)::text IS NOT NULL",
+        _ => "SLEEP(0.02) = 0",
+    };
+    let query = SALES_QUERY.replace(
+        "FROM sales\nWHERE",
+        &format!("FROM sales\nWHERE (id % 50 <> 0 OR {sleep}) AND"),
+    );
+    let store = store(StoreKind::Dynamo).await;
+    let src = source(&unique("killed"), &db, &query);
+    store.put_source(&src).await.unwrap();
+    let svc = service(store.clone(), secrets_for(&src, &db));
+    let killer = kill_the_reader_once(&db).await;
+    let first = svc.run(&src.id, Trigger::Schedule, None).await.unwrap();
+    assert!(killer.await.unwrap(), "{engine}: the session was killed");
+    assert_eq!(first.status, RunStatus::Failed, "{engine}: {first:?}");
+    let message = first.message.clone().unwrap();
+    println!("{engine}: killed mid-stream after {} rows: {message}", first.rows_read);
+    assert!(
+        message.contains("the next attempt reads the window again"),
+        "{engine}: {message}"
+    );
+    assert_eq!(
+        store.get_source(&src.id).await.unwrap().unwrap().watermark,
+        None,
+        "{engine}: the watermark stays"
+    );
+    let second = svc.run(&src.id, Trigger::Schedule, None).await.unwrap();
+    assert_eq!(second.status, RunStatus::Succeeded, "{engine}: {:?}", second.message);
+    assert_eq!(
+        store.count_records(&src.id).await.unwrap(),
+        ROWS as u64,
+        "{engine}: every row, once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_session_killed_mid_stream_loses_nothing() {
+    a_session_killed_mid_stream(Engine::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mariadb_session_killed_mid_stream_loses_nothing() {
+    a_session_killed_mid_stream(Engine::Mysql).await;
+}

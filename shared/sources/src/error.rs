@@ -140,6 +140,9 @@ pub(crate) fn classify_query(e: sqlx::Error) -> SourceError {
                     SourceErrorKind::Query,
                     "; Sluice runs queries read-only: the template must be a SELECT",
                 ),
+                // PostgreSQL's connection exceptions and operator intervention (the
+                // session terminated, the server shutting down): the connection is gone.
+                c if c.starts_with("08") || c.starts_with("57P") => (SourceErrorKind::Connect, ""),
                 _ => (SourceErrorKind::Query, ""),
             };
             SourceError::new(kind, format!("the query failed: {} (code {code}){hint}", db.message()))

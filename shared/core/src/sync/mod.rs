@@ -22,7 +22,7 @@ pub(crate) use session::OpenSource;
 use crate::mapping::{LazyMapper, Mapped, MappingError};
 use crate::ports::{
     Clock, Events, IdSource, LeaseOutcome, NoObserver, RunObserver, Schedules, Secrets, SecretsError, SourceError,
-    SourceReader, SourceState, Store, StoreError, SystemClock, UuidIds,
+    SourceErrorKind, SourceReader, SourceState, Store, StoreError, SystemClock, UuidIds,
 };
 use crate::preview::Preview;
 use crate::record::{Member, Reject};
@@ -64,6 +64,10 @@ pub enum SyncError {
     Mapping(#[from] MappingError),
     #[error("source database: {0}")]
     Source(#[from] SourceError),
+    #[error(
+        "source database: {source}, after {read} rows; what was read is kept and the watermark stays, so the next attempt reads the window again"
+    )]
+    SourceLost { read: u64, source: SourceError },
     #[error("{0}")]
     Secrets(#[from] SecretsError),
     #[error("store: {0}")]
@@ -607,7 +611,11 @@ impl SyncService {
                 None => rows.next().await,
             };
             let Some(row) = next else { break };
-            let row = row?;
+            // A connection lost mid-read, not a query the database refused.
+            let row = row.map_err(|source| match (run.rows_read, source.kind) {
+                (0, kind) if kind != SourceErrorKind::Connect => SyncError::Source(source),
+                (read, _) => SyncError::SourceLost { read, source },
+            })?;
             run.rows_read += 1;
             match mapper.map(row)?.and_then(|mapped| within(mapped, end_kept_here)) {
                 Ok(None) => run.rows_past_end += 1,

@@ -338,7 +338,9 @@ async fn a_database_that_breaks_mid_stream_fails_the_run_with_its_message() {
     assert_eq!(run.status, RunStatus::Failed);
     assert_eq!(
         run.message.as_deref(),
-        Some("source database: the connection was lost while reading rows")
+        Some(
+            "source database: the connection was lost while reading rows, after 3 rows; what was read is kept and the watermark stays, so the next attempt reads the window again"
+        )
     );
     assert_eq!(f.state().await.watermark, None);
     f.db.heal();
