@@ -129,9 +129,8 @@ async fn run(
     now: DateTime<Utc>,
 ) -> Result<(), PreviewError> {
     config.validate()?;
-    // The stored source's bastion key binds a preview through the same secret only.
     let recorded = state
-        .filter(|s| s.config.secret_id == config.secret_id)
+        .filter(|s| s.same_connection(config))
         .and_then(|s| s.ssh_host_key.as_deref());
     let OpenSource { template, mut session } = OpenSource::open(config, reader, secrets, recorded).await?;
     p.ssh_host_key = session.ssh_host_key().map(str::to_string);

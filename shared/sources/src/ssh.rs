@@ -100,12 +100,7 @@ pub async fn open(t: &SshTunnel, target_host: &str, target_port: u16) -> Result<
             ));
         }
         Ok(Err(russh::Error::UnknownKey)) => {
-            let line = shown
-                .lock()
-                .expect("not poisoned")
-                .as_ref()
-                .map(openssh_line)
-                .unwrap_or_default();
+            let line = shown_line(&shown);
             return Err(error(
                 SourceErrorKind::Tls,
                 format!(
@@ -149,12 +144,7 @@ pub async fn open(t: &SshTunnel, target_host: &str, target_port: u16) -> Result<
             )
         })?;
     drop(probe);
-    let host_key = shown
-        .lock()
-        .expect("not poisoned")
-        .as_ref()
-        .map(openssh_line)
-        .unwrap_or_default();
+    let host_key = shown_line(&shown);
     let listener = TcpListener::bind("127.0.0.1:0").await.map_err(|e| {
         error(
             SourceErrorKind::Connect,
@@ -171,6 +161,16 @@ pub async fn open(t: &SshTunnel, target_host: &str, target_port: u16) -> Result<
         host_key,
         forwarding,
     })
+}
+
+/// The key the server showed, as one OpenSSH line.
+fn shown_line(shown: &Mutex<Option<PublicKey>>) -> String {
+    shown
+        .lock()
+        .expect("not poisoned")
+        .as_ref()
+        .map(openssh_line)
+        .unwrap_or_default()
 }
 
 /// A key as one OpenSSH line, without a comment.

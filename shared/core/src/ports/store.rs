@@ -58,6 +58,14 @@ pub struct SourceState {
     pub ssh_host_key: Option<String>,
 }
 
+impl SourceState {
+    /// Whether `config` (a preview's, saved or not) reaches the stored source's
+    /// database: the recorded bastion key binds, and is recorded by, only those.
+    pub fn same_connection(&self, config: &SourceConfig) -> bool {
+        self.config.secret_id == config.secret_id
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
     pub token: String,

@@ -268,7 +268,7 @@ impl SyncService {
             self.clock.now(),
         )
         .await;
-        if let Some(state) = state.filter(|s| s.config.secret_id == config.secret_id) {
+        if let Some(state) = state.filter(|s| s.same_connection(config)) {
             self.remember_host_key(&state, preview.ssh_host_key.as_deref()).await?;
         }
         Ok(preview)
