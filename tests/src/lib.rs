@@ -16,8 +16,10 @@ use sluice_local::{EmbeddedStore, FileSecrets, LogEvents};
 use sluice_sources::SqlReader;
 use sqlx::{Connection, Executor};
 
+pub mod chaos;
 pub mod faults;
 pub mod receiver;
+pub mod servers;
 pub mod sqlserver;
 pub mod stream;
 
@@ -122,6 +124,7 @@ fn no_test_server(engine: Engine) -> ! {
 }
 
 /// A fresh database on a real server, and the connection secret that reaches it.
+#[derive(Clone)]
 pub struct Database {
     pub engine: Engine,
     pub name: String,
@@ -133,29 +136,8 @@ impl Database {
     pub async fn new(engine: Engine) -> Self {
         let name = unique("sluice_t");
         match engine {
-            Engine::Postgres | Engine::Mysql => {
-                let (admin_url, port) = if engine == Engine::Postgres {
-                    (pg_url(), 5432)
-                } else {
-                    (mysql_url(), 3306)
-                };
-                let admin = Database {
-                    engine,
-                    name: String::new(),
-                    secret: json!(null),
-                    url: admin_url.clone(),
-                };
-                admin.exec(&format!("CREATE DATABASE {name}")).await;
-                let url = admin_url.rsplit_once('/').unwrap().0.to_string() + "/" + &name;
-                let secret = json!({"engine": engine.to_string(), "host": "127.0.0.1", "port": port, "database": name,
-                                    "username": "sluice", "password": "sluice", "tls": "disable"});
-                Database {
-                    engine,
-                    name,
-                    secret,
-                    url,
-                }
-            }
+            Engine::Postgres => Self::on(engine, &pg_url(), 5432).await,
+            Engine::Mysql => Self::on(engine, &mysql_url(), 3306).await,
             Engine::Sqlite => {
                 let path = std::env::temp_dir().join(format!("{name}.sqlite"));
                 let url = format!("sqlite://{}?mode=rwc", path.display());
@@ -209,6 +191,27 @@ impl Database {
                 }
             }
             other => no_test_server(other),
+        }
+    }
+
+    /// A fresh PostgreSQL or MariaDB database on the server of `admin_url` at `port`.
+    pub async fn on(engine: Engine, admin_url: &str, port: u16) -> Self {
+        let name = unique("sluice_t");
+        let admin = Database {
+            engine,
+            name: String::new(),
+            secret: json!(null),
+            url: admin_url.to_string(),
+        };
+        admin.exec(&format!("CREATE DATABASE {name}")).await;
+        let url = admin_url.rsplit_once('/').unwrap().0.to_string() + "/" + &name;
+        let secret = json!({"engine": engine.to_string(), "host": "127.0.0.1", "port": port, "database": name,
+                            "username": "sluice", "password": "sluice", "tls": "disable"});
+        Database {
+            engine,
+            name,
+            secret,
+            url,
         }
     }
 
@@ -570,27 +573,47 @@ impl Database {
     /// Begins a transaction that inserts sale `id` stamped with the current time, and
     /// leaves it uncommitted.
     pub async fn begin_late_insert(&self, id: usize) -> OpenTransaction {
-        let insert = format!(
+        self.begin_late(&self.late_insert(id)).await.expect(SERVICES)
+    }
+
+    /// The statement of `begin_late_insert`.
+    pub fn late_insert(&self, id: usize) -> String {
+        format!(
             "INSERT INTO sales (id, user_id, user_name, team, amount, date, updated_at)
              VALUES ({id}, 7, 'late user', 'team late', 9.99, {now}, {now})",
             now = self.now_sql()
-        );
-        match self.engine {
+        )
+    }
+
+    /// A statement that changes sale `id`'s amount, stamped with the current time.
+    pub fn late_update(&self, id: usize) -> String {
+        format!(
+            "UPDATE sales SET amount = amount + 1, updated_at = {} WHERE id = {id}",
+            self.now_sql()
+        )
+    }
+
+    /// Begins a transaction that runs `statement`, and leaves it uncommitted. An error
+    /// when the server cannot be reached (the fault scenarios' writers go on).
+    pub async fn begin_late(&self, statement: &str) -> Result<OpenTransaction, String> {
+        let statement = sqlx::AssertSqlSafe(statement.to_string());
+        let text = |e: sqlx::Error| e.to_string();
+        Ok(match self.engine {
             Engine::Postgres => {
-                let mut c = sqlx::PgConnection::connect(&self.url).await.expect(SERVICES);
-                c.execute("BEGIN").await.unwrap();
-                c.execute(sqlx::AssertSqlSafe(insert)).await.unwrap();
+                let mut c = sqlx::PgConnection::connect(&self.url).await.map_err(text)?;
+                c.execute("BEGIN").await.map_err(text)?;
+                c.execute(statement).await.map_err(text)?;
                 OpenTransaction::Postgres(c)
             }
             Engine::Mysql => {
-                let mut c = sqlx::MySqlConnection::connect(&self.url).await.expect(SERVICES);
-                c.execute("START TRANSACTION").await.unwrap();
-                c.execute(sqlx::AssertSqlSafe(insert)).await.unwrap();
+                let mut c = sqlx::MySqlConnection::connect(&self.url).await.map_err(text)?;
+                c.execute("START TRANSACTION").await.map_err(text)?;
+                c.execute(statement).await.map_err(text)?;
                 OpenTransaction::Mysql(c)
             }
             Engine::Sqlserver => {
                 let mut c = sqlserver::client(sqlserver::tls_port(), &self.name).await;
-                c.simple_query(format!("BEGIN TRANSACTION; {insert}"))
+                c.simple_query(format!("BEGIN TRANSACTION; {}", statement.0))
                     .await
                     .unwrap()
                     .into_results()
@@ -600,17 +623,23 @@ impl Database {
             }
             Engine::Sqlite => panic!("the late-commit scenario runs on server databases"),
             other => no_test_server(other),
-        }
+        })
     }
 }
 
 impl OpenTransaction {
     pub async fn commit(self) {
+        self.try_commit().await.unwrap();
+    }
+
+    /// Commits; an error when the server went away meanwhile.
+    pub async fn try_commit(self) -> Result<(), String> {
         match self {
-            OpenTransaction::Postgres(mut c) => drop(c.execute("COMMIT").await.unwrap()),
-            OpenTransaction::Mysql(mut c) => drop(c.execute("COMMIT").await.unwrap()),
+            OpenTransaction::Postgres(mut c) => c.execute("COMMIT").await.map(drop).map_err(|e| e.to_string()),
+            OpenTransaction::Mysql(mut c) => c.execute("COMMIT").await.map(drop).map_err(|e| e.to_string()),
             OpenTransaction::Sqlserver(mut c) => {
-                drop(c.simple_query("COMMIT").await.unwrap().into_results().await.unwrap())
+                drop(c.simple_query("COMMIT").await.unwrap().into_results().await.unwrap());
+                Ok(())
             }
         }
     }

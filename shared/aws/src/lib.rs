@@ -52,11 +52,18 @@ where
                 message.push_str(&format!(
                     " (still throttled after {MAX_ATTEMPTS} attempts; the next run does the work again, and nothing done is lost: give the table on-demand capacity or more throughput, or fewer sources at once)"
                 ));
+            } else if SERVER_ERRORS.contains(&code) {
+                message.push_str(&still_failing());
             }
             BackendError::new(Some(code.to_string()), message)
         }
-        None => BackendError::message(DisplayErrorContext(e).to_string()),
+        None => BackendError::message(DisplayErrorContext(e).to_string() + &still_failing()),
     }
+}
+
+/// Said of a call that failed on AWS's side or on the way every time it was tried.
+fn still_failing() -> String {
+    format!(" (still failing after {MAX_ATTEMPTS} attempts; the next run tries again, and nothing done is lost)")
 }
 
 /// How long one attempt of an AWS call may take before it is tried again. The SDK has
@@ -67,6 +74,15 @@ pub const ATTEMPT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 /// Attempts of one AWS call (throttling, 5xx, a reset or timed-out connection), with
 /// the SDK's exponential backoff and jitter between them.
 pub const MAX_ATTEMPTS: u32 = 5;
+
+/// The codes of AWS's own failures (HTTP 5xx), which the SDK retries.
+const SERVER_ERRORS: [&str; 5] = [
+    "InternalServerError",
+    "InternalFailure",
+    "InternalServiceError",
+    "InternalServiceErrorException",
+    "ServiceUnavailable",
+];
 
 /// The codes AWS answers a caller over its throughput with.
 const THROTTLING: [&str; 4] = [

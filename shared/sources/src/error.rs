@@ -82,7 +82,7 @@ pub(crate) fn classify_connect(e: sqlx::Error, secret: &ConnectionSecret) -> Sou
             format!("TLS with {target} failed: {t}; {}", tls_hint(&format!("{t:?} {t}"))),
         ),
         sqlx::Error::Database(db) => {
-            let code = db.code().unwrap_or_default().to_string();
+            let code = error_code(&**db);
             let auth = matches!(code.as_str(), "28P01" | "28000" | "1045" | "1044" | "3D000" | "1049");
             if auth {
                 (
@@ -125,12 +125,23 @@ pub(crate) fn classify_connect(e: sqlx::Error, secret: &ConnectionSecret) -> Sou
     SourceError::new(kind, secret.redact(&message))
 }
 
+/// A database error's code: MySQL's and MariaDB's error number (their SQLSTATE is a
+/// broad class: 70100 is both a statement timeout and a KILL QUERY), else the SQLSTATE.
+#[cfg(feature = "sql")]
+fn error_code(db: &dyn sqlx::error::DatabaseError) -> String {
+    #[cfg(feature = "mysql")]
+    if let Some(e) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+        return e.number().to_string();
+    }
+    db.code().unwrap_or_default().to_string()
+}
+
 /// An error while running the query or reading its rows.
 #[cfg(feature = "sql")]
 pub(crate) fn classify_query(e: sqlx::Error) -> SourceError {
     match &e {
         sqlx::Error::Database(db) => {
-            let code = db.code().unwrap_or_default().to_string();
+            let code = error_code(&**db);
             let (kind, hint) = match code.as_str() {
                 "57014" | "1969" | "3024" => (
                     SourceErrorKind::Timeout,
