@@ -217,13 +217,21 @@ async fn bad_input_fails_cleanly_with_the_embedded_store() {
 }
 
 #[tokio::test]
-async fn mariadb_wrong_password_and_write_are_refused() {
+async fn mariadb_wrong_password_unknown_database_and_write_are_refused() {
     let f = Fixture::new(Engine::Mysql, StoreKind::Embedded).await;
     f.fails(
         "wrong password",
         |_| {},
         with_secret(&f.db, json!({"password": "sluice-secret-pw"})),
         "refused the login",
+    )
+    .await;
+    // MariaDB's error 1049 (SQLSTATE 42000) was once called a refused session.
+    f.fails(
+        "unknown database",
+        |_| {},
+        with_secret(&f.db, json!({"database": "no_such_database"})),
+        "refused the login: Unknown database 'no_such_database' (code 1049); check username, password and database",
     )
     .await;
     f.fails(
