@@ -11,6 +11,11 @@ cd "$ROOT"
 
 command -v cargo >/dev/null || { echo "cargo is required (https://rustup.rs)" >&2; exit 1; }
 eval "$(bash infra/services.sh)"
+# schemathesis (PyPI) for the API fuzz test (tests/tests/fuzz.rs), in a venv of its own.
+if ! .venv-fuzz/bin/schemathesis --version >/dev/null 2>&1; then
+  echo "infra: installing schemathesis into .venv-fuzz" >&2
+  python3 -m venv .venv-fuzz && .venv-fuzz/bin/pip install -q --disable-pip-version-check 'schemathesis>=4.32,<5' >&2
+fi
 bash infra/lint-template.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings

@@ -540,7 +540,8 @@ fn slow_query(engine: Engine, rows: usize) -> String {
     )
 }
 
-/// Waits until the sync's query runs on `db`'s server; its session ids.
+/// Waits until the sync's query runs on `db` (not on the other tests' databases of the
+/// same server); its session ids.
 async fn readers(db: &Database) -> Vec<i64> {
     for _ in 0..300 {
         let ids: Vec<i64> = match db.engine {
@@ -548,7 +549,7 @@ async fn readers(db: &Database) -> Vec<i64> {
                 let pool = sqlx::PgPool::connect(db.pg_url()).await.unwrap();
                 sqlx::query_scalar(
                     "SELECT pid::int8 FROM pg_stat_activity WHERE query LIKE '%FROM sales%' AND query LIKE '%pg_sleep%'
-                     AND query NOT LIKE '%pg_stat_activity%' AND pid <> pg_backend_pid()",
+                     AND query NOT LIKE '%pg_stat_activity%' AND pid <> pg_backend_pid() AND datname = current_database()",
                 )
                 .fetch_all(&pool)
                 .await
@@ -558,7 +559,7 @@ async fn readers(db: &Database) -> Vec<i64> {
                 let pool = sqlx::MySqlPool::connect(db.pg_url()).await.unwrap();
                 sqlx::query_scalar(
                     "SELECT id FROM information_schema.processlist WHERE info LIKE '%FROM sales%' AND info LIKE '%SLEEP%'
-                     AND info NOT LIKE '%processlist%'",
+                     AND info NOT LIKE '%processlist%' AND db = DATABASE()",
                 )
                 .fetch_all(&pool)
                 .await
@@ -709,7 +710,7 @@ pub async fn sigkill(scale: Scale) -> Outcome {
     // How long a whole run takes, process start to exit: the kill lands anywhere in it.
     let mut run_time = scene.run_until_success(&sync).await;
     for round in 0..scale.kills {
-        scene.bulk_update(round, 5).await;
+        scene.bulk_update(round, 20).await;
         let before = scene.store.get_source(&id).await.unwrap().unwrap();
         let mut child = sync.command().spawn().unwrap();
         let delay = Duration::from_millis(random.below(run_time.as_millis() as u64));

@@ -18,6 +18,7 @@ use sqlx::{Connection, Executor};
 
 pub mod chaos;
 pub mod faults;
+pub mod gateway;
 pub mod receiver;
 pub mod servers;
 pub mod sqlserver;

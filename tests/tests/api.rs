@@ -419,6 +419,22 @@ async fn bad_bodies_unknown_ids_and_conflicts_are_named() {
         .call(api_request("runs-list.json", &[("id", &id)], &[("limit", "0")], None))
         .await;
     assert_eq!((status, answer["error"]["field"].as_str()), (400, Some("limit")));
+    // Found by the fuzz test: an empty cursor reached DynamoDB as an empty key (500).
+    let (status, answer) = api
+        .call(api_request("runs-list.json", &[("id", &id)], &[("before", "")], None))
+        .await;
+    assert_eq!(
+        (status, answer["error"]["field"].as_str()),
+        (400, Some("before")),
+        "{answer}"
+    );
+    // And a key named "" was answered with the field "".
+    let (status, answer) = api.call(patch(json!({ "": 1 }))).await;
+    assert_eq!(
+        (status, answer["error"]["field"].as_str()),
+        (400, Some("body")),
+        "{answer}"
+    );
     let (status, answer) = api
         .call(api_request(
             "sources-delete.json",

@@ -15,6 +15,9 @@ use serde_json::Value as Json;
 use sluice_core::Engine;
 use sluice_tests::*;
 
+/// The source database's password, to be found nowhere the function writes.
+const PASSWORD: &str = "pw-lambda-never-written-5b2c";
+
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
@@ -160,18 +163,22 @@ async fn the_built_sync_function_runs_in_the_local_lambda_runtime_and_reports_me
     let sdk = sdk().await;
     let db = Database::new(Engine::Postgres).await;
     db.create_sales(300).await;
-    let secret_id = secrets_manager_secret(&db.secret).await;
+    // A password that can be searched for (the test server trusts loopback logins).
+    let mut connection = db.secret.clone();
+    connection["password"] = PASSWORD.into();
+    let secret_id = secrets_manager_secret(&connection).await;
     let store = dynamo_store().await;
     let bus = unique("bus");
-    aws_sdk_eventbridge::Client::new(&sdk)
-        .create_event_bus()
-        .name(&bus)
-        .send()
-        .await
-        .unwrap();
+    let (sqs, queue_url) = event_queue(&sdk, &bus, "sluice.run.completed").await;
     let mut src = source(&unique("local"), &db, SALES_QUERY);
     src.secret_id = secret_id;
     store.put_source(&src).await.unwrap();
+    // A second source whose server refuses the connection: the failure path, with the
+    // same password in its secret.
+    connection["port"] = 1.into();
+    let mut unreachable = source(&unique("refused"), &db, SALES_QUERY);
+    unreachable.secret_id = secrets_manager_secret(&connection).await;
+    store.put_source(&unreachable).await.unwrap();
 
     let tables = store.tables();
     let lambda = LocalLambda::start(&[
@@ -216,7 +223,45 @@ async fn the_built_sync_function_runs_in_the_local_lambda_runtime_and_reports_me
         "{said}"
     );
 
-    let lines = lambda.lines_until(|lines| metrics_of(lines, "sales").len() == 1);
+    let payload = serde_json::json!({ "source_id": unreachable.id }).to_string();
+    let refused = lambda.invoke(["--data-ascii", &payload]);
+    assert!(!refused.status.success());
+
+    let lines = lambda
+        .lines_until(|lines| metrics_of(lines, "sales").len() == 1 && metrics_of(lines, &unreachable.id).len() == 1);
+
+    // No secret anywhere the function writes: its log and metric lines, its answers and
+    // errors, the run log, and the events it published.
+    let mut written: Vec<String> = lambda.stdout.lock().unwrap().clone();
+    for output in [&out, &failed, &refused] {
+        written.push(String::from_utf8_lossy(&output.stdout).into_owned());
+        written.push(String::from_utf8_lossy(&output.stderr).into_owned());
+    }
+    for id in [&src.id, &unreachable.id] {
+        for run in store.list_runs(id, 10, None).await.unwrap() {
+            written.push(serde_json::to_string(&run).unwrap());
+        }
+    }
+    let events = sqs
+        .receive_message()
+        .queue_url(&queue_url)
+        .max_number_of_messages(10)
+        .wait_time_seconds(2)
+        .send()
+        .await
+        .unwrap()
+        .messages
+        .unwrap_or_default();
+    assert!(!events.is_empty(), "sluice.run.completed was published");
+    written.extend(events.into_iter().filter_map(|m| m.body));
+    assert!(
+        String::from_utf8_lossy(&refused.stdout).contains("cannot reach")
+            || String::from_utf8_lossy(&refused.stderr).contains("cannot reach"),
+        "the refused run says why"
+    );
+    for text in &written {
+        assert!(!text.contains(PASSWORD), "the password was written out: {text}");
+    }
 
     // Init: the clients were built once, and it says how long that took.
     let init: Vec<&Json> = lines

@@ -48,6 +48,15 @@ pub async fn handle(api: &Api, request: &ApiGatewayProxyRequest) -> ApiGatewayPr
     let id = path_param(request, "id");
     info!(method, resource, source_id = id, "api request");
     let query = |name: &str| request.query_string_parameters.first(name);
+    // A page's cursor: the last id of the page before. API Gateway passes `?before=` on
+    // as an empty value, which is no id.
+    let cursor = |name: &'static str| match query(name) {
+        Some("") => Err(bad(
+            name,
+            "is empty: give the id of the last item of the page before, or leave it out for the first page",
+        )),
+        other => Ok(other),
+    };
     let body = match json_body(request) {
         Ok(body) => body,
         Err(e) => return respond(400, &error_body("bad_request", Some(&e.field), &e.reason)),
@@ -87,7 +96,7 @@ pub async fn handle(api: &Api, request: &ApiGatewayProxyRequest) -> ApiGatewayPr
                         .filter(|n| (1..=100).contains(n))
                         .ok_or_else(|| bad("limit", "must be a whole number from 1 to 100"))?,
                 };
-                (200, json!(admin.runs(id, limit, query("before")).await?))
+                (200, json!(admin.runs(id, limit, cursor("before")?).await?))
             }
             ("GET", "/sources/{id}/runs/{run}") => (200, json!(admin.run(id, path_param(request, "run")).await?)),
             ("GET", "/sources/{id}/deliveries") => {
@@ -105,7 +114,7 @@ pub async fn handle(api: &Api, request: &ApiGatewayProxyRequest) -> ApiGatewayPr
                         .filter(|n| (1..=1000).contains(n))
                         .ok_or_else(|| bad("limit", "must be a whole number from 1 to 1000"))?,
                 };
-                (200, json!(admin.deliveries(id, status, limit, query("after")).await?))
+                (200, json!(admin.deliveries(id, status, limit, cursor("after")?).await?))
             }
             ("POST", "/sources/{id}/deliveries/replay") => {
                 let config = admin.get(id).await?.config;
@@ -209,7 +218,7 @@ fn source_input(admin: &SourceAdmin, mut body: Json, path_id: Option<&str>) -> R
     let config: SourceConfig = serde_path_to_error::deserialize(body).map_err(|e| {
         let path = e.path().to_string();
         match path.as_str() {
-            "." => serde_error(&e.inner().to_string()),
+            "." | "" => serde_error(&e.inner().to_string()),
             _ => FieldError::new(path, e.inner().to_string()),
         }
     })?;
@@ -288,6 +297,8 @@ fn serde_error(message: &str) -> FieldError {
         .iter()
         .find_map(|p| message.strip_prefix(p))
         .and_then(|rest| rest.split('`').next())
+        // A key named "" names nothing: the body holds it.
+        .filter(|field| !field.is_empty())
         .unwrap_or("body");
     FieldError::new(field, message)
 }
