@@ -17,70 +17,56 @@ async fn aws_faults_lose_duplicate_and_leave_stale_nothing() {
     assert!(outcome.faults > 20 && outcome.failed < outcome.runs, "{outcome:?}");
 }
 
+/// A database fault of `outcome`'s kind: nothing lost, and at least `failed` runs
+/// failed, each saying why (and, for a statement timeout, what to raise).
+fn assert_database_fault(outcome: chaos::Outcome, failed: usize) {
+    outcome.assert_clean();
+    assert!(outcome.failed >= failed as u32, "{outcome:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_session_killed_mid_stream_loses_nothing() {
-    let outcome = chaos::session_killed(Engine::Postgres, SCALE).await;
-    outcome.assert_clean();
-    assert!(
-        outcome.failed >= SCALE.rounds as u32,
-        "every killed run failed: {outcome:?}"
-    );
+    assert_database_fault(chaos::session_killed(Engine::Postgres, SCALE).await, SCALE.rounds);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mariadb_session_killed_mid_stream_loses_nothing() {
-    let outcome = chaos::session_killed(Engine::Mysql, SCALE).await;
-    outcome.assert_clean();
-    assert!(
-        outcome.failed >= SCALE.rounds as u32,
-        "every killed run failed: {outcome:?}"
-    );
+    assert_database_fault(chaos::session_killed(Engine::Mysql, SCALE).await, SCALE.rounds);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_server_crashed_mid_stream_loses_nothing() {
-    let outcome = chaos::server_restarted(Engine::Postgres, SCALE).await;
-    outcome.assert_clean();
-    assert!(outcome.failed >= 2 * SCALE.rounds as u32, "{outcome:?}");
+    // The run cut off, and the run while the server is down.
+    assert_database_fault(chaos::server_restarted(Engine::Postgres, SCALE).await, 2 * SCALE.rounds);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mariadb_server_crashed_mid_stream_loses_nothing() {
-    let outcome = chaos::server_restarted(Engine::Mysql, SCALE).await;
-    outcome.assert_clean();
-    assert!(outcome.failed >= 2 * SCALE.rounds as u32, "{outcome:?}");
+    assert_database_fault(chaos::server_restarted(Engine::Mysql, SCALE).await, 2 * SCALE.rounds);
+}
+
+async fn a_lock_past_the_statement_timeout(engine: Engine) {
+    let outcome = chaos::lock_held(engine, SCALE).await;
+    // MariaDB's timeout was once reported without its fix (its SQLSTATE 70100 was
+    // taken for its error number).
+    assert!(
+        outcome
+            .reasons
+            .iter()
+            .all(|r| r.contains("raise query_timeout_seconds")),
+        "{outcome:?}"
+    );
+    assert_database_fault(outcome, SCALE.rounds);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_lock_past_the_statement_timeout_fails_the_run_and_loses_nothing() {
-    let outcome = chaos::lock_held(Engine::Postgres, SCALE).await;
-    outcome.assert_clean();
-    assert!(outcome.failed >= SCALE.rounds as u32, "{outcome:?}");
-    // MariaDB's timeout was once reported without its fix (its SQLSTATE 70100 was
-    // taken for its error number).
-    assert!(
-        outcome
-            .reasons
-            .iter()
-            .all(|r| r.contains("raise query_timeout_seconds")),
-        "{outcome:?}"
-    );
+    a_lock_past_the_statement_timeout(Engine::Postgres).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mariadb_lock_past_the_statement_timeout_fails_the_run_and_loses_nothing() {
-    let outcome = chaos::lock_held(Engine::Mysql, SCALE).await;
-    outcome.assert_clean();
-    assert!(outcome.failed >= SCALE.rounds as u32, "{outcome:?}");
-    // MariaDB's timeout was once reported without its fix (its SQLSTATE 70100 was
-    // taken for its error number).
-    assert!(
-        outcome
-            .reasons
-            .iter()
-            .all(|r| r.contains("raise query_timeout_seconds")),
-        "{outcome:?}"
-    );
+    a_lock_past_the_statement_timeout(Engine::Mysql).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
