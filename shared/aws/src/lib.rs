@@ -50,7 +50,7 @@ where
             let mut message = refusal.message().unwrap_or("no message").to_string();
             if THROTTLING.contains(&code) {
                 message.push_str(&format!(
-                    " (still throttled after {MAX_ATTEMPTS} attempts; the next run does the work again, and nothing done is lost: give the table on-demand capacity or more throughput, or fewer sources at once)"
+                    " (still throttled after {MAX_ATTEMPTS} attempts; the next run does the work again, and nothing done is lost: raise the service's limit (a DynamoDB table: on-demand capacity or more throughput) or run fewer sources at once)"
                 ));
             } else if SERVER_ERRORS.contains(&code) {
                 message.push_str(&still_failing());

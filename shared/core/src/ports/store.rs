@@ -22,7 +22,9 @@ use crate::source::SourceConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("the lease on source `{source_id}` is no longer ours (it expired and another run took it)")]
+    #[error(
+        "the lease on source `{source_id}` is no longer ours (it expired and another run took it); this run stops and leaves the watermark to the run that holds the lease"
+    )]
     LeaseLost { source_id: String },
     #[error("{operation} failed: {source}")]
     Backend {
