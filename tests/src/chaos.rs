@@ -15,11 +15,12 @@ use chrono::{DateTime, Utc};
 use futures::future::join_all;
 use sluice_aws::{DynamoStore, TableNames};
 use sluice_core::{
-    BackfillRequest, Backfiller, Clock, Engine, Run, RunStatus, SourceConfig, Store, SyncService, Trigger, UuidIds,
+    BackfillRequest, Backfiller, Clock, Engine, Run, RunStatus, SourceConfig, SourceStore as _, Store, SyncService,
+    Trigger, UuidIds,
 };
 use sluice_lambda::{FunctionConfig, backfiller, sync_service};
 
-use crate::faults::{Fault, FaultPlan, FaultProxy};
+use crate::faults::{Fault, FaultPlan, FaultProxy, Rule};
 use crate::servers::PrivateServer;
 use crate::{Database, SALES_QUERY, StoreKind, open_local_store, sdk, secrets_manager_secret, unique};
 
@@ -133,7 +134,14 @@ pub fn table(outcomes: &[Outcome]) -> String {
 /// Whether a failed run's message is clear: it names the part that failed and says
 /// what happens next or what to do, and it is not a dump.
 fn is_clear(message: &str) -> bool {
-    const CAUSES: [&str; 5] = ["source database", "store:", "secret", "lease", "stopped before"];
+    const CAUSES: [&str; 6] = [
+        "source database",
+        "store:",
+        "secret",
+        "schedule",
+        "lease",
+        "stopped before",
+    ];
     const FIXES: [&str; 10] = [
         "next",
         "again",
@@ -488,16 +496,16 @@ pub async fn diff(db: &Database, store: &dyn Store, source_id: &str) -> (Diff, u
 }
 
 /// The faults of AWS at the rates the proxy injects them in every scenario behind it.
-fn aws_faults() -> FaultPlan {
+pub fn aws_faults() -> FaultPlan {
     FaultPlan(vec![
-        (5, Fault::Unprocessed, None),
-        (7, Fault::Throttling, None),
-        (11, Fault::ProvisionedThroughputExceeded, None),
-        (13, Fault::InternalError, None),
-        (17, Fault::Reset, None),
-        (19, Fault::LostResponse, None),
+        Rule::every(5, Fault::Unprocessed),
+        Rule::every(7, Fault::Throttling),
+        Rule::every(11, Fault::ProvisionedThroughputExceeded),
+        Rule::every(13, Fault::InternalError),
+        Rule::every(17, Fault::Reset),
+        Rule::every(19, Fault::LostResponse),
         // Past the 10 s attempt timeout, twice: each costs that long.
-        (97, Fault::Delay(Duration::from_secs(11)), Some(2)),
+        Rule::every(97, Fault::Delay(Duration::from_secs(11))).at_most(2),
     ])
 }
 
@@ -826,6 +834,175 @@ pub async fn backfill_race(scale: Scale) -> Outcome {
         .await
 }
 
+/// One source of the management API scenario: what its last answered request left.
+struct ManagedSource {
+    id: String,
+    deleted: bool,
+}
+
+/// Sends one request to the management API as a client does: again after a 5xx, until
+/// it is answered. Counts every answer in `tally` and returns how long it took.
+async fn until_answered(
+    http: &reqwest::Client,
+    tally: &mut Tally,
+    method: reqwest::Method,
+    url: &str,
+    body: Option<&serde_json::Value>,
+) -> Duration {
+    let started = Instant::now();
+    for _ in 0..20 {
+        let mut request = http.request(method.clone(), url);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let answer = request.send().await.expect("the local gateway answers");
+        let status = answer.status();
+        let text = answer.text().await.unwrap_or_default();
+        tally.runs += 1;
+        if status.is_success() {
+            return started.elapsed();
+        }
+        let message = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|j| j["error"]["message"].as_str().map(str::to_string))
+            .unwrap_or(text);
+        if status.is_server_error() && is_clear(&message) {
+            tally.failed += 1;
+            tally.reasons.insert(reason(&message));
+        } else {
+            // A 4xx to a request that was right, or a 5xx that does not say why.
+            tally.unclear.push(format!("{method} {url}: {status} {message}"));
+            return started.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("{method} {url}: no answer but 5xx in 20 attempts")
+}
+
+/// The management API (its handlers, served as API Gateway serves them) with DynamoDB,
+/// Secrets Manager and EventBridge Scheduler behind the fault proxy (`plan`): `count`
+/// sources created with a connection, changed (a new frequency and password), every
+/// third deleted, each request sent again after a 5xx as a client would. Then, read
+/// past the proxy: every source has its config, its schedule at the new rate and its
+/// secret with the new password (else missing or stale), and a deleted one left none
+/// of them behind (else extra). Its rows are the sources; its catch-up, the longest a
+/// client waited for one request.
+pub async fn management_api(count: usize, plan: FaultPlan) -> Outcome {
+    let proxy = FaultProxy::start(&crate::aws_endpoint(), plan).await;
+    let direct = sdk().await;
+    let through_proxy = sluice_aws::sdk_config(Some(&proxy.endpoint())).await;
+    let tables = TableNames::with_prefix(&unique("m"));
+    let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&direct), tables.clone());
+    store.create_tables().await.unwrap();
+    let scheduler = aws_sdk_scheduler::Client::new(&direct);
+    let group = unique("faults");
+    scheduler.create_schedule_group().name(&group).send().await.unwrap();
+    let function = FunctionConfig {
+        tables,
+        event_bus: "default".into(),
+        lease: Duration::from_secs(960),
+        backfill_retry: Duration::from_secs(30),
+        schedule_group: Some(group.clone()),
+        metrics_namespace: "Sluice".into(),
+    };
+    let config = sluice_lambda::ApiConfig {
+        function: function.clone(),
+        schedules: sluice_aws::ScheduleTarget {
+            group: group.clone(),
+            function_arn: "arn:aws:lambda:us-east-1:123456789012:function:sluice-sync".into(),
+            role_arn: "arn:aws:iam::123456789012:role/sluice-scheduler".into(),
+            dead_letter_arn: None,
+        },
+        secrets_prefix: format!("{}/", unique("faults")),
+    };
+    let gateway = crate::gateway::LocalGateway::start(
+        sluice_api::Api {
+            admin: sluice_lambda::source_admin(&through_proxy, &config),
+            deliverer: sluice_lambda::deliverer(&through_proxy, &function).unwrap(),
+        },
+        backfiller(&through_proxy, &function),
+    )
+    .await;
+    let db = Database::new(Engine::Postgres).await;
+    db.create_sales(10).await;
+
+    let (http, mut tally) = (reqwest::Client::new(), Tally::default());
+    let mut sources = Vec::new();
+    let mut longest = Duration::ZERO;
+    for i in 0..count {
+        let id = unique("managed");
+        let url = format!("{}/sources/{id}", gateway.url());
+        let mut connection = db.secret.clone();
+        let body = serde_json::json!({"id": id, "name": "Sales", "engine": "postgres",
+            "sync_type": "registration", "query": SALES_QUERY, "frequency_minutes": 5,
+            "connection": connection});
+        let sources_url = format!("{}/sources", gateway.url());
+        longest =
+            longest.max(until_answered(&http, &mut tally, reqwest::Method::POST, &sources_url, Some(&body)).await);
+        connection["password"] = format!("{}-changed", db.secret["password"].as_str().unwrap_or("")).into();
+        let change = serde_json::json!({"frequency_minutes": 15, "connection": connection});
+        longest = longest.max(until_answered(&http, &mut tally, reqwest::Method::PATCH, &url, Some(&change)).await);
+        let deleted = i % 3 == 0;
+        if deleted {
+            longest = longest.max(until_answered(&http, &mut tally, reqwest::Method::DELETE, &url, None).await);
+        }
+        sources.push(ManagedSource { id, deleted });
+    }
+
+    // What is there, read past the proxy.
+    let secrets = aws_sdk_secretsmanager::Client::new(&direct);
+    let mut diff = Diff::default();
+    for source in &sources {
+        let stored = store.get_source(&source.id).await.unwrap();
+        let schedule = scheduler
+            .get_schedule()
+            .name(&source.id)
+            .group_name(&group)
+            .send()
+            .await
+            .ok();
+        let secret_id = format!("{}{}", config.secrets_prefix, source.id);
+        let secret: Option<serde_json::Value> = secrets
+            .get_secret_value()
+            .secret_id(&secret_id)
+            .send()
+            .await
+            .ok()
+            .and_then(|s| serde_json::from_str(s.secret_string()?).ok());
+        if source.deleted {
+            diff.extra += usize::from(stored.is_some() || schedule.is_some() || secret.is_some());
+        } else if stored.is_none() || schedule.is_none() || secret.is_none() {
+            diff.missing += 1;
+        } else {
+            let rate = schedule.and_then(|s| s.schedule_expression().map(str::to_string));
+            let password = secret.and_then(|s| s["password"].as_str().map(str::to_string));
+            let changed = stored.is_some_and(|s| s.config.frequency_minutes == 15 && s.config.secret_id == secret_id)
+                && rate.as_deref() == Some("rate(15 minutes)")
+                && password.is_some_and(|p| p.ends_with("-changed"));
+            diff.stale += usize::from(!changed);
+        }
+    }
+    Outcome {
+        scenario: "management API: Scheduler, Secrets Manager, DynamoDB faults (rows are sources)".into(),
+        runs: tally.runs,
+        faults: injected(&proxy),
+        rows: sources.len(),
+        diff,
+        failed: tally.failed,
+        unclear: tally.unclear,
+        reasons: tally.reasons,
+        catch_up: longest,
+        detail: format!(
+            "{} created, {} deleted; {} requests to AWS, injected {:?}, answers lost of {:?}",
+            sources.len(),
+            sources.iter().filter(|s| s.deleted).count(),
+            proxy.requests(),
+            proxy.injected(),
+            proxy.lost()
+        ),
+    }
+}
+
 /// The Lambda's clock `skew` off the database's.
 struct SkewedClock(chrono::Duration);
 
@@ -863,5 +1040,6 @@ pub async fn all(scale: Scale) -> Vec<Outcome> {
     outcomes.push(backfill_race(scale).await);
     outcomes.push(clock_skew(10, scale).await);
     outcomes.push(clock_skew(-10, scale).await);
+    outcomes.push(management_api(scale.rounds * 3, aws_faults()).await);
     outcomes
 }

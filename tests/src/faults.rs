@@ -33,15 +33,75 @@ pub enum Fault {
     Delay(Duration),
 }
 
-/// Which requests fail: the n-th request (from 1) gets the first fault whose period
-/// divides n, and a fault with `limit` stops after that many.
+/// Which requests fail: the n-th request (from 1) gets the fault of the first rule that
+/// takes it.
 #[derive(Debug, Clone)]
-pub struct FaultPlan(pub Vec<(u64, Fault, Option<u64>)>);
+pub struct FaultPlan(pub Vec<Rule>);
+
+/// One rule of a plan: `fault` for every `every`-th request, at most `limit` times, and
+/// with `only` just for the requests of that operation (`CreateSecret`, `POST
+/// /schedules`: see [`operation`]).
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub every: u64,
+    pub fault: Fault,
+    pub limit: Option<u64>,
+    pub only: Option<&'static str>,
+}
+
+impl Rule {
+    pub fn every(every: u64, fault: Fault) -> Self {
+        Rule {
+            every,
+            fault,
+            limit: None,
+            only: None,
+        }
+    }
+
+    pub fn at_most(self, limit: u64) -> Self {
+        Rule {
+            limit: Some(limit),
+            ..self
+        }
+    }
+
+    pub fn only(self, operation: &'static str) -> Self {
+        Rule {
+            only: Some(operation),
+            ..self
+        }
+    }
+
+    fn takes(&self, n: u64, operation: &str, used: u64) -> bool {
+        n.is_multiple_of(self.every)
+            && self.limit.is_none_or(|l| used < l)
+            && self.only.is_none_or(|o| o == operation)
+            && (self.fault != Fault::Unprocessed || operation == "BatchWriteItem")
+    }
+}
+
+/// The AWS operation of a request: the action of its `X-Amz-Target` (DynamoDB, Secrets
+/// Manager, EventBridge), or the method and first path segment (Scheduler's REST API:
+/// `POST /schedules` creates one, `PUT /schedules` updates one).
+fn operation(parts: &hyper::http::request::Parts) -> String {
+    match parts.headers.get("x-amz-target").and_then(|v| v.to_str().ok()) {
+        Some(target) => target.rsplit('.').next().unwrap_or(target).to_string(),
+        None => {
+            let segment = parts.uri.path().trim_start_matches('/').split('/').next().unwrap_or("");
+            format!("{} /{segment}", parts.method)
+        }
+    }
+}
 
 struct State {
     plan: FaultPlan,
     requests: AtomicU64,
     injected: Mutex<BTreeMap<Fault, u64>>,
+    /// How often each rule of the plan was used.
+    used: Mutex<Vec<u64>>,
+    /// Requests whose answer was lost, by operation.
+    lost: Mutex<BTreeMap<String, u64>>,
 }
 
 pub struct FaultProxy {
@@ -55,9 +115,11 @@ impl FaultProxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(State {
+            used: Mutex::new(vec![0; plan.0.len()]),
             plan,
             requests: AtomicU64::new(0),
             injected: Mutex::default(),
+            lost: Mutex::default(),
         });
         let (shared, upstream) = (state.clone(), upstream.trim_end_matches('/').to_string());
         let http = reqwest::Client::new();
@@ -88,6 +150,11 @@ impl FaultProxy {
     /// How many of each fault were injected.
     pub fn injected(&self) -> BTreeMap<Fault, u64> {
         self.state.injected.lock().unwrap().clone()
+    }
+
+    /// How many answers were lost, by operation.
+    pub fn lost(&self) -> BTreeMap<String, u64> {
+        self.state.lost.lock().unwrap().clone()
     }
 }
 
@@ -123,23 +190,16 @@ async fn forward(
     let n = state.requests.fetch_add(1, Ordering::SeqCst) + 1;
     let (parts, body) = req.into_parts();
     let mut body = body.collect().await.map_err(|_| Closed)?.to_bytes();
-    let target = parts
-        .headers
-        .get("x-amz-target")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
+    let operation = operation(&parts);
     let fault = {
-        let mut injected = state.injected.lock().unwrap();
-        let fault = state.plan.0.iter().find(|(period, fault, limit)| {
-            n.is_multiple_of(*period)
-                && limit.is_none_or(|l| injected.get(fault).copied().unwrap_or(0) < l)
-                && (*fault != Fault::Unprocessed || target.ends_with(".BatchWriteItem"))
-        });
-        if let Some((_, fault, _)) = fault {
-            *injected.entry(*fault).or_default() += 1;
-        }
-        fault.map(|(_, fault, _)| *fault)
+        let mut used = state.used.lock().unwrap();
+        let rule = (0..used.len()).find(|&i| state.plan.0[i].takes(n, &operation, used[i]));
+        rule.map(|i| {
+            used[i] += 1;
+            let fault = state.plan.0[i].fault;
+            *state.injected.lock().unwrap().entry(fault).or_default() += 1;
+            fault
+        })
     };
     let mut unprocessed = None;
     match fault {
@@ -187,6 +247,7 @@ async fn forward(
     let headers = answer.headers().clone();
     let mut bytes = answer.bytes().await.map_err(|_| Closed)?;
     if fault == Some(Fault::LostResponse) {
+        *state.lost.lock().unwrap().entry(operation).or_default() += 1;
         return Err(Closed);
     }
     if let Some(left) = unprocessed {

@@ -477,10 +477,27 @@ async fn bad_bodies_unknown_ids_and_conflicts_are_named() {
         ))
         .await;
     assert_eq!(status, 404);
-    let (status, answer) = api
-        .call(api_request("sources-create.json", &[], &[], Some(new_source(&id, &db))))
-        .await;
+    // The same create sent again (its answer lost, a client retrying) finishes it; another
+    // config under the id, or the same once the source has run, is a conflict.
+    let create = |body: Json| api_request("sources-create.json", &[], &[], Some(body));
+    let (status, answer) = api.call(create(new_source(&id, &db))).await;
+    assert_eq!((status, &answer["id"]), (201, &json!(id)), "{answer}");
+    let mut other = new_source(&id, &db);
+    other["frequency_minutes"] = json!(10);
+    let (status, answer) = api.call(create(other)).await;
     assert_eq!(status, 409, "{answer}");
+    let now = chrono::Utc::now();
+    let taken = api
+        .store
+        .acquire_lease(&id, "t", now, now + chrono::Duration::seconds(60))
+        .await
+        .unwrap();
+    assert!(matches!(taken, sluice_core::LeaseOutcome::Acquired(_)));
+    api.store.advance_watermark(&id, "t", now).await.unwrap();
+    api.store.release_lease(&id, "t").await.unwrap();
+    let (status, answer) = api.call(create(new_source(&id, &db))).await;
+    assert_eq!(status, 409, "{answer}");
+    assert!(api.store.get_source(&id).await.unwrap().unwrap().watermark.is_some());
     let mut event = api_request("sources-get.json", &[("id", &id)], &[], None);
     event["httpMethod"] = json!("PUT");
     let (status, _) = api.call(event).await;

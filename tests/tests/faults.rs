@@ -3,10 +3,12 @@
 //! sync process SIGKILLed, overlapping invocations, a backfill racing scheduled runs
 //! and a skewed clock, each while late writers commit. After each the source's rows and
 //! the stored records must match (nothing missing, stale, duplicated or extra), and
-//! every failed run must have said why. `bash bench/faults.sh` runs them large.
+//! every failed run must have said why. The management API behind the same faults must
+//! leave every source with its config, schedule and secret. `bash bench/faults.sh` runs them large.
 
 use sluice_core::Engine;
 use sluice_tests::chaos::{self, Scale};
+use sluice_tests::faults::{Fault, FaultPlan, Rule};
 
 const SCALE: Scale = Scale::TEST;
 
@@ -99,4 +101,32 @@ async fn a_lambda_clock_ten_minutes_ahead_loses_no_late_row() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lambda_clock_ten_minutes_behind_loses_no_late_row() {
     chaos::clock_skew(-10, SCALE).await.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_management_api_behind_faults_leaves_every_source_with_its_schedule_and_secret() {
+    let outcome = chaos::management_api(8, chaos::aws_faults()).await;
+    outcome.assert_clean();
+    assert!(outcome.faults > 20, "{outcome:?}");
+}
+
+/// The SDK sends a create again when its answer was lost. Secrets Manager knows the
+/// retry by its request token; Scheduler answers ConflictException. That was a 502
+/// ("Schedule ... already exists"), and a 409 to the client sending the create again,
+/// with the source stored and never scheduled; now the create finds its own work and
+/// finishes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creates_whose_answers_were_lost_find_their_own_work() {
+    let plan = FaultPlan(vec![
+        Rule::every(1, Fault::LostResponse).at_most(1).only("CreateSecret"),
+        Rule::every(1, Fault::LostResponse).at_most(1).only("POST /schedules"),
+    ]);
+    let outcome = chaos::management_api(2, plan).await;
+    outcome.assert_clean();
+    assert_eq!(outcome.faults, 2, "{outcome:?}");
+    assert_eq!(outcome.failed, 0, "no request needed sending again: {outcome:?}");
+    assert!(
+        outcome.detail.contains(r#""CreateSecret": 1"#) && outcome.detail.contains(r#""POST /schedules": 1"#),
+        "{outcome:?}"
+    );
 }

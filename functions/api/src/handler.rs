@@ -10,7 +10,7 @@ use sluice_core::{
     AdminError, Budget, ConnectionSecret, Deliverer, DeliveryStatus, FieldError, SourceAdmin, SourceConfig,
     SourceInput, TestQuery, Window, WriteKey,
 };
-use sluice_lambda::http::{error_body, json_body, no_route, path_param, respond, route};
+use sluice_lambda::http::{error_body, json_body, no_route, path_param, respond, route, store_failure};
 use tracing::{error, info};
 
 /// The routes this function serves: `(method, resource)`.
@@ -152,7 +152,10 @@ pub async fn handle(api: &Api, request: &ApiGatewayProxyRequest) -> ApiGatewayPr
                 AdminError::NotFound(_) | AdminError::RunNotFound { .. } => (404, "not_found", None),
                 AdminError::Conflict(_) => (409, "conflict", None),
                 AdminError::Secrets(_) | AdminError::Schedule(_) => (502, "upstream", None),
-                AdminError::Store(_) => (500, "internal", None),
+                AdminError::Store(e) => {
+                    let (status, code) = store_failure(e);
+                    (status, code, None)
+                }
             };
             if status >= 500 {
                 error!(error = %e, "api request failed");

@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde_json::{Value as Json, json};
 use sluice_aws::{BACKFILL_REQUESTED, BackfillRequested};
 use sluice_core::{Backfill, BackfillError, BackfillRequest, Backfiller, Budget, Progress};
-use sluice_lambda::http::{error_body, json_body, no_route, path_param, respond, route};
+use sluice_lambda::http::{error_body, json_body, no_route, path_param, respond, route, store_failure};
 use tracing::{error, info};
 
 /// Time kept back from the function timeout to save the job and log the last run.
@@ -130,9 +130,12 @@ pub async fn api(backfiller: &Backfiller, request: &ApiGatewayProxyRequest) -> A
                 BackfillError::BadRequest(r) => (400, "bad_request", Some(r.field.as_str())),
                 BackfillError::SourceNotFound(_) | BackfillError::JobNotFound { .. } => (404, "not_found", None),
                 BackfillError::Conflict { .. } => (409, "conflict", None),
-                BackfillError::Store(_) => (500, "internal", None),
+                BackfillError::Store(e) => {
+                    let (status, code) = store_failure(e);
+                    (status, code, None)
+                }
             };
-            if status == 500 {
+            if status >= 500 {
                 error!(error = %e, "backfill api request failed");
             }
             let message = match &e {

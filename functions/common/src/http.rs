@@ -5,7 +5,7 @@ use aws_lambda_events::apigw::{ApiGatewayProxyRequest, ApiGatewayProxyResponse};
 use aws_lambda_events::encodings::Body;
 use aws_lambda_events::http::{HeaderMap, HeaderValue};
 use serde_json::{Value as Json, json};
-use sluice_core::FieldError;
+use sluice_core::{FieldError, StoreError};
 
 pub fn respond(status: i64, body: &Json) -> ApiGatewayProxyResponse {
     let mut headers = HeaderMap::new();
@@ -17,6 +17,15 @@ pub fn respond(status: i64, body: &Json) -> ApiGatewayProxyResponse {
     response.body = Some(Body::Text(body.to_string()));
     response.is_base64_encoded = false;
     response
+}
+
+/// The status and code of a request the store failed: DynamoDB still failing after its
+/// retries is upstream's failure (502, safe to send again); data it cannot read is ours.
+pub fn store_failure(e: &StoreError) -> (i64, &'static str) {
+    match e {
+        StoreError::Backend { .. } => (502, "upstream"),
+        StoreError::LeaseLost { .. } | StoreError::Corrupt { .. } => (500, "internal"),
+    }
 }
 
 pub fn error_body(code: &str, field: Option<&str>, message: &str) -> Json {

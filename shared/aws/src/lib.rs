@@ -50,7 +50,7 @@ where
             let mut message = refusal.message().unwrap_or("no message").to_string();
             if THROTTLING.contains(&code) {
                 message.push_str(&format!(
-                    " (still throttled after {MAX_ATTEMPTS} attempts; the next run does the work again, and nothing done is lost: raise the service's limit (a DynamoDB table: on-demand capacity or more throughput) or run fewer sources at once)"
+                    " (still throttled after {MAX_ATTEMPTS} attempts; {TRY_AGAIN}: raise the service's limit (a DynamoDB table: on-demand capacity or more throughput) or run fewer sources at once)"
                 ));
             } else if SERVER_ERRORS.contains(&code) {
                 message.push_str(&still_failing());
@@ -63,8 +63,12 @@ where
 
 /// Said of a call that failed on AWS's side or on the way every time it was tried.
 fn still_failing() -> String {
-    format!(" (still failing after {MAX_ATTEMPTS} attempts; the next run tries again, and nothing done is lost)")
+    format!(" (still failing after {MAX_ATTEMPTS} attempts; {TRY_AGAIN})")
 }
+
+/// What a caller may do after a failed AWS call: every write Sluice makes is safe to
+/// repeat (upserts, conditional watermarks, creates that find their own earlier work).
+const TRY_AGAIN: &str = "nothing done is lost, and the next run, or the request sent again, does the rest";
 
 /// How long one attempt of an AWS call may take before it is tried again. The SDK has
 /// no such limit by default, so an answer that never came held a run until the

@@ -106,40 +106,50 @@ impl Schedules for SchedulerSchedules {
             ScheduleState::Disabled
         };
         let start = schedule.start_at.map(|t| AwsDateTime::from_secs(t.timestamp()));
-        let update = self
-            .client
-            .update_schedule()
-            .name(id)
-            .group_name(&self.target.group)
-            .schedule_expression(rate_expression(schedule.every_minutes))
-            .set_start_date(start)
-            .state(state.clone())
-            .flexible_time_window(window.clone())
-            .target(target.clone())
-            .action_after_completion(ActionAfterCompletion::None)
-            .send()
-            .await;
-        match update {
+        let update = || {
+            self.client
+                .update_schedule()
+                .name(id)
+                .group_name(&self.target.group)
+                .schedule_expression(rate_expression(schedule.every_minutes))
+                .set_start_date(start)
+                .state(state.clone())
+                .flexible_time_window(window.clone())
+                .target(target.clone())
+                .action_after_completion(ActionAfterCompletion::None)
+                .send()
+        };
+        match update().await {
             Ok(_) => Ok(()),
             Err(e)
                 if e.as_service_error()
                     .is_some_and(|s| s.is_resource_not_found_exception()) =>
             {
-                self.client
+                let create = self
+                    .client
                     .create_schedule()
                     .name(id)
                     .group_name(&self.target.group)
                     .description(format!("Sluice: sync source {id}"))
                     .schedule_expression(rate_expression(schedule.every_minutes))
                     .set_start_date(start)
-                    .state(state)
-                    .flexible_time_window(window)
-                    .target(target)
+                    .state(state.clone())
+                    .flexible_time_window(window.clone())
+                    .target(target.clone())
                     .action_after_completion(ActionAfterCompletion::None)
                     .send()
-                    .await
-                    .map_err(|e| failed("creating", id, crate::aws_error(e)))?;
-                Ok(())
+                    .await;
+                match create {
+                    Ok(_) => Ok(()),
+                    // The SDK's retry of a create whose answer was lost (Scheduler's
+                    // create takes no request token), or a request racing this one:
+                    // the schedule is there, so it is brought up to date.
+                    Err(e) if e.as_service_error().is_some_and(|s| s.is_conflict_exception()) => update()
+                        .await
+                        .map(drop)
+                        .map_err(|e| failed("updating", id, crate::aws_error(e))),
+                    Err(e) => Err(failed("creating", id, crate::aws_error(e))),
+                }
             }
             Err(e) => Err(failed("updating", id, crate::aws_error(e))),
         }

@@ -86,27 +86,37 @@ where
 impl SecretWriter for SecretsManagerSecrets {
     async fn put(&self, secret_id: &str, value: &serde_json::Value) -> Result<(), SecretsError> {
         let value = value.to_string();
-        let put = self
-            .client
-            .put_secret_value()
-            .secret_id(secret_id)
-            .secret_string(&value)
-            .send()
-            .await;
-        match put {
+        let put_value = || {
+            self.client
+                .put_secret_value()
+                .secret_id(secret_id)
+                .secret_string(&value)
+                .send()
+        };
+        match put_value().await {
             Ok(_) => {}
             Err(e)
                 if e.as_service_error()
                     .is_some_and(|s| s.is_resource_not_found_exception()) =>
             {
-                self.client
+                let create = self
+                    .client
                     .create_secret()
                     .name(secret_id)
                     .description("Sluice secret: a connection (DESIGN §5) or a destination's write key")
-                    .secret_string(value)
+                    .secret_string(&value)
                     .send()
-                    .await
-                    .map_err(backend(secret_id))?;
+                    .await;
+                match create {
+                    Ok(_) => {}
+                    // A request racing this one created it (the SDK's own retries
+                    // of a create are idempotent by their request token): the secret
+                    // is there, so its value is set.
+                    Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_exists_exception()) => {
+                        put_value().await.map_err(backend(secret_id))?;
+                    }
+                    Err(e) => return Err(backend(secret_id)(e)),
+                }
             }
             Err(e) => return Err(backend(secret_id)(e)),
         }

@@ -162,11 +162,15 @@ impl SourceAdmin {
         format!("{}{id}/write-key", self.secret_prefix)
     }
 
-    /// Creates a source, its secret when it brings a connection, and its schedule.
+    /// Creates a source, its secret when it brings a connection, and its schedule. The
+    /// same request sent again after a failure (or a lost answer) finishes the work: a
+    /// source of the same config that has never run is taken as its own.
     pub async fn create(&self, input: SourceInput) -> Result<SourceView, AdminError> {
         self.check(&input)?;
         let config = &input.config;
-        if self.store.get_source(&config.id).await?.is_some() {
+        if let Some(existing) = self.store.get_source(&config.id).await?
+            && !(existing.config == *config && existing.watermark.is_none() && existing.lease.is_none())
+        {
             return Err(AdminError::Conflict(config.id.clone()));
         }
         self.keep_secrets(&input).await?;
