@@ -891,38 +891,9 @@ pub async fn management_api(count: usize, plan: FaultPlan) -> Outcome {
     let proxy = FaultProxy::start(&crate::aws_endpoint(), plan).await;
     let direct = sdk().await;
     let through_proxy = sluice_aws::sdk_config(Some(&proxy.endpoint())).await;
-    let tables = TableNames::with_prefix(&unique("m"));
-    let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&direct), tables.clone());
-    store.create_tables().await.unwrap();
-    let scheduler = aws_sdk_scheduler::Client::new(&direct);
-    let group = unique("faults");
-    scheduler.create_schedule_group().name(&group).send().await.unwrap();
-    let function = FunctionConfig {
-        tables,
-        event_bus: "default".into(),
-        lease: Duration::from_secs(960),
-        backfill_retry: Duration::from_secs(30),
-        schedule_group: Some(group.clone()),
-        metrics_namespace: "Sluice".into(),
-    };
-    let config = sluice_lambda::ApiConfig {
-        function: function.clone(),
-        schedules: sluice_aws::ScheduleTarget {
-            group: group.clone(),
-            function_arn: "arn:aws:lambda:us-east-1:123456789012:function:sluice-sync".into(),
-            role_arn: "arn:aws:iam::123456789012:role/sluice-scheduler".into(),
-            dead_letter_arn: None,
-        },
-        secrets_prefix: format!("{}/", unique("faults")),
-    };
-    let gateway = crate::gateway::LocalGateway::start(
-        sluice_api::Api {
-            admin: sluice_lambda::source_admin(&through_proxy, &config),
-            deliverer: sluice_lambda::deliverer(&through_proxy, &function).unwrap(),
-        },
-        backfiller(&through_proxy, &function),
-    )
-    .await;
+    let (gateway, config) = crate::gateway::LocalGateway::functions_over(&through_proxy).await;
+    let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&direct), config.function.tables.clone());
+    let (scheduler, group) = (aws_sdk_scheduler::Client::new(&direct), &config.schedules.group);
     let db = Database::new(Engine::Postgres).await;
     db.create_sales(10).await;
 
@@ -957,7 +928,7 @@ pub async fn management_api(count: usize, plan: FaultPlan) -> Outcome {
         let schedule = scheduler
             .get_schedule()
             .name(&source.id)
-            .group_name(&group)
+            .group_name(group)
             .send()
             .await
             .ok();

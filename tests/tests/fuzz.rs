@@ -9,8 +9,6 @@ use std::path::Path;
 use std::process::Command;
 
 use serde_json::Value as Json;
-use sluice_aws::ScheduleTarget;
-use sluice_lambda::{ApiConfig, FunctionConfig, backfiller, deliverer, source_admin};
 use sluice_tests::gateway::LocalGateway;
 use sluice_tests::*;
 
@@ -24,41 +22,7 @@ async fn a_thousand_generated_requests_get_no_5xx_and_every_400_names_its_field(
         schemathesis.exists(),
         "schemathesis is not in .venv-fuzz: run the tests with `bash infra/test.sh`, which installs it"
     );
-    let sdk = sdk().await;
-    let store = dynamo_store().await;
-    let group = unique("fuzz");
-    aws_sdk_scheduler::Client::new(&sdk)
-        .create_schedule_group()
-        .name(&group)
-        .send()
-        .await
-        .unwrap();
-    let function = FunctionConfig {
-        tables: store.tables().clone(),
-        event_bus: "default".into(),
-        lease: std::time::Duration::from_secs(960),
-        backfill_retry: std::time::Duration::from_secs(30),
-        schedule_group: Some(group.clone()),
-        metrics_namespace: "Sluice/test".into(),
-    };
-    let config = ApiConfig {
-        function: function.clone(),
-        schedules: ScheduleTarget {
-            group,
-            function_arn: "arn:aws:lambda:us-east-1:123456789012:function:sluice-sync".into(),
-            role_arn: "arn:aws:iam::123456789012:role/sluice-scheduler".into(),
-            dead_letter_arn: None,
-        },
-        secrets_prefix: format!("{}/", unique("fuzz")),
-    };
-    let gateway = LocalGateway::start(
-        sluice_api::Api {
-            admin: source_admin(&sdk, &config),
-            deliverer: deliverer(&sdk, &function).unwrap(),
-        },
-        backfiller(&sdk, &function),
-    )
-    .await;
+    let (gateway, _) = LocalGateway::functions_over(&sdk().await).await;
 
     // One real source, so that generated requests also reach existing resources.
     let db = Database::new(sluice_core::Engine::Postgres).await;
@@ -141,4 +105,238 @@ async fn a_thousand_generated_requests_get_no_5xx_and_every_400_names_its_field(
     assert!(unnamed.is_empty(), "400s that name no field: {unnamed:#?}");
     assert!(leaked.is_empty(), "answers holding the password: {leaked:#?}");
     assert!(report.status.success(), "schemathesis found failures:\n{output}");
+}
+
+/// The hostile requests a fuzzer may not happen on, each sent as API Gateway sends it:
+/// odd ids (path separators, unicode, 1 KB), a body of megabytes, an enormous template,
+/// a backfill of 1970 to 9999 in one-minute chunks, negative and zero numbers. Each gets
+/// a 4xx naming the field, and nothing stored changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_requests_get_a_4xx_naming_the_field_and_change_nothing() {
+    let (gateway, config) = LocalGateway::functions_over(&sdk().await).await;
+    let db = Database::new(sluice_core::Engine::Postgres).await;
+    db.create_sales(10).await;
+    let http = reqwest::Client::new();
+    let id = unique("hostile");
+    let source = |change: &dyn Fn(&mut Json)| {
+        let mut body = serde_json::json!({"id": id, "name": "Sales", "engine": "postgres",
+            "sync_type": "registration", "query": SALES_QUERY, "connection": db.secret});
+        change(&mut body);
+        body
+    };
+    let send = |method: reqwest::Method, path: String, body: Option<Json>| {
+        let mut request = http.request(method, format!("{}{path}", gateway.url()));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        async move {
+            let answer = request.send().await.unwrap();
+            let status = answer.status().as_u16();
+            (status, answer.json::<Json>().await.unwrap_or(Json::Null))
+        }
+    };
+    let (status, created) = send(reqwest::Method::POST, "/sources".into(), Some(source(&|_| {}))).await;
+    assert_eq!(status, 201, "{created}");
+
+    let long_id = "x".repeat(1024);
+    // A new source each (the id of one that exists would be a conflict first).
+    let with = |field: &'static str, value: Json| {
+        source(&move |b| {
+            b["id"] = unique("hostile").into();
+            b[field] = value.clone();
+        })
+    };
+    let post = reqwest::Method::POST;
+    let cases: Vec<(reqwest::Method, String, Option<Json>, u16, &str)> = vec![
+        (
+            post.clone(),
+            "/sources".into(),
+            Some(with("id", "a/b".into())),
+            400,
+            "id",
+        ),
+        (
+            post.clone(),
+            "/sources".into(),
+            Some(with("id", "ñandú-☃".into())),
+            400,
+            "id",
+        ),
+        (
+            post.clone(),
+            "/sources".into(),
+            Some(with("id", long_id.clone().into())),
+            400,
+            "id",
+        ),
+        (reqwest::Method::GET, "/sources/a%2Fb".into(), None, 404, ""),
+        (reqwest::Method::GET, "/sources/%C3%B1and%C3%BA".into(), None, 404, ""),
+        (reqwest::Method::GET, format!("/sources/{long_id}"), None, 404, ""),
+        (reqwest::Method::DELETE, "/sources/..%2F..%2Fetc".into(), None, 404, ""),
+        (
+            post.clone(),
+            "/sources".into(),
+            Some(with("name", "n".repeat(6_000_000).into())),
+            400,
+            "body",
+        ),
+        (
+            post.clone(),
+            "/sources".into(),
+            Some(with(
+                "query",
+                format!("{SALES_QUERY} -- {}", "x".repeat(200_000)).into(),
+            )),
+            400,
+            "query",
+        ),
+        (
+            post.clone(),
+            format!("/sources/{id}/backfills"),
+            Some(serde_json::json!({"start": "1970-01-01", "end": "9999-12-31", "chunk": "1m"})),
+            400,
+            "end",
+        ),
+        (
+            post.clone(),
+            format!("/sources/{id}/backfills"),
+            Some(serde_json::json!({"start": "1970-01-01", "end": "2026-01-01", "chunk": "1m"})),
+            400,
+            "chunk",
+        ),
+        (
+            post.clone(),
+            "/sources".into(),
+            Some(with("frequency_minutes", 0.into())),
+            400,
+            "frequency_minutes",
+        ),
+        (
+            post.clone(),
+            "/sources".into(),
+            Some(with("frequency_minutes", (-5).into())),
+            400,
+            "frequency_minutes",
+        ),
+        (
+            post.clone(),
+            "/sources".into(),
+            Some(with("lookback_seconds", (-1).into())),
+            400,
+            "lookback_seconds",
+        ),
+        (
+            post.clone(),
+            "/sources".into(),
+            Some(with("max_rows_per_run", 0.into())),
+            400,
+            "max_rows_per_run",
+        ),
+        (
+            post.clone(),
+            "/sources".into(),
+            Some(with("query_timeout_seconds", 0.into())),
+            400,
+            "query_timeout_seconds",
+        ),
+        (
+            post.clone(),
+            "/sources".into(),
+            Some(source(&|b| {
+                b["id"] = unique("hostile").into();
+                b["connection"]["password"] = "p".repeat(100_000).into();
+            })),
+            400,
+            "connection",
+        ),
+        // The same config under the id of a source that exists, with another password:
+        // not the same create sent again, so nothing is overwritten.
+        (
+            post.clone(),
+            "/sources".into(),
+            Some(source(&|b| b["connection"]["password"] = "another".into())),
+            409,
+            "",
+        ),
+        (
+            reqwest::Method::GET,
+            format!("/sources/{id}/runs?limit=0"),
+            None,
+            400,
+            "limit",
+        ),
+        (
+            reqwest::Method::GET,
+            format!("/sources/{id}/runs?limit=-1"),
+            None,
+            400,
+            "limit",
+        ),
+        (
+            post.clone(),
+            format!("/sources/{id}/backfills"),
+            Some(serde_json::json!({"start": "2024-01-01", "end": "2024-02-01", "chunk": "0d"})),
+            400,
+            "chunk",
+        ),
+        (
+            post.clone(),
+            format!("/sources/{id}/backfills"),
+            Some(serde_json::json!({"start": "2024-01-01", "end": "2024-02-01", "chunk": "-1d"})),
+            400,
+            "chunk",
+        ),
+        (
+            reqwest::Method::PATCH,
+            format!("/sources/{id}"),
+            Some(serde_json::json!({"frequency_minutes": -1})),
+            400,
+            "frequency_minutes",
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (method, path, body, status, field) in cases {
+        let shown = format!("{method} {}", &path[..path.len().min(60)]);
+        let (got, answer) = send(method, path, body).await;
+        let named = answer["error"]["field"].as_str().unwrap_or("");
+        let message = answer["error"]["message"].as_str().unwrap_or("");
+        println!("{shown} -> {got} {named}: {}", &message[..message.len().min(160)]);
+        if got != status || named != field || message.is_empty() {
+            wrong.push(format!("{shown}: expected {status} {field:?}, got {got} {answer}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+
+    // Nothing stored changed: the one source, as created, and no other secret.
+    let (status, listed) = send(reqwest::Method::GET, "/sources".into(), None).await;
+    assert_eq!(status, 200);
+    let ids: Vec<&str> = listed["sources"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{listed}"))
+        .iter()
+        .filter_map(|s| s["id"].as_str())
+        .collect();
+    assert_eq!(ids, [id.as_str()], "{listed}");
+    let (_, now) = send(reqwest::Method::GET, format!("/sources/{id}"), None).await;
+    assert_eq!(now["frequency_minutes"], created["frequency_minutes"], "{now}");
+    assert_eq!(now["query"], created["query"], "{now}");
+    let (_, backfills) = send(reqwest::Method::GET, format!("/sources/{id}/backfills"), None).await;
+    assert_eq!(backfills["backfills"], serde_json::json!([]), "{backfills}");
+    let secrets = aws_sdk_secretsmanager::Client::new(&sdk().await)
+        .list_secrets()
+        .filters(
+            aws_sdk_secretsmanager::types::Filter::builder()
+                .key("name".into())
+                .values(config.secrets_prefix.clone())
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let names: Vec<_> = secrets.secret_list().iter().filter_map(|s| s.name()).collect();
+    assert_eq!(
+        names,
+        [format!("{}{id}", config.secrets_prefix)],
+        "only the source's own secret"
+    );
 }

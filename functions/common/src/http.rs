@@ -72,6 +72,10 @@ pub fn path_param<'a>(request: &'a ApiGatewayProxyRequest, name: &str) -> &'a st
 }
 
 /// The request's JSON body; `Ok(None)` when there is none.
+/// The largest request body read: a source is one DynamoDB item (at most 400 KB), and
+/// nothing the API takes comes near this.
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+
 pub fn json_body(request: &ApiGatewayProxyRequest) -> Result<Option<Json>, FieldError> {
     let text = match (request.body.as_deref(), request.is_base64_encoded) {
         (None, _) => return Ok(None),
@@ -83,6 +87,15 @@ pub fn json_body(request: &ApiGatewayProxyRequest) -> Result<Option<Json>, Field
         }
         (Some(b), false) => b,
     };
+    if text.len() > MAX_BODY_BYTES {
+        return Err(FieldError::new(
+            "body",
+            format!(
+                "is {} bytes; a request may be at most {MAX_BODY_BYTES} (256 KiB): a source's query may be 100,000 characters",
+                text.len()
+            ),
+        ));
+    }
     if text.trim().is_empty() {
         return Ok(None);
     }

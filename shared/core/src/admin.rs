@@ -163,13 +163,12 @@ impl SourceAdmin {
     }
 
     /// Creates a source, its secret when it brings a connection, and its schedule. The
-    /// same request sent again after a failure (or a lost answer) finishes the work: a
-    /// source of the same config that has never run is taken as its own.
+    /// same request sent again after a failure (or a lost answer) finishes the work.
     pub async fn create(&self, input: SourceInput) -> Result<SourceView, AdminError> {
         self.check(&input)?;
         let config = &input.config;
         if let Some(existing) = self.store.get_source(&config.id).await?
-            && !(existing.config == *config && existing.watermark.is_none() && existing.lease.is_none())
+            && !self.left_by_the_same_create(&existing, &input).await?
         {
             return Err(AdminError::Conflict(config.id.clone()));
         }
@@ -322,7 +321,21 @@ impl SourceAdmin {
                 Some(_) => {}
             }
         }
+        // Secrets Manager keeps at most 64 KiB a secret; past that it would refuse it as a 502.
+        let too_large = |field: &str, bytes: usize| {
+            Err(FieldError::new(
+                field,
+                format!("is {bytes} bytes; a secret may be at most {MAX_SECRET_BYTES} (64 KiB)"),
+            ))
+        };
+        if let Some(key) = input.write_key.as_ref().filter(|k| k.0.len() > MAX_SECRET_BYTES) {
+            return too_large("destination.write_key", key.0.len());
+        }
         let Some(c) = &input.connection else { return Ok(()) };
+        let bytes = serde_json::to_string(c).map_or(0, |t| t.len());
+        if bytes > MAX_SECRET_BYTES {
+            return too_large("connection", bytes);
+        }
         if c.engine != config.engine {
             return Err(FieldError::new(
                 "connection.engine",
@@ -342,6 +355,31 @@ impl SourceAdmin {
 
     /// Stores a new connection and write key, or checks that the secrets named exist
     /// and hold what they should.
+    /// Whether `existing` is what an earlier send of `input` left when it failed part-way:
+    /// the same config, never run, and the secrets it stored hold the same values. Anything
+    /// else under the id is another source, which a create must not overwrite.
+    async fn left_by_the_same_create(&self, existing: &SourceState, input: &SourceInput) -> Result<bool, AdminError> {
+        let config = &input.config;
+        if existing.config != *config || existing.watermark.is_some() || existing.lease.is_some() {
+            return Ok(false);
+        }
+        let same = |stored: Result<bool, SecretsError>| match stored {
+            Err(SecretsError::NotFound { .. }) => Ok(true),
+            other => other.map_err(AdminError::from),
+        };
+        if let Some(c) = &input.connection
+            && !same(self.secrets.connection(&config.secret_id).await.map(|s| s == *c))?
+        {
+            return Ok(false);
+        }
+        if let (Some(key), Some(d)) = (&input.write_key, &config.destination)
+            && !same(self.secrets.write_key(&d.secret_id).await.map(|s| s == *key))?
+        {
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
     async fn keep_secrets(&self, input: &SourceInput) -> Result<(), AdminError> {
         let config = &input.config;
         let refused = |field: &str, e: SecretsError| match e {
@@ -372,6 +410,9 @@ impl SourceAdmin {
         Ok(())
     }
 }
+
+/// The largest secret Secrets Manager keeps.
+const MAX_SECRET_BYTES: usize = 65_536;
 
 fn schedule_of(config: &SourceConfig) -> Schedule {
     Schedule {

@@ -203,6 +203,10 @@ impl Destination {
 /// The longest description a source may have.
 const MAX_DESCRIPTION_CHARS: usize = 1_000;
 
+/// The longest query template: far beyond any real one, and well inside the DynamoDB
+/// item (400 KB) that holds the source.
+pub const MAX_QUERY_CHARS: usize = 100_000;
+
 /// The longest a source may wait between syncs: a day, in minutes.
 pub const MAX_FREQUENCY_MINUTES: u32 = 1440;
 
@@ -263,6 +267,12 @@ impl SourceConfig {
             .is_some_and(|d| d.chars().count() > MAX_DESCRIPTION_CHARS)
         {
             return bad("description", "keep it to 1,000 characters");
+        }
+        if self.query.chars().count() > MAX_QUERY_CHARS {
+            return bad("query", "keep it to 100,000 characters");
+        }
+        if self.query.chars().count() > MAX_QUERY_CHARS {
+            return bad("query", "keep it to 100,000 characters");
         }
         if self.secret_id.trim().is_empty() {
             return bad("secret_id", "name the secret that holds the connection");
