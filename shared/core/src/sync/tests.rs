@@ -324,6 +324,29 @@ async fn a_store_outage_fails_the_run_keeps_the_watermark_and_the_next_run_catch
     assert_eq!(f.records().await, 2);
 }
 
+/// The run that dies after its last write and before its watermark (a SIGKILL lands
+/// there in a few milliseconds of a run): the next run reads the same window again,
+/// finds every record unchanged, writes nothing twice, and moves the watermark.
+#[tokio::test(start_paused = true)]
+async fn a_run_stopped_between_its_last_write_and_the_watermark_is_finished_by_the_next() {
+    let f = Fixture::new(config(QUERY)).await;
+    for id in 1..=5 {
+        f.sale(id, base() - minutes(id));
+    }
+    f.store.fail_watermarks(Some("the process died"));
+    let run = f.run().await;
+    assert_eq!((run.status, run.rows_written), (RunStatus::Failed, 5), "{run:?}");
+    assert_eq!(f.state().await.watermark, None);
+    assert_eq!(f.records().await, 5, "the writes are there");
+    f.store.fail_watermarks(None);
+    tokio::time::advance(Duration::from_secs(60)).await;
+    let next = f.run().await;
+    assert_eq!(next.status, RunStatus::Succeeded);
+    assert_eq!((next.rows_read, next.rows_written, next.rows_unchanged), (5, 0, 5));
+    assert_eq!(f.records().await, 5);
+    assert_eq!(f.state().await.watermark, next.watermark);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_database_that_breaks_mid_stream_fails_the_run_with_its_message() {
     let f = Fixture::new(config(QUERY)).await;

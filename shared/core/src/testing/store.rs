@@ -30,6 +30,8 @@ struct Inner {
     deliveries: BTreeMap<(String, String), DeliveryState>,
     /// While set, record writes fail with this message.
     failing_writes: Option<String>,
+    /// While set, moving a watermark fails with this message.
+    failing_watermarks: Option<String>,
     /// Record writes that reached the store.
     write_calls: u64,
 }
@@ -51,6 +53,12 @@ impl MemoryStore {
     /// `None`.
     pub fn fail_writes(&self, message: Option<&str>) {
         self.lock().failing_writes = message.map(str::to_string);
+    }
+
+    /// Makes every watermark move fail with `message` (the run dies between its last
+    /// write and the watermark) until cleared with `None`.
+    pub fn fail_watermarks(&self, message: Option<&str>) {
+        self.lock().failing_watermarks = message.map(str::to_string);
     }
 
     /// How many record writes reached the store.
@@ -149,6 +157,12 @@ impl SourceStore for MemoryStore {
 
     async fn advance_watermark(&self, id: &str, token: &str, watermark: DateTime<Utc>) -> Result<(), StoreError> {
         let mut inner = self.lock();
+        if let Some(message) = &inner.failing_watermarks {
+            return Err(StoreError::backend(
+                "moving the watermark",
+                BackendError::new(Some("Unavailable".into()), message.clone()),
+            ));
+        }
         let lost = || StoreError::LeaseLost { source_id: id.into() };
         let state = inner.sources.get_mut(id).ok_or_else(lost)?;
         if state.lease.as_ref().is_none_or(|l| l.token != token) {
