@@ -14,9 +14,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use sluice_aws::ScheduleTarget;
 use sluice_core::Backfiller;
-use sluice_lambda::{ApiConfig, FunctionConfig, backfiller, deliverer, source_admin};
+use sluice_lambda::{ApiConfig, backfiller, deliverer, source_admin};
 
 /// What API Gateway itself answers when no resource matches: 403 with a message.
 const MISSING_TOKEN: &str = r#"{"message":"Missing Authentication Token"}"#;
@@ -72,37 +71,14 @@ impl LocalGateway {
     /// in front of it), with new tables and a new schedule group made on moto; the
     /// config they run with.
     pub async fn functions_over(sdk: &aws_config::SdkConfig) -> (Self, ApiConfig) {
-        let store = crate::dynamo_store().await;
-        let group = crate::unique("api");
-        aws_sdk_scheduler::Client::new(&crate::sdk().await)
-            .create_schedule_group()
-            .name(&group)
-            .send()
-            .await
-            .unwrap();
-        let function = FunctionConfig {
-            tables: store.tables().clone(),
-            event_bus: "default".into(),
-            lease: std::time::Duration::from_secs(960),
-            backfill_retry: std::time::Duration::from_secs(30),
-            schedule_group: Some(group.clone()),
-            metrics_namespace: "Sluice/test".into(),
-        };
-        let config = ApiConfig {
-            function: function.clone(),
-            schedules: ScheduleTarget {
-                group,
-                function_arn: "arn:aws:lambda:us-east-1:123456789012:function:sluice-sync".into(),
-                role_arn: "arn:aws:iam::123456789012:role/sluice-scheduler".into(),
-                dead_letter_arn: None,
-            },
-            secrets_prefix: format!("{}/", crate::unique("api")),
-        };
+        let (config, _) = crate::api_config(None).await;
+        let function = &config.function;
         let api = sluice_api::Api {
             admin: source_admin(sdk, &config),
-            deliverer: deliverer(sdk, &function).unwrap(),
+            deliverer: deliverer(sdk, function).unwrap(),
         };
-        (LocalGateway::start(api, backfiller(sdk, &function)).await, config)
+        let backfiller = backfiller(sdk, function);
+        (LocalGateway::start(api, backfiller).await, config)
     }
 }
 

@@ -451,6 +451,37 @@ pub async fn sdk() -> aws_config::SdkConfig {
     sluice_aws::sdk_config(Some(&aws_endpoint())).await
 }
 
+/// The API functions' config as template.yaml gives it, over new tables and a new
+/// schedule group on moto, and the tables' store.
+pub async fn api_config(dead_letter_arn: Option<String>) -> (sluice_lambda::ApiConfig, DynamoStore) {
+    let store = dynamo_store().await;
+    let group = unique("api");
+    aws_sdk_scheduler::Client::new(&sdk().await)
+        .create_schedule_group()
+        .name(&group)
+        .send()
+        .await
+        .unwrap();
+    let config = sluice_lambda::ApiConfig {
+        function: sluice_lambda::FunctionConfig {
+            tables: store.tables().clone(),
+            event_bus: "default".into(),
+            lease: std::time::Duration::from_secs(960),
+            backfill_retry: std::time::Duration::from_secs(30),
+            schedule_group: Some(group.clone()),
+            metrics_namespace: "Sluice/test".into(),
+        },
+        schedules: sluice_aws::ScheduleTarget {
+            group,
+            function_arn: "arn:aws:lambda:us-east-1:123456789012:function:sluice-sync".into(),
+            role_arn: "arn:aws:iam::123456789012:role/sluice-scheduler".into(),
+            dead_letter_arn,
+        },
+        secrets_prefix: format!("{}/", unique("api")),
+    };
+    (config, store)
+}
+
 /// DynamoDB tables on moto with a unique prefix.
 pub async fn dynamo_store() -> DynamoStore {
     let sdk = sdk().await;

@@ -5,9 +5,9 @@
 use aws_lambda_events::apigw::ApiGatewayProxyRequest;
 use serde_json::{Value as Json, json};
 use sluice_api::handle;
-use sluice_aws::{DynamoStore, ScheduleTarget};
+use sluice_aws::DynamoStore;
 use sluice_core::{Engine, RunStatus};
-use sluice_lambda::{ApiConfig, FunctionConfig, deliverer, source_admin, sync_service};
+use sluice_lambda::{ApiConfig, deliverer, source_admin, sync_service};
 use sluice_tests::*;
 
 /// Loopback PostgreSQL trusts the login, so this password is only a marker to search for.
@@ -26,27 +26,9 @@ struct Api {
 impl Api {
     async fn new() -> Self {
         let sdk = sdk().await;
-        let store = dynamo_store().await;
+        let dead_letters = "arn:aws:sqs:us-east-1:123456789012:sluice-failed-invocations";
+        let (config, store) = api_config(Some(dead_letters.into())).await;
         let scheduler = aws_sdk_scheduler::Client::new(&sdk);
-        let group = unique("sluice");
-        scheduler.create_schedule_group().name(&group).send().await.unwrap();
-        let config = ApiConfig {
-            function: FunctionConfig {
-                tables: store.tables().clone(),
-                event_bus: "default".into(),
-                lease: std::time::Duration::from_secs(960),
-                backfill_retry: std::time::Duration::from_secs(30),
-                schedule_group: Some(group.clone()),
-                metrics_namespace: "Sluice/test".into(),
-            },
-            schedules: ScheduleTarget {
-                group,
-                function_arn: "arn:aws:lambda:us-east-1:123456789012:function:sluice-sync".into(),
-                role_arn: "arn:aws:iam::123456789012:role/sluice-scheduler".into(),
-                dead_letter_arn: Some("arn:aws:sqs:us-east-1:123456789012:sluice-failed-invocations".into()),
-            },
-            secrets_prefix: format!("{}/", unique("sluice")),
-        };
         Api {
             api: sluice_api::Api {
                 admin: source_admin(&sdk, &config),
