@@ -447,8 +447,10 @@ pub async fn sdk() -> aws_config::SdkConfig {
         std::env::set_var("AWS_ACCESS_KEY_ID", "test");
         std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
         std::env::set_var("AWS_REGION", "us-east-1");
+        std::env::set_var("AWS_ENDPOINT_URL", aws_endpoint());
     }
-    sluice_aws::sdk_config(Some(&aws_endpoint())).await
+    // The functions' own configuration, so the tests run what production runs.
+    sluice_lambda::sdk_config().await
 }
 
 /// The API functions' config as template.yaml gives it, over new tables and a new

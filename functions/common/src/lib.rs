@@ -229,13 +229,21 @@ pub struct Init {
     pub sdk: aws_config::SdkConfig,
 }
 
-/// Starts a function's init: JSON logs, then the SDK's configuration (region and
-/// credentials from the Lambda environment).
+/// Starts a function's init: JSON logs, then the SDK's configuration.
 pub async fn init() -> Init {
     let started = Instant::now();
     init_tracing();
-    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-    Init { started, sdk }
+    Init {
+        started,
+        sdk: sdk_config().await,
+    }
+}
+
+/// The SDK configuration the functions run with: region and credentials from the Lambda
+/// environment, and the same attempt timeouts and retries as the CLI and the fault
+/// suite (`sluice_aws::sdk_config`), so the fault figures describe what production runs.
+pub async fn sdk_config() -> aws_config::SdkConfig {
+    sluice_aws::sdk_config(None).await
 }
 
 impl Init {
