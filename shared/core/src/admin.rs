@@ -259,8 +259,7 @@ impl SourceAdmin {
                 (&state.config, &*self.secrets)
             }
         };
-        let now = self.clock.now();
-        Ok(crate::preview::preview(&*self.reader, secrets, config, state.as_ref(), request.window, now).await)
+        Ok(crate::preview::preview(&*self.reader, secrets, config, state.as_ref(), request.window).await)
     }
 
     /// A page of the source's delivery states, only those of `status` when given.

@@ -65,7 +65,6 @@ pub async fn preview(
     config: &SourceConfig,
     state: Option<&SourceState>,
     window: Option<Window>,
-    now: DateTime<Utc>,
 ) -> Preview {
     let began = Instant::now();
     let mut p = Preview {
@@ -85,7 +84,7 @@ pub async fn preview(
         duration_ms: 0,
         ssh_host_key: None,
     };
-    if let Err(e) = run(&mut p, reader, secrets, config, state, window, now).await {
+    if let Err(e) = run(&mut p, reader, secrets, config, state, window).await {
         p.errors.push(e.to_string());
     }
     p.duration_ms = began.elapsed().as_millis() as u64;
@@ -126,7 +125,6 @@ async fn run(
     config: &SourceConfig,
     state: Option<&SourceState>,
     window: Option<Window>,
-    now: DateTime<Utc>,
 ) -> Result<(), PreviewError> {
     config.validate()?;
     let recorded = state
@@ -165,7 +163,7 @@ async fn run(
         })
         .collect();
     p.columns = session.columns(&query).await?;
-    let mut mapper = LazyMapper::new(config.sync_type, &p.columns, now)?;
+    let mut mapper = LazyMapper::new(config.sync_type, &p.columns)?;
     let mut rows = session.stream(&query);
     while let Some(row) = rows.next().await {
         let row = row?;

@@ -142,8 +142,6 @@ pub(super) struct CallMapper {
     roles: Vec<Role>,
     /// The `email` column of an identify call, its id when `userId` is empty.
     email: Option<usize>,
-    /// The timestamp of a call whose row has none.
-    run_time: DateTime<Utc>,
 }
 
 /// Why a group row without a user id still goes through.
@@ -196,7 +194,7 @@ fn json_object(column: &str, v: &Value) -> Result<Option<Map<String, Json>>, Str
 }
 
 impl CallMapper {
-    pub(super) fn new(call: Call, columns: &[String], run_time: DateTime<Utc>) -> Result<Self, MappingError> {
+    pub(super) fn new(call: Call, columns: &[String]) -> Result<Self, MappingError> {
         let roles: Vec<Role> = columns.iter().map(|c| role(call, c)).collect();
         let has = |r: &Role| roles.contains(r);
         let missing = |column: &'static str| MappingError::MissingColumn {
@@ -218,12 +216,7 @@ impl CallMapper {
         if let Some((column, _)) = required.iter().find(|(_, present)| !present) {
             return Err(missing(column));
         }
-        Ok(CallMapper {
-            call,
-            roles,
-            email,
-            run_time,
-        })
+        Ok(CallMapper { call, roles, email })
     }
 
     /// The non-null value of the column that plays `role`.
@@ -369,8 +362,6 @@ impl RowMapper for CallMapper {
             message: self.id(&row, &Role::MessageId),
         };
         check_values(&row).map_err(|reason| ids.reject(reason))?;
-        // The hash is of the row as read, so a row read again is unchanged even when its
-        // call got the run's time as its timestamp.
         let hash = content_hash(&row);
         let hash_hex = format!("{hash:032x}");
         let mut top: Vec<(String, Value)> = vec![("type".into(), Value::Text(self.call.name().into()))];
@@ -381,11 +372,13 @@ impl RowMapper for CallMapper {
             }
         }
         top.push(("messageId".into(), Value::Text(ids.message.clone().unwrap_or(hash_hex))));
+        // Only the row's own time: a call's content never depends on when it was read,
+        // so a row read again is the same call, never a changed one delivered twice.
+        // Without it the destination stamps the call when it receives it.
         let occurred_at = self.timestamp(&row, &ids)?;
-        top.push((
-            "timestamp".into(),
-            Value::Timestamp(occurred_at.unwrap_or(self.run_time)),
-        ));
+        if let Some(at) = occurred_at {
+            top.push(("timestamp".into(), Value::Timestamp(at)));
+        }
         let spread = self.spread(&row, &ids)?;
         if self.call == Call::Group {
             let object_type = self.object_type_id(&row, &ids, &spread.payload)?;
@@ -421,16 +414,8 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn run_time() -> DateTime<Utc> {
-        "2025-06-01T12:00:00Z".parse().unwrap()
-    }
-
     fn mapper(call: Call, columns: &[&str]) -> Result<CallMapper, MappingError> {
-        CallMapper::new(
-            call,
-            &columns.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
-            run_time(),
-        )
+        CallMapper::new(call, &columns.iter().map(|c| c.to_string()).collect::<Vec<_>>())
     }
 
     fn row(columns: &[&str], values: Vec<Value>) -> Row {
@@ -476,7 +461,7 @@ mod tests {
             json!({"email": "ada@example.com", "plan": null, "nested": {"a": 1}})
         );
         assert_eq!(f["context"], json!({"ip": "10.0.0.1", "userAgent": "curl"}));
-        assert_eq!(f["timestamp"], "2025-06-01T12:00:00Z");
+        assert!(f.get("timestamp").is_none(), "no timestamp column, no timestamp: {f}");
         assert_eq!(f["messageId"].as_str().unwrap().len(), 32);
         assert!(f.get("anonymousId").is_none());
     }

@@ -53,18 +53,13 @@ pub trait RowMapper: Send + Sync {
     fn map(&self, row: Row) -> Result<Mapped, Reject>;
 }
 
-/// The mapper of `sync_type` for a result with `columns`. `run_time` is the timestamp
-/// of a call whose row has none.
-pub fn mapper(
-    sync_type: SyncType,
-    columns: &[String],
-    run_time: DateTime<Utc>,
-) -> Result<Box<dyn RowMapper>, MappingError> {
+/// The mapper of `sync_type` for a result with `columns`.
+pub fn mapper(sync_type: SyncType, columns: &[String]) -> Result<Box<dyn RowMapper>, MappingError> {
     if let Some(c) = columns.iter().find(|c| RESERVED_FIELDS.contains(&c.as_str())) {
         return Err(MappingError::ReservedColumn { column: c.clone() });
     }
     Ok(match Call::of(sync_type) {
-        Some(call) => Box::new(call::CallMapper::new(call, columns, run_time)?),
+        Some(call) => Box::new(call::CallMapper::new(call, columns)?),
         None => Box::new(registration::RegistrationMapper::new(columns)?),
     })
 }
@@ -73,23 +68,18 @@ pub fn mapper(
 /// (a stored procedure), from the first row's.
 pub struct LazyMapper {
     sync_type: SyncType,
-    run_time: DateTime<Utc>,
     mapper: Option<Box<dyn RowMapper>>,
 }
 
 impl LazyMapper {
     /// # Errors
     /// When `described` columns lack what the sync type requires.
-    pub fn new(sync_type: SyncType, described: &[String], run_time: DateTime<Utc>) -> Result<Self, MappingError> {
+    pub fn new(sync_type: SyncType, described: &[String]) -> Result<Self, MappingError> {
         let mapper = match described.is_empty() {
             true => None,
-            false => Some(mapper(sync_type, described, run_time)?),
+            false => Some(mapper(sync_type, described)?),
         };
-        Ok(LazyMapper {
-            sync_type,
-            run_time,
-            mapper,
-        })
+        Ok(LazyMapper { sync_type, mapper })
     }
 
     /// Maps `row`; the outer error fails the run (the first row's columns lack what
@@ -97,7 +87,7 @@ impl LazyMapper {
     pub fn map(&mut self, row: Row) -> Result<Result<Mapped, Reject>, MappingError> {
         let mapper = match &self.mapper {
             Some(m) => m,
-            None => self.mapper.insert(mapper(self.sync_type, &row.columns, self.run_time)?),
+            None => self.mapper.insert(mapper(self.sync_type, &row.columns)?),
         };
         Ok(mapper.map(row))
     }
@@ -114,7 +104,7 @@ mod tests {
                 .map(String::from)
                 .into();
             assert!(matches!(
-                mapper(sync_type, &cols, Utc::now()),
+                mapper(sync_type, &cols),
                 Err(MappingError::ReservedColumn { .. })
             ));
         }

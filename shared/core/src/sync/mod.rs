@@ -259,15 +259,7 @@ impl SyncService {
     /// Only when the source's stored state cannot be read.
     pub async fn preview(&self, config: &SourceConfig, window: Option<Window>) -> Result<Preview, StoreError> {
         let state = self.store.get_source(&config.id).await?;
-        let preview = crate::preview::preview(
-            &*self.reader,
-            &*self.secrets,
-            config,
-            state.as_ref(),
-            window,
-            self.clock.now(),
-        )
-        .await;
+        let preview = crate::preview::preview(&*self.reader, &*self.secrets, config, state.as_ref(), window).await;
         if let Some(state) = state.filter(|s| s.same_connection(config)) {
             self.remember_host_key(&state, preview.ssh_host_key.as_deref()).await?;
         }
@@ -581,7 +573,7 @@ impl SyncService {
             .template
             .render(config.engine.placeholder_style(), window.from, window.to)?;
         let columns = ctx.open.session.columns(&query).await?;
-        let mut mapper = LazyMapper::new(config.sync_type, &columns, run.started_at)?;
+        let mut mapper = LazyMapper::new(config.sync_type, &columns)?;
         // A backfill chunk of a query that does not bound itself from above reads on
         // past the chunk; its end is kept here, by each row's own time.
         let end_kept_here =
