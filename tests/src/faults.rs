@@ -40,13 +40,15 @@ pub struct FaultPlan(pub Vec<Rule>);
 
 /// One rule of a plan: `fault` for every `every`-th request, at most `limit` times, and
 /// with `only` just for the requests of that operation (`CreateSecret`, `POST
-/// /schedules`: see [`operation`]).
+/// /schedules`: see [`operation`]), with `containing` just for requests whose body holds
+/// that text.
 #[derive(Debug, Clone)]
 pub struct Rule {
     pub every: u64,
     pub fault: Fault,
     pub limit: Option<u64>,
     pub only: Option<&'static str>,
+    pub containing: Option<&'static str>,
 }
 
 impl Rule {
@@ -56,6 +58,7 @@ impl Rule {
             fault,
             limit: None,
             only: None,
+            containing: None,
         }
     }
 
@@ -73,10 +76,20 @@ impl Rule {
         }
     }
 
-    fn takes(&self, n: u64, operation: &str, used: u64) -> bool {
+    pub fn containing(self, text: &'static str) -> Self {
+        Rule {
+            containing: Some(text),
+            ..self
+        }
+    }
+
+    fn takes(&self, n: u64, operation: &str, body: &[u8], used: u64) -> bool {
         n.is_multiple_of(self.every)
             && self.limit.is_none_or(|l| used < l)
             && self.only.is_none_or(|o| o == operation)
+            && self
+                .containing
+                .is_none_or(|text| body.windows(text.len()).any(|w| w == text.as_bytes()))
             && (self.fault != Fault::Unprocessed || operation == "BatchWriteItem")
     }
 }
@@ -193,7 +206,7 @@ async fn forward(
     let operation = operation(&parts);
     let fault = {
         let mut used = state.used.lock().unwrap();
-        let rule = (0..used.len()).find(|&i| state.plan.0[i].takes(n, &operation, used[i]));
+        let rule = (0..used.len()).find(|&i| state.plan.0[i].takes(n, &operation, &body, used[i]));
         rule.map(|i| {
             used[i] += 1;
             let fault = state.plan.0[i].fault;

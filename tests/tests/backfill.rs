@@ -10,6 +10,7 @@ use sluice_aws::DynamoStore;
 use sluice_backfill::handle;
 use sluice_core::{Backfiller, Engine, RunStatus, SourceConfig, Trigger};
 use sluice_lambda::{FunctionConfig, backfiller, sync_service};
+use sluice_tests::faults::{Fault, FaultPlan, FaultProxy, Rule};
 use sluice_tests::*;
 
 /// A deployment in moto: tables, the connection secret, an event bus whose
@@ -641,4 +642,59 @@ async fn a_plecto_query_with_only_last_update_time_is_imported_up_to_the_end_slu
         runs[0]
     );
     assert_eq!(d.store.count_records(&src.id).await.unwrap(), 1_000);
+}
+
+/// A backfill of 6 daily chunks worked by the backfill function's wiring behind the
+/// fault proxy, which loses the answer to the first save whose body holds `chunk_text`
+/// (after DynamoDB did it). The job still ends with every chunk done and every row once.
+async fn a_lost_answer_to_a_chunk_save_leaves_no_hole(chunk_text: &'static str) {
+    const ROWS: usize = 600;
+    let d = Deployment::new().await;
+    let db = Database::new(Engine::Postgres).await;
+    db.spread_sales(ROWS, 6).await;
+    let src = d.source(&db, SALES_QUERY).await;
+    let proxy = FaultProxy::start(
+        &aws_endpoint(),
+        FaultPlan(vec![
+            Rule::every(1, Fault::LostResponse)
+                .only("UpdateItem")
+                .containing(chunk_text)
+                .at_most(1),
+        ]),
+    )
+    .await;
+    let behind_proxy = sluice_aws::sdk_config(Some(&proxy.endpoint())).await;
+    let worker = backfiller(&behind_proxy, &d.config);
+    let (status, job) = d.create(&src.id, &date(6), &date(0), "1d").await;
+    assert_eq!(status, 202, "{job}");
+
+    let job = worker
+        .work(&src.id, &sluice_core::Budget::until(None), &|_| {})
+        .await
+        .unwrap()
+        .expect("the worker worked on the job");
+    assert_eq!(proxy.lost().get("UpdateItem"), Some(&1), "the fault was injected");
+    assert_eq!(job.status, sluice_core::JobStatus::Done, "{job:?}");
+    assert!(
+        job.chunks.iter().all(|c| c.status == sluice_core::ChunkStatus::Done),
+        "{:?}",
+        job.chunks
+    );
+    let stored = d.job(&src.id, &job.id).await;
+    assert_eq!(
+        (stored["status"].as_str(), stored["progress"]["chunks_done"].as_u64()),
+        (Some("done"), Some(6))
+    );
+    assert_eq!(d.store.count_records(&src.id).await.unwrap(), ROWS as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_answer_to_the_save_that_starts_a_chunk_leaves_no_hole() {
+    // A chunk's JSON (escaped in the request) as it is saved when it starts.
+    a_lost_answer_to_a_chunk_save_leaves_no_hole(r#"Z\",\"status\":\"running"#).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_answer_to_the_save_that_ends_a_chunk_leaves_no_hole() {
+    a_lost_answer_to_a_chunk_save_leaves_no_hole(r#"Z\",\"status\":\"done"#).await;
 }

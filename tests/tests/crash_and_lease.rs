@@ -143,3 +143,115 @@ async fn killed_sync_into_dynamodb_resumes_without_loss_or_duplicates() {
 async fn killed_sync_into_the_embedded_store_resumes_without_loss_or_duplicates() {
     killed_midway(StoreKind::Embedded).await;
 }
+
+/// A sync of 600 rows that reads one row every 10 ms (6 s or more), with a 2 s lease.
+async fn slow_sync(
+    kind: StoreKind,
+) -> (
+    Database,
+    std::sync::Arc<dyn sluice_core::Store>,
+    String,
+    sluice_core::SyncService,
+) {
+    let db = Database::new(Engine::Postgres).await;
+    db.create_sales(600).await;
+    let store = store(kind).await;
+    let query = SALES_QUERY.replace(
+        "FROM sales\nWHERE",
+        "FROM sales\nWHERE pg_sleep(0.01)::text IS NOT NULL AND",
+    );
+    let src = source(&unique("lease"), &db, &query);
+    store.put_source(&src).await.unwrap();
+    let settings = sluice_core::SyncSettings {
+        lease: Duration::from_secs(2),
+        batch_size: 25,
+        ..Default::default()
+    };
+    let svc = service_with(
+        store.clone(),
+        secrets_for(&src, &db),
+        std::sync::Arc::new(sluice_local::LogEvents),
+        settings,
+    );
+    (db, store, src.id, svc)
+}
+
+/// A run longer than its lease renews it between batches: a run started while it goes
+/// on, after the lease would have expired, is skipped, and the first run completes.
+async fn a_run_longer_than_its_lease_keeps_it(kind: StoreKind) {
+    let (_db, store, id, svc) = slow_sync(kind).await;
+    let second = async {
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        svc.run(&id, Trigger::Schedule, None).await.unwrap()
+    };
+    let (first, second) = tokio::join!(svc.run(&id, Trigger::Manual, None), second);
+    let first = first.unwrap();
+    assert!(first.duration_ms > 4_000, "the run outlasted its 2 s lease: {first:?}");
+    assert_eq!(
+        (first.status, first.rows_written),
+        (RunStatus::Succeeded, 600),
+        "{:?}",
+        first.message
+    );
+    assert_eq!(second.status, RunStatus::Skipped, "{:?}", second.message);
+    assert_eq!(store.count_records(&id).await.unwrap(), 600);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_longer_than_its_lease_keeps_it_on_dynamodb() {
+    a_run_longer_than_its_lease_keeps_it(StoreKind::Dynamo).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_longer_than_its_lease_keeps_it_on_the_embedded_store() {
+    a_run_longer_than_its_lease_keeps_it(StoreKind::Embedded).await;
+}
+
+/// A run whose lease is taken by another run (it expired while this one was paused)
+/// stops at its next batch: it fails saying why, writes nothing more, and leaves the
+/// watermark alone.
+async fn a_run_that_lost_its_lease_writes_nothing_more(kind: StoreKind) {
+    let (_db, store, id, svc) = slow_sync(kind).await;
+    let thief = async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        // Another run takes the lease as if this one's had expired.
+        let later = chrono::Utc::now() + chrono::Duration::minutes(1);
+        let taken = store
+            .acquire_lease(&id, "another-run", later, later + chrono::Duration::minutes(5))
+            .await
+            .unwrap();
+        assert!(matches!(taken, sluice_core::LeaseOutcome::Acquired(_)));
+        store.count_records(&id).await.unwrap()
+    };
+    let (run, at_theft) = tokio::join!(svc.run(&id, Trigger::Manual, None), thief);
+    let run = run.unwrap();
+    assert_eq!(run.status, RunStatus::Failed, "{run:?}");
+    assert!(
+        run.message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("writes nothing more"),
+        "{:?}",
+        run.message
+    );
+    let stored = store.count_records(&id).await.unwrap();
+    // At most the batches already in flight when the lease was taken land.
+    let in_flight = (sluice_core::SyncSettings::default().max_in_flight * 25) as u64;
+    assert!(
+        stored < 600 && stored <= at_theft + in_flight,
+        "{stored} records, {at_theft} when the lease was taken"
+    );
+    let state = store.get_source(&id).await.unwrap().unwrap();
+    assert_eq!(state.watermark, None);
+    assert_eq!(state.lease.map(|l| l.token).as_deref(), Some("another-run"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_that_lost_its_lease_writes_nothing_more_on_dynamodb() {
+    a_run_that_lost_its_lease_writes_nothing_more(StoreKind::Dynamo).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_that_lost_its_lease_writes_nothing_more_on_the_embedded_store() {
+    a_run_that_lost_its_lease_writes_nothing_more(StoreKind::Embedded).await;
+}

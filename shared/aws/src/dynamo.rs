@@ -527,6 +527,27 @@ impl SourceStore for DynamoStore {
         }
     }
 
+    async fn renew_lease(&self, id: &str, token: &str, expires_at: DateTime<Utc>) -> Result<(), StoreError> {
+        let out = self
+            .client
+            .update_item()
+            .table_name(&self.tables.sources)
+            .set_key(Some(key(("source_id", id), None)))
+            .update_expression("SET lease_expires_us = :e")
+            .condition_expression("lease_token = :t")
+            .expression_attribute_values(":t", AttributeValue::S(token.to_string()))
+            .expression_attribute_values(":e", num(to_micros(expires_at)))
+            .send()
+            .await;
+        match out {
+            Ok(_) => Ok(()),
+            Err(e) if is_condition_failed(&e) => Err(StoreError::LeaseLost {
+                source_id: id.to_string(),
+            }),
+            Err(e) => Err(sdk("renewing the lease")(e)),
+        }
+    }
+
     async fn advance_watermark(&self, id: &str, token: &str, watermark: DateTime<Utc>) -> Result<(), StoreError> {
         let out = self
             .client

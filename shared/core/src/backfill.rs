@@ -302,16 +302,21 @@ impl Backfill {
             .collect()
     }
 
-    /// What to do next at `now`: a cancelled job is sealed, then the first chunk that
-    /// is due runs; with only retries waiting, wait for the first of them.
+    /// What to do next at `now`, for a worker that holds the source's lease: a
+    /// cancelled job is sealed, then the first chunk that is due runs; with only
+    /// retries waiting, wait for the first of them. A chunk marked running is the
+    /// holder's own (its save succeeded but the answer was lost) once stopped workers'
+    /// chunks are recovered, so it runs: the job is done only when every chunk is.
     pub fn next_action(&self, now: DateTime<Utc>) -> Action {
         if self.cancel_requested_at.is_some() {
             return Action::Finish;
         }
         let mut wait: Option<DateTime<Utc>> = None;
         for (i, c) in self.chunks.iter().enumerate() {
-            if c.status != ChunkStatus::Pending {
-                continue;
+            match c.status {
+                ChunkStatus::Running => return Action::Run(i),
+                ChunkStatus::Pending => {}
+                ChunkStatus::Done | ChunkStatus::Failed => continue,
             }
             match c.retry_at {
                 Some(at) if at > now => wait = Some(wait.map_or(at, |w| w.min(at))),

@@ -14,11 +14,13 @@ use rand::Rng;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::backfill::{Action, Backfill, BackfillRequest};
+use crate::Run;
+use crate::backfill::{Action, Backfill, BackfillRequest, ChunkStatus};
 use crate::ports::{BackfillCreated, LeaseOutcome, SaveOutcome, StoreError};
 use crate::source::FieldError;
 use crate::sync::{Budget, ChunkOutcome, Stop, SyncService};
 use crate::template::QueryTemplate;
+use crate::window::Window;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackfillError {
@@ -53,6 +55,10 @@ impl Default for BackfillSettings {
         }
     }
 }
+
+/// Saves of one chunk's outcome tried before the worker gives up (each after reading
+/// the job again).
+const SAVE_ATTEMPTS: usize = 3;
 
 /// Called with the job after every change a worker makes (the CLI's progress bar).
 pub type OnProgress<'a> = &'a (dyn Fn(&Backfill) + Send + Sync);
@@ -248,21 +254,13 @@ impl Backfiller {
                 Action::Run(index) => index,
             };
             let window = job.chunks[index].window();
-            let (run, outcome) = self.sync.run_chunk(&state, &job.id, window, &chunk_budget).await?;
-            let now = clock.now();
-            match &outcome {
-                ChunkOutcome::Done => job.chunk_done(index, &run),
-                ChunkOutcome::Stopped(Stop::OutOfTime) => job.split_chunk(index, now),
-                ChunkOutcome::Stopped(Stop::Interrupted) => job.chunk_interrupted(index, now),
-                ChunkOutcome::Failed(error) => {
-                    let attempt = job.chunks[index].attempts;
-                    job.chunk_failed(index, &run.id, error, now, self.backoff(attempt));
-                }
-            }
-            if store.save_backfill(&mut job).await? == SaveOutcome::Stale {
-                warn!(source_id, backfill_id = %job.id, "the job changed under this worker; it stops");
-                return Ok(Some(job));
-            }
+            let (run, outcome) = self
+                .sync
+                .run_chunk(&state, token, &job.id, window, &chunk_budget)
+                .await?;
+            let Some(job) = self.record_chunk(job, window, &run, &outcome).await? else {
+                return Ok(last);
+            };
             on_progress(&job);
             if matches!(outcome, ChunkOutcome::Stopped(_)) {
                 info!(source_id, backfill_id = %job.id, ?outcome, "backfill paused; the next worker continues");
@@ -270,6 +268,46 @@ impl Backfiller {
             }
             last = Some(job);
         }
+    }
+
+    /// Saves the outcome of the chunk over `window` into `job`. When the save's version
+    /// check fails, either a cancel request came in or the answer to this very save was
+    /// lost and its retry met our own write: the job is read again and the outcome
+    /// applied to it, unless the chunk already shows it (only the lease holder changes
+    /// chunks). `None` when the job cannot be saved (it changed again and again, or the
+    /// chunk is gone): the worker stops and the next one recovers the chunk.
+    async fn record_chunk(
+        &self,
+        mut job: Backfill,
+        window: Window,
+        run: &Run,
+        outcome: &ChunkOutcome,
+    ) -> Result<Option<Backfill>, BackfillError> {
+        let store = self.sync.store();
+        for _ in 0..SAVE_ATTEMPTS {
+            let Some(index) = job.chunks.iter().position(|c| c.window() == window) else {
+                break;
+            };
+            if job.chunks[index].status != ChunkStatus::Running {
+                return Ok(Some(job));
+            }
+            let now = self.sync.clock().now();
+            match outcome {
+                ChunkOutcome::Done => job.chunk_done(index, run),
+                ChunkOutcome::Stopped(Stop::OutOfTime) => job.split_chunk(index, now),
+                ChunkOutcome::Stopped(Stop::Interrupted) => job.chunk_interrupted(index, now),
+                ChunkOutcome::Failed(error) => {
+                    let attempt = job.chunks[index].attempts;
+                    job.chunk_failed(index, &run.id, error, now, self.backoff(attempt));
+                }
+            }
+            if store.save_backfill(&mut job).await? == SaveOutcome::Saved {
+                return Ok(Some(job));
+            }
+            job = self.get(&run.source_id, &job.id).await?;
+        }
+        warn!(source_id = %run.source_id, backfill_id = %job.id, "the job keeps changing under this worker; it stops and the next worker goes on");
+        Ok(None)
     }
 
     /// Exponential backoff with a little jitter: base × 2^attempts ± 20%.

@@ -247,6 +247,23 @@ impl SourceStore for EmbeddedStore {
         Ok(())
     }
 
+    async fn renew_lease(&self, id: &str, token: &str, expires_at: DateTime<Utc>) -> Result<(), StoreError> {
+        let renewed = sqlx::query("UPDATE sources SET lease_expires_us = ? WHERE id = ? AND lease_token = ?")
+            .bind(to_micros(expires_at))
+            .bind(id)
+            .bind(token)
+            .execute(&self.pool)
+            .await
+            .map_err(backend("renewing the lease"))?
+            .rows_affected();
+        match renewed {
+            0 => Err(StoreError::LeaseLost {
+                source_id: id.to_string(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     async fn advance_watermark(&self, id: &str, token: &str, watermark: DateTime<Utc>) -> Result<(), StoreError> {
         let done = sqlx::query(
             "UPDATE sources SET watermark_us = MAX(COALESCE(watermark_us, ?1), ?1) WHERE id = ?2 AND lease_token = ?3",

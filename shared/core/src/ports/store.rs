@@ -23,7 +23,7 @@ use crate::source::SourceConfig;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error(
-        "the lease on source `{source_id}` is no longer ours (it expired and another run took it); this run stops and leaves the watermark to the run that holds the lease"
+        "the lease on source `{source_id}` is no longer ours (it expired and another run took it); this run stops, writes nothing more and leaves the watermark to the run that holds the lease"
     )]
     LeaseLost { source_id: String },
     #[error("{operation} failed: {source}")]
@@ -111,6 +111,14 @@ pub trait SourceStore: Send + Sync {
 
     /// Frees the lease if `token` still holds it; otherwise does nothing.
     async fn release_lease(&self, id: &str, token: &str) -> Result<(), StoreError>;
+
+    /// Extends the lease to `expires_at` only while `token` holds it: unlike
+    /// [`SourceStore::acquire_lease`], never takes a lease that was lost, even when it
+    /// is free again, since another run may have written newer versions meanwhile.
+    ///
+    /// # Errors
+    /// [`StoreError::LeaseLost`] when the lease is not `token`'s any more.
+    async fn renew_lease(&self, id: &str, token: &str, expires_at: DateTime<Utc>) -> Result<(), StoreError>;
 
     /// Moves the watermark to `watermark` while `token` holds the lease. A watermark
     /// already later is left as it is (never backwards).

@@ -181,6 +181,41 @@ struct RunContext<'a> {
     budget: &'a Budget,
     /// Most rows the run reads (scheduled runs whose query is bounded from above).
     row_limit: Option<u64>,
+    lease: HeldLease<'a>,
+}
+
+/// The source's lease as this run holds it: renewed between batches, so a run longer
+/// than the lease keeps it, and checked before every write, so a run that lost it
+/// (it expired and another run took it) writes nothing more.
+struct HeldLease<'a> {
+    token: &'a str,
+    length: Duration,
+    renewed: Instant,
+}
+
+impl<'a> HeldLease<'a> {
+    fn new(token: &'a str, length: Duration) -> Self {
+        HeldLease {
+            token,
+            length,
+            renewed: Instant::now(),
+        }
+    }
+
+    /// Renews the lease once a quarter of it has passed since the last renewal.
+    ///
+    /// # Errors
+    /// [`StoreError::LeaseLost`] when another run holds it now.
+    async fn keep(&mut self, service: &SyncService, source_id: &str) -> Result<(), StoreError> {
+        if self.renewed.elapsed() < self.length / 4 {
+            return Ok(());
+        }
+        let renewed = Instant::now();
+        let until = service.clock.now() + chrono::Duration::from_std(self.length).expect("lease fits");
+        service.store.renew_lease(source_id, self.token, until).await?;
+        self.renewed = renewed;
+        Ok(())
+    }
 }
 
 /// Runs syncs. Built once per process (or Lambda container) and shared.
@@ -331,6 +366,7 @@ impl SyncService {
     pub async fn run_chunk(
         &self,
         state: &SourceState,
+        token: &str,
         backfill_id: &str,
         window: Window,
         budget: &Budget,
@@ -340,7 +376,7 @@ impl SyncService {
         run.backfill_id = Some(backfill_id.to_string());
         let span = info_span!("backfill_chunk", source_id = %state.config.id, run_id = %run.id, backfill_id);
         let result = self
-            .read_chunk(&mut run, state, window, budget)
+            .read_chunk(&mut run, state, token, window, budget)
             .instrument(span.clone())
             .await;
         let outcome = match &result {
@@ -412,6 +448,7 @@ impl SyncService {
         &self,
         run: &mut Run,
         state: &SourceState,
+        token: &str,
         window: Window,
         budget: &Budget,
     ) -> Result<(), SyncError> {
@@ -424,6 +461,7 @@ impl SyncService {
             open,
             budget,
             row_limit: None,
+            lease: HeldLease::new(token, self.settings.lease),
         };
         match self.sync_window(run, &mut ctx, window).await? {
             WindowEnd::Stopped(stop) => Err(SyncError::Stopped(stop)),
@@ -463,8 +501,9 @@ impl SyncService {
                 open,
                 budget,
                 row_limit: None,
+                lease: HeldLease::new(&token, self.settings.lease),
             };
-            self.sync_windows(run, &mut ctx, &token).await
+            self.sync_windows(run, &mut ctx).await
         }
         .await;
         if let Err(e) = self.store.release_lease(&id, &token).await {
@@ -475,12 +514,7 @@ impl SyncService {
 
     /// Reads the windows from the watermark up to the database's clock, while the time
     /// budget and the row limit last. A note says why it stopped early, if it did.
-    async fn sync_windows(
-        &self,
-        run: &mut Run,
-        ctx: &mut RunContext<'_>,
-        token: &str,
-    ) -> Result<Option<String>, SyncError> {
+    async fn sync_windows(&self, run: &mut Run, ctx: &mut RunContext<'_>) -> Result<Option<String>, SyncError> {
         let state = ctx.state;
         let config = &state.config;
         let upper = ctx.open.session.now().await?;
@@ -525,7 +559,9 @@ impl SyncService {
                 }
                 WindowEnd::Stopped(stop) => return Err(SyncError::Stopped(stop)),
             }
-            self.store.advance_watermark(&config.id, token, window.to).await?;
+            self.store
+                .advance_watermark(&config.id, ctx.lease.token, window.to)
+                .await?;
             run.window_end = Some(window.to);
             run.watermark = Some(run.watermark.map_or(window.to, |w| w.max(window.to)));
             slowest = slowest.max(began.elapsed());
@@ -625,6 +661,7 @@ impl SyncService {
                 Err(reject) => run.reject(reject),
             }
             if batch.len() >= batch_size {
+                ctx.lease.keep(self, &config.id).await?;
                 writer
                     .submit(std::mem::replace(&mut batch, Vec::with_capacity(batch_size)))
                     .await?;
@@ -643,6 +680,7 @@ impl SyncService {
             }
         }
         drop(rows);
+        ctx.lease.keep(self, &config.id).await?;
         if !batch.is_empty() {
             writer.submit(batch).await?;
         }
@@ -650,6 +688,7 @@ impl SyncService {
         run.rows_written += stats.written;
         run.rows_unchanged += stats.unchanged;
         if !members.is_empty() {
+            ctx.lease.keep(self, &config.id).await?;
             self.store
                 .upsert_members(config.member_id_source(), members.into_values().collect())
                 .await?;

@@ -447,7 +447,7 @@ async fn a_chunk_never_moves_the_watermark() {
     };
     let (run, outcome) = f
         .service
-        .run_chunk(&state, "job", window, &Budget::default())
+        .run_chunk(&state, "token", "job", window, &Budget::default())
         .await
         .unwrap();
     assert_eq!(outcome, ChunkOutcome::Done);

@@ -155,6 +155,17 @@ impl SourceStore for MemoryStore {
         Ok(())
     }
 
+    async fn renew_lease(&self, id: &str, token: &str, expires_at: DateTime<Utc>) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        match inner.sources.get_mut(id).and_then(|s| s.lease.as_mut()) {
+            Some(lease) if lease.token == token => {
+                lease.expires_at = expires_at;
+                Ok(())
+            }
+            _ => Err(StoreError::LeaseLost { source_id: id.into() }),
+        }
+    }
+
     async fn advance_watermark(&self, id: &str, token: &str, watermark: DateTime<Utc>) -> Result<(), StoreError> {
         let mut inner = self.lock();
         if let Some(message) = &inner.failing_watermarks {
