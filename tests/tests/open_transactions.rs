@@ -259,3 +259,37 @@ async fn babelfish_has_no_transaction_views_and_says_so() {
         "{bound}"
     );
 }
+
+/// The CLI's summary of a run and its preview name the bound and why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_says_which_bound_it_used() {
+    let db = Database::new(Engine::Postgres).await;
+    db.create_sales(3).await;
+    let mut late = db.begin_late_insert(1001).await;
+    let (pid, began) = holder(&db, &mut late).await;
+    let capped = format!(
+        "window bound: capped at the oldest open transaction, started {} by pid {pid} (user sluice",
+        began.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+    );
+    let config = local_config(&db, StoreKind::Embedded, "sales", SALES_QUERY);
+    for args in [["sync", "--source", "sales"], ["preview", "--source", "sales"]] {
+        let out = sluice_cmd(&args, &config, 60).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains(&capped), "{args:?}: {stdout}");
+    }
+    late.commit().await;
+    let out = sluice_cmd(&["sync", "--source", "sales"], &config, 60)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("read 1, written 1")
+            && stdout.contains("window bound: database clock: no other transaction open"),
+        "{stdout}"
+    );
+}
