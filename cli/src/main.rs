@@ -350,6 +350,9 @@ pub fn summary(run: &Run) -> String {
     if let Some(w) = run.watermark {
         line.push_str(&format!("; watermark {}", sluice_core::Value::iso_timestamp(&w)));
     }
+    if let Some(bound) = &run.window_bound {
+        line.push_str(&format!("\n  window bound: {bound}"));
+    }
     if let Some(m) = &run.message {
         line.push_str(&format!("\n  {m}"));
     }
@@ -371,6 +374,9 @@ fn print_preview(p: &sluice_core::Preview) -> anyhow::Result<()> {
         iso(&p.window.upper_date_limit),
         p.duration_ms
     );
+    if let Some(bound) = &p.window.bound {
+        println!("window bound: {bound}");
+    }
     println!("sql: {}", p.sql);
     println!("binds: {}", serde_json::to_string(&p.binds)?);
     println!("columns: {}", p.columns.join(", "));

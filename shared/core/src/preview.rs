@@ -44,10 +44,14 @@ pub struct Preview {
     pub ssh_host_key: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PreviewWindow {
     pub last_update_time: DateTime<Utc>,
     pub upper_date_limit: DateTime<Utc>,
+    /// Why the next run's window ends there (the database's clock, or the oldest
+    /// transaction still open); absent for a window given by the caller.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bound: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -71,6 +75,7 @@ pub async fn preview(
         window: PreviewWindow {
             last_update_time: DateTime::UNIX_EPOCH,
             upper_date_limit: DateTime::UNIX_EPOCH,
+            bound: None,
         },
         sql: String::new(),
         binds: Vec::new(),
@@ -130,28 +135,31 @@ async fn run(
     let recorded = state
         .filter(|s| s.same_connection(config))
         .and_then(|s| s.ssh_host_key.as_deref());
-    let OpenSource { template, mut session } = OpenSource::open(config, reader, secrets, recorded).await?;
-    p.ssh_host_key = session.ssh_host_key().map(str::to_string);
-    if !template.uses_upper_limit() {
+    let mut open = OpenSource::open(config, reader, secrets, recorded).await?;
+    p.ssh_host_key = open.session.ssh_host_key().map(str::to_string);
+    if !open.template.uses_upper_limit() {
         p.warnings.push(
             "the query has no {{ upper_date_limit }}: windows cannot be narrowed (catch-up, halving, backfill chunks); adding `AND <date column> < {{ upper_date_limit }}` is advised".into(),
         );
     }
-    let window = match window {
-        Some(w) => w,
-        None => Window {
-            from: next_start(
+    let (window, bound) = match window {
+        Some(w) => (w, None),
+        None => {
+            let bound = open.upper_bound().await?;
+            let from = next_start(
                 state.and_then(|s| s.watermark),
                 config.initial_watermark,
                 config.lookback_seconds,
-            ),
-            to: session.now().await?,
-        },
+            );
+            (Window { from, to: bound.at }, Some(bound.reason))
+        }
     };
     p.window = PreviewWindow {
         last_update_time: window.from,
         upper_date_limit: window.to,
+        bound,
     };
+    let OpenSource { template, mut session } = open;
     let query = template.render(config.engine.placeholder_style(), window.from, window.to)?;
     p.sql = query.sql.clone();
     p.binds = query

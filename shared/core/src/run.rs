@@ -49,6 +49,11 @@ pub struct Run {
     pub window_end: Option<DateTime<Utc>>,
     /// The watermark after the run.
     pub watermark: Option<DateTime<Utc>>,
+    /// Where the windows ended and why: the database's clock, or the start of the
+    /// oldest transaction still open. Absent when the run read no window of its own
+    /// choosing (a backfill chunk, a run that never reached the database).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_bound: Option<String>,
     pub rows_read: u64,
     pub rows_written: u64,
     pub rows_unchanged: u64,
@@ -86,6 +91,7 @@ impl Run {
             window_start: None,
             window_end: None,
             watermark: None,
+            window_bound: None,
             rows_read: 0,
             rows_written: 0,
             rows_unchanged: 0,

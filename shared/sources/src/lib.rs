@@ -11,6 +11,7 @@ mod bigquery;
 mod error;
 #[cfg(feature = "mysql")]
 mod mysql;
+mod open_transactions;
 #[cfg(feature = "oracle")]
 mod oracle;
 #[cfg(feature = "postgres")]

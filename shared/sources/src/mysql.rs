@@ -68,6 +68,12 @@ impl Dialect for My {
         row.try_get::<NaiveDateTime, _>(0).map(|t| t.and_utc())
     }
 
+    fn open_transactions(
+        conn: &mut MySqlConnection,
+    ) -> futures::future::BoxFuture<'_, Result<sluice_core::OpenTransactions, SourceError>> {
+        Box::pin(crate::open_transactions::mysql(conn))
+    }
+
     fn bind<'q>(
         query: sqlx::query::Query<'q, MySql, sqlx::mysql::MySqlArguments>,
         bind: Bind,

@@ -57,6 +57,12 @@ impl Dialect for Pg {
         row.try_get(0)
     }
 
+    fn open_transactions(
+        conn: &mut PgConnection,
+    ) -> futures::future::BoxFuture<'_, Result<sluice_core::OpenTransactions, SourceError>> {
+        Box::pin(crate::open_transactions::postgres(conn))
+    }
+
     fn bind<'q>(
         query: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
         bind: Bind,

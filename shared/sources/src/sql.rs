@@ -6,8 +6,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
+use futures::future::BoxFuture;
 use futures::stream::BoxStream;
-use sluice_core::{Bind, RenderedQuery, Row, SourceError, SourceSession, Value};
+use sluice_core::{Bind, OpenTransactions, RenderedQuery, Row, SourceError, SourceSession, Value};
 use sqlx::{Column, Database, Executor, IntoArguments};
 
 use crate::error;
@@ -18,6 +19,17 @@ pub(crate) trait Dialect: Send + 'static {
     /// A one-row, one-column query of the database's clock, in UTC.
     const NOW: &'static str;
     fn now(row: &<Self::Db as Database>::Row) -> Result<DateTime<Utc>, sqlx::Error>;
+    /// The oldest transaction other sessions hold open ([`crate::open_transactions`]).
+    fn open_transactions(
+        conn: &mut <Self::Db as Database>::Connection,
+    ) -> BoxFuture<'_, Result<OpenTransactions, SourceError>> {
+        let _ = conn;
+        Box::pin(async {
+            Ok(OpenTransactions::Unseen(
+                "this engine does not show other sessions' transactions to Sluice".into(),
+            ))
+        })
+    }
     fn bind<'q>(
         query: sqlx::query::Query<'q, Self::Db, <Self::Db as Database>::Arguments>,
         bind: Bind,
@@ -49,6 +61,10 @@ where
             .await
             .map_err(error::classify_query)?;
         D::now(&row).map_err(error::classify_query)
+    }
+
+    async fn open_transactions(&mut self) -> Result<OpenTransactions, SourceError> {
+        D::open_transactions(&mut self.conn).await
     }
 
     async fn columns(&mut self, query: &RenderedQuery) -> Result<Vec<String>, SourceError> {

@@ -223,6 +223,10 @@ impl SourceSession for SqlServer {
         }
     }
 
+    async fn open_transactions(&mut self) -> Result<sluice_core::OpenTransactions, SourceError> {
+        crate::open_transactions::sqlserver(&mut self.client).await
+    }
+
     /// From `sp_describe_first_result_set`; empty when the server cannot tell before
     /// running (a procedure that builds its result in a temporary table, say).
     async fn columns(&mut self, rendered: &RenderedQuery) -> Result<Vec<String>, SourceError> {

@@ -218,6 +218,10 @@ impl SourceSession for Tunneled {
         self.session.now().await
     }
 
+    async fn open_transactions(&mut self) -> Result<sluice_core::OpenTransactions, SourceError> {
+        self.session.open_transactions().await
+    }
+
     async fn columns(&mut self, query: &RenderedQuery) -> Result<Vec<String>, SourceError> {
         self.session.columns(query).await
     }

@@ -44,6 +44,26 @@ impl SourceError {
     }
 }
 
+/// A transaction another session holds open on the source database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenTransaction {
+    /// When it began, in UTC, already less the engine's rounding: no row it writes
+    /// with the database's time can be stamped earlier.
+    pub started_at: DateTime<Utc>,
+    /// Who holds it, for people: `pid 4711 (user app, application "psql")`.
+    pub session: String,
+}
+
+/// What a session can see of the transactions still open on its database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpenTransactions {
+    /// The login sees every session's transactions: the oldest that could still
+    /// write, if any.
+    Seen(Option<OpenTransaction>),
+    /// The login (or the engine) cannot see them: why, and the grant that fixes it.
+    Unseen(String),
+}
+
 /// Opens sessions on source databases.
 #[async_trait]
 pub trait SourceReader: Send + Sync {
@@ -71,6 +91,19 @@ pub trait SourceReader: Send + Sync {
 pub trait SourceSession: Send {
     /// The database's own clock, in UTC: the upper bound of the window.
     async fn now(&mut self) -> Result<DateTime<Utc>, SourceError>;
+
+    /// The oldest transaction that another session holds open and that could still
+    /// write, so that the window stops before rows not yet visible (DESIGN §3). Engines
+    /// that cannot show other sessions' transactions say why.
+    ///
+    /// # Errors
+    /// A [`SourceError`] only when the session itself fails; a login that may not see
+    /// other sessions is [`OpenTransactions::Unseen`], not an error.
+    async fn open_transactions(&mut self) -> Result<OpenTransactions, SourceError> {
+        Ok(OpenTransactions::Unseen(
+            "this engine does not show other sessions' transactions to Sluice".into(),
+        ))
+    }
 
     /// The names of the columns `query` returns, found without running it, so a
     /// missing column is reported even when the window holds no rows. Empty when the

@@ -517,7 +517,9 @@ impl SyncService {
     async fn sync_windows(&self, run: &mut Run, ctx: &mut RunContext<'_>) -> Result<Option<String>, SyncError> {
         let state = ctx.state;
         let config = &state.config;
-        let upper = ctx.open.session.now().await?;
+        let bound = ctx.open.upper_bound().await?;
+        run.window_bound = Some(bound.reason);
+        let upper = bound.at;
         let start = next_start(state.watermark, config.initial_watermark, config.lookback_seconds);
         // Windows can only be narrowed, and a run cut at a row limit, when the template
         // bounds them from above.

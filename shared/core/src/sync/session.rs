@@ -3,10 +3,13 @@
 
 use std::time::Duration;
 
+use tracing::{info, warn};
+
 use super::SyncError;
-use crate::ports::{Secrets, SourceReader, SourceSession};
+use crate::ports::{Secrets, SourceError, SourceReader, SourceSession};
 use crate::source::SourceConfig;
 use crate::template::QueryTemplate;
+use crate::window::{UpperBound, upper_bound};
 
 /// A source's compiled query and an open session on its database.
 pub(crate) struct OpenSource {
@@ -38,5 +41,27 @@ impl OpenSource {
         let timeout = Duration::from_secs(config.query_timeout_seconds.into());
         let session = reader.open(&secret, timeout).await?;
         Ok(OpenSource { template, session })
+    }
+}
+
+impl OpenSource {
+    /// Where windows read now may end: the database's clock, capped at the oldest
+    /// transaction still open (read after the clock, so a transaction that begins in
+    /// between began after the bound). Logged, with a warning naming a transaction
+    /// that has held the source back for long.
+    ///
+    /// # Errors
+    /// The database's, when the session fails.
+    pub(crate) async fn upper_bound(&mut self) -> Result<UpperBound, SourceError> {
+        let clock = self.session.now().await?;
+        let bound = upper_bound(clock, self.session.open_transactions().await?);
+        match &bound.long_open {
+            Some(t) => warn!(
+                upper_date_limit = %bound.at, session = %t.session, bound = %bound.reason,
+                "a long-open transaction holds the window back"
+            ),
+            None => info!(upper_date_limit = %bound.at, bound = %bound.reason, "window bound"),
+        }
+        Ok(bound)
     }
 }

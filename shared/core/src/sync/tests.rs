@@ -163,6 +163,85 @@ async fn the_next_run_rereads_the_lookback_so_a_late_commit_is_not_lost() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_transaction_open_past_the_lookback_holds_the_window_until_it_commits() {
+    use crate::ports::{OpenTransaction, OpenTransactions};
+    let f = Fixture::new(config(QUERY)).await;
+    f.sale(1, base() - minutes(30));
+    // Its row is stamped with its start and invisible until it commits.
+    let began = base() - minutes(20);
+    f.db.show_transactions(OpenTransactions::Seen(Some(OpenTransaction {
+        started_at: began,
+        session: "pid 4711".into(),
+    })));
+    let first = f.run().await;
+    assert_eq!(
+        f.db.queried(),
+        [Window {
+            from: DateTime::UNIX_EPOCH,
+            to: began
+        }]
+    );
+    assert_eq!((first.rows_read, f.state().await.watermark), (1, Some(began)));
+    assert_eq!(
+        first.window_bound.as_deref(),
+        Some("capped at the oldest open transaction, started 2026-01-01T11:40:00Z by pid 4711")
+    );
+
+    // Still open well past the lookback: the window waits at its start, and the
+    // watermark never passes it.
+    tokio::time::advance(Duration::from_secs(45 * 60)).await;
+    let second = f.run().await;
+    assert_eq!(
+        f.db.queried(),
+        [Window {
+            from: began - chrono::Duration::seconds(300),
+            to: began
+        }]
+    );
+    assert_eq!((second.rows_read, f.state().await.watermark), (0, Some(began)));
+
+    // Open past an hour: still capped (nothing is lost), and the log says it waits.
+    tokio::time::advance(Duration::from_secs(30 * 60)).await;
+    let third = f.run().await;
+    let bound = third.window_bound.unwrap();
+    assert!(bound.contains("by pid 4711; open for 95 minutes"), "{bound}");
+    assert_eq!(f.state().await.watermark, Some(began));
+
+    // It commits: the next run reads its row, once.
+    f.sale(2, began);
+    f.db.show_transactions(OpenTransactions::Seen(None));
+    let fourth = f.run().await;
+    assert_eq!(
+        fourth.window_bound.as_deref(),
+        Some("database clock: no other transaction open")
+    );
+    assert_eq!((fourth.rows_read, fourth.rows_written), (1, 1));
+    assert_eq!(f.records().await, 2);
+    assert_eq!(f.state().await.watermark, Some(base() + minutes(75)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_login_that_cannot_see_transactions_reads_up_to_the_clock_and_says_so() {
+    use crate::ports::OpenTransactions;
+    let f = Fixture::new(config(QUERY)).await;
+    f.db.show_transactions(OpenTransactions::Unseen(
+        "the login cannot see other sessions' transactions; grant it pg_read_all_stats".into(),
+    ));
+    let run = f.run().await;
+    assert_eq!(
+        f.db.queried(),
+        [Window {
+            from: DateTime::UNIX_EPOCH,
+            to: base()
+        }]
+    );
+    assert_eq!(
+        run.window_bound.as_deref(),
+        Some("database clock: the login cannot see other sessions' transactions; grant it pg_read_all_stats")
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_held_lease_skips_the_run_until_it_expires() {
     let f = Fixture::new(config(QUERY)).await;
     f.sale(1, base() - minutes(30));

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 
-use crate::ports::{Clock, SourceError, SourceReader, SourceSession};
+use crate::ports::{Clock, OpenTransactions, SourceError, SourceReader, SourceSession};
 use crate::source::ConnectionSecret;
 use crate::template::{Bind, RenderedQuery};
 use crate::value::{Row, Value};
@@ -33,6 +33,8 @@ struct Script {
     poisoned: Option<(DateTime<Utc>, SourceError)>,
     /// The windows queried, in order.
     queried: Vec<Window>,
+    /// What the database shows of other sessions' transactions; none open by default.
+    open_transactions: Option<OpenTransactions>,
 }
 
 /// The database behind a [`ScriptedReader`]; its clock is the given one.
@@ -88,6 +90,11 @@ impl ScriptedDatabase {
         self.script().poisoned = Some((at, error));
     }
 
+    /// What sessions see of the transactions other sessions hold open.
+    pub fn show_transactions(&self, open: OpenTransactions) {
+        self.script().open_transactions = Some(open);
+    }
+
     pub fn heal(&self) {
         let mut script = self.script();
         script.refuse = None;
@@ -138,6 +145,15 @@ fn window_of(query: &RenderedQuery) -> (DateTime<Utc>, Option<DateTime<Utc>>) {
 impl SourceSession for ScriptedSession {
     async fn now(&mut self) -> Result<DateTime<Utc>, SourceError> {
         Ok(self.0.clock.now())
+    }
+
+    async fn open_transactions(&mut self) -> Result<OpenTransactions, SourceError> {
+        Ok(self
+            .0
+            .script()
+            .open_transactions
+            .clone()
+            .unwrap_or(OpenTransactions::Seen(None)))
     }
 
     async fn columns(&mut self, _query: &RenderedQuery) -> Result<Vec<String>, SourceError> {
