@@ -224,7 +224,16 @@ impl SourceSession for SqlServer {
     }
 
     async fn open_transactions(&mut self) -> Result<sluice_core::OpenTransactions, SourceError> {
-        crate::open_transactions::sqlserver(&mut self.client).await
+        let seen = crate::open_transactions::sqlserver(&mut self.client).await;
+        // XACT_ABORT rolls the session's transaction back on any error, a refused lookup
+        // (Babelfish has no such view) included: without it again, the source's query
+        // would run in autocommit and a write in it would stay.
+        self.client
+            .simple_query("IF @@TRANCOUNT = 0 BEGIN TRANSACTION")
+            .and_then(|s| s.into_results())
+            .await
+            .map_err(classify_query)?;
+        seen
     }
 
     /// From `sp_describe_first_result_set`; empty when the server cannot tell before
