@@ -203,5 +203,7 @@ async fn run(
             }
         }
     }
+    drop(rows);
+    session.finish().await?;
     Ok(())
 }

@@ -651,6 +651,7 @@ impl SyncService {
             }
         }
         drop(rows);
+        ctx.open.session.finish().await?;
         if !batch.is_empty() {
             writer.submit(batch).await?;
         }
