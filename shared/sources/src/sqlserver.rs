@@ -39,9 +39,20 @@ pub(crate) struct SqlServer {
     answered: Arc<AtomicBool>,
 }
 
-/// What the session's transaction is: its depth and its state (1 open, 0 none, -1
-/// doomed), from the server.
-const TRANSACTION_STATE: &str = "SELECT @@TRANCOUNT, XACT_STATE()";
+/// Marks where Sluice's transaction began, and reads what it is: its depth and its
+/// state (1 open, 0 none, -1 doomed).
+const TRANSACTION_BEGUN: &str = "SAVE TRANSACTION sluice_read; SELECT @@TRANCOUNT, XACT_STATE()";
+/// Why a query that ended Sluice's transaction fails the run, and what to do.
+const TRANSACTION_ENDED: &str = "; the query ended Sluice's transaction: a procedure it ran committed or rolled back, so what it wrote may be committed; Sluice reads only: remove COMMIT, ROLLBACK and BEGIN TRANSACTION from the procedure, and give Sluice a login that cannot write";
+/// Sluice's transaction as the setup began it, after an error of Sluice's own ended it.
+const TRANSACTION_AGAIN: &str =
+    "IF XACT_STATE() = -1 ROLLBACK; IF @@TRANCOUNT = 0 BEGIN TRANSACTION; SAVE TRANSACTION sluice_read";
+/// Undoes what the last query did inside Sluice's transaction and reads what the
+/// transaction is. The savepoint exists only in Sluice's own transaction: a procedure
+/// that committed it and began another (which leaves both counters as they were) makes
+/// this fail. Babelfish drops a savepoint rolled back to, so it is made again.
+const TRANSACTION_KEPT: &str =
+    "ROLLBACK TRANSACTION sluice_read; SAVE TRANSACTION sluice_read; SELECT @@TRANCOUNT, XACT_STATE()";
 
 /// The tiberius configuration a secret describes.
 pub(crate) fn config(secret: &ConnectionSecret, query_timeout: Duration) -> Result<Config, SourceError> {
@@ -95,7 +106,7 @@ pub(crate) async fn connect(secret: &ConnectionSecret, query_timeout: Duration) 
     .map_err(|e| classify_connect(e, secret))?;
     let setup = format!(
         "SET NOCOUNT ON; SET XACT_ABORT ON; SET ARITHABORT ON; SET LOCK_TIMEOUT {}; \
-         SET TRANSACTION ISOLATION LEVEL READ COMMITTED; BEGIN TRANSACTION; {TRANSACTION_STATE}",
+         SET TRANSACTION ISOLATION LEVEL READ COMMITTED; BEGIN TRANSACTION; {TRANSACTION_BEGUN}",
         query_timeout.as_millis()
     );
     let transaction = transaction_state(client.simple_query(setup))
@@ -139,17 +150,26 @@ impl SqlServer {
         if !self.answered.load(Ordering::Relaxed) {
             self.client.cancel_query().await.map_err(classify_query)?;
         }
-        let now = transaction_state(self.client.simple_query(TRANSACTION_STATE))
-            .await
-            .map_err(classify_query)?;
-        if now != self.transaction {
+        let changed = match transaction_state(self.client.simple_query(TRANSACTION_KEPT)).await {
+            Ok(now) if now == self.transaction => None,
+            Ok((count, state)) => Some(format!(
+                "@@TRANCOUNT and XACT_STATE() were {} and {}, now {} and {}",
+                self.transaction.0.to_plain_json(),
+                self.transaction.1.to_plain_json(),
+                count.to_plain_json(),
+                state.to_plain_json()
+            )),
+            Err(tiberius::error::Error::Server(token)) => Some(format!(
+                "its savepoint is gone: {} (error {})",
+                token.message(),
+                token.code()
+            )),
+            Err(e) => return Err(classify_query(e)),
+        };
+        if let Some(how) = changed {
             return Err(SourceError::new(
                 SourceErrorKind::Query,
-                format!(
-                    "the query changed the session's transaction (@@TRANCOUNT and XACT_STATE() were {:?}, now {:?}): a procedure it ran committed or rolled back, so what it wrote may be committed; Sluice reads only: remove COMMIT, ROLLBACK and BEGIN TRANSACTION from the procedure, and give Sluice a login that cannot write",
-                    (self.transaction.0.to_plain_json(), self.transaction.1.to_plain_json()),
-                    (now.0.to_plain_json(), now.1.to_plain_json())
-                ),
+                format!("the query changed the session's transaction ({how}){TRANSACTION_ENDED}"),
             ));
         }
         self.unchecked = false;
@@ -228,6 +248,8 @@ fn classify_query(e: tiberius::error::Error) -> SourceError {
                     "; a lock held longer than query_timeout_seconds: the rows are being written; the next run reads them"
                 }
                 3906 | 3908 | 229 | 230 => "; Sluice reads only: the query (or the procedure it runs) must not write",
+                // The transaction count moved across a procedure or sp_executesql.
+                266 => TRANSACTION_ENDED,
                 _ => "",
             };
             let kind = if token.code() == 1222 {
@@ -525,7 +547,17 @@ impl SourceSession for SqlServer {
             .await
         {
             Ok(rows) => rows,
-            Err(tiberius::error::Error::Server(_)) => return Ok(Vec::new()),
+            Err(tiberius::error::Error::Server(_)) => {
+                // The server's error ended Sluice's transaction (XACT_ABORT, as Babelfish
+                // does for a query with parameters); nothing of the query ran, so it is
+                // begun again before the query runs.
+                self.client
+                    .simple_query(TRANSACTION_AGAIN)
+                    .and_then(|s| s.into_results())
+                    .await
+                    .map_err(classify_query)?;
+                return Ok(Vec::new());
+            }
             Err(e) => return Err(classify_query(e)),
         };
         Ok(rows
