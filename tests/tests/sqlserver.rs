@@ -371,22 +371,40 @@ async fn a_template_that_would_write_or_end_the_transaction_is_refused_before_it
     let store = store(StoreKind::Embedded).await;
     let attacks = [
         // The issue's own: commit Sluice's transaction, delete for good, open another.
-        (format!("COMMIT; DELETE FROM dbo.victim; BEGIN TRAN; {VICTIM_ROWS}"), "holds COMMIT"),
+        (
+            format!("COMMIT; DELETE FROM dbo.victim; BEGIN TRAN; {VICTIM_ROWS}"),
+            "holds COMMIT",
+        ),
         (format!("SET IMPLICIT_TRANSACTIONS OFF; {VICTIM_ROWS}"), "holds SET"),
         (format!("SAVE TRAN s; {VICTIM_ROWS}"), "holds SAVE"),
         (format!("{VICTIM_ROWS}; DELETE FROM victim"), "holds DELETE"),
-        (format!("{VICTIM_ROWS}; SELECT 1 AS reference"), "more than one statement"),
+        (
+            format!("{VICTIM_ROWS}; SELECT 1 AS reference"),
+            "more than one statement",
+        ),
         (
             VICTIM_ROWS.replace(" FROM victim", " INTO dbo.stolen FROM victim"),
             "SELECT ... INTO",
         ),
-        (VICTIM_ROWS.replace("FROM victim", "FROM victim WITH (TABLOCKX)"), "table hint TABLOCKX"),
+        (
+            VICTIM_ROWS.replace("FROM victim", "FROM victim WITH (TABLOCKX)"),
+            "table hint TABLOCKX",
+        ),
         // What a reader of lines, or of `;`, would miss.
-        (format!("{VICTIM_ROWS} -- a comment\nDELETE FROM victim"), "holds DELETE"),
-        (format!("{VICTIM_ROWS} /* ; */ COMMIT DELETE FROM victim"), "holds COMMIT"),
+        (
+            format!("{VICTIM_ROWS} -- a comment\nDELETE FROM victim"),
+            "holds DELETE",
+        ),
+        (
+            format!("{VICTIM_ROWS} /* ; */ COMMIT DELETE FROM victim"),
+            "holds COMMIT",
+        ),
         (format!("{VICTIM_ROWS}\nGO\nDELETE FROM victim"), "holds DELETE"),
         (format!("/* /* */ {VICTIM_ROWS} */ DELETE FROM victim"), "holds DELETE"),
-        ("EXEC sp_executesql N'DELETE FROM victim'".to_string(), "system procedure"),
+        (
+            "EXEC sp_executesql N'DELETE FROM victim'".to_string(),
+            "system procedure",
+        ),
     ];
     for (i, (query, cause)) in attacks.iter().enumerate() {
         let src = source(&unique(&format!("attack{i}")), &db, query);
@@ -422,7 +440,12 @@ async fn a_template_that_would_write_or_end_the_transaction_is_refused_before_it
         .run(&src.id, Trigger::Schedule, None)
         .await
         .unwrap();
-    assert_eq!((run.status, run.rows_written), (RunStatus::Succeeded, 10), "{:?}", run.message);
+    assert_eq!(
+        (run.status, run.rows_written),
+        (RunStatus::Succeeded, 10),
+        "{:?}",
+        run.message
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -232,7 +232,10 @@ impl BigQuery {
     }
 
     /// `request`'s answer as `T`, when BigQuery accepted it.
-    async fn call_json<T: serde::de::DeserializeOwned>(&self, request: reqwest::RequestBuilder) -> Result<T, SourceError> {
+    async fn call_json<T: serde::de::DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<T, SourceError> {
         let request = match &self.token {
             Some(token) => request.bearer_auth(token),
             None => request,
@@ -574,10 +577,7 @@ mod tests {
             r"CALL ds.p(r'\'); DELETE FROM ds.t WHERE TRUE; SELECT '1'",
             r"CALL ds.p('''a'b'''); DELETE FROM ds.t WHERE TRUE",
         ] {
-            assert!(
-                !matches!(statements(sql), Ok(Statements::One { call: true })),
-                "{sql}"
-            );
+            assert!(!matches!(statements(sql), Ok(Statements::One { call: true })), "{sql}");
         }
     }
 

@@ -126,10 +126,14 @@ async fn transaction_state(
     answer: impl std::future::Future<Output = tiberius::Result<tiberius::QueryStream<'_>>>,
 ) -> tiberius::Result<(Value, Value)> {
     let rows = answer.await?.into_results().await?;
-    let row = rows.last().and_then(|r| r.last()).ok_or_else(|| {
-        tiberius::error::Error::Protocol("the server did not say what its transaction is".into())
-    })?;
-    let state = row.cells().map(|(c, data)| value(c.column_type(), data)).collect::<Vec<_>>();
+    let row = rows
+        .last()
+        .and_then(|r| r.last())
+        .ok_or_else(|| tiberius::error::Error::Protocol("the server did not say what its transaction is".into()))?;
+    let state = row
+        .cells()
+        .map(|(c, data)| value(c.column_type(), data))
+        .collect::<Vec<_>>();
     match <[Value; 2]>::try_from(state) {
         Ok([count, state]) => Ok((count, state)),
         Err(_) => Err(tiberius::error::Error::Protocol(
@@ -279,17 +283,67 @@ const MAX_DEPTH: usize = 50;
 /// unquoted name in a query, so one found outside a string, a comment or brackets
 /// means a second statement, whatever the parser made of it.
 const STATEMENT_WORDS: &[&str] = &[
-    "ALTER", "BACKUP", "BEGIN", "BREAK", "BULK", "CHECKPOINT", "CLOSE", "COMMIT", "CONTINUE", "CREATE", "DBCC",
-    "DEALLOCATE", "DECLARE", "DELETE", "DENY", "DROP", "EXEC", "EXECUTE", "GOTO", "GRANT", "IF", "INSERT", "KILL",
-    "MERGE", "OPEN", "PRINT", "RAISERROR", "READTEXT", "RECONFIGURE", "RESTORE", "RETURN", "REVERT", "REVOKE",
-    "ROLLBACK", "SAVE", "SET", "SETUSER", "SHUTDOWN", "TRAN", "TRANSACTION", "TRUNCATE", "UPDATE", "UPDATETEXT",
-    "USE", "WAITFOR", "WHILE", "WRITETEXT",
+    "ALTER",
+    "BACKUP",
+    "BEGIN",
+    "BREAK",
+    "BULK",
+    "CHECKPOINT",
+    "CLOSE",
+    "COMMIT",
+    "CONTINUE",
+    "CREATE",
+    "DBCC",
+    "DEALLOCATE",
+    "DECLARE",
+    "DELETE",
+    "DENY",
+    "DROP",
+    "EXEC",
+    "EXECUTE",
+    "GOTO",
+    "GRANT",
+    "IF",
+    "INSERT",
+    "KILL",
+    "MERGE",
+    "OPEN",
+    "PRINT",
+    "RAISERROR",
+    "READTEXT",
+    "RECONFIGURE",
+    "RESTORE",
+    "RETURN",
+    "REVERT",
+    "REVOKE",
+    "ROLLBACK",
+    "SAVE",
+    "SET",
+    "SETUSER",
+    "SHUTDOWN",
+    "TRAN",
+    "TRANSACTION",
+    "TRUNCATE",
+    "UPDATE",
+    "UPDATETEXT",
+    "USE",
+    "WAITFOR",
+    "WHILE",
+    "WRITETEXT",
 ];
 
 /// Table hints that take locks, or hold them to the end of the transaction: Sluice's
 /// transaction lasts as long as its session, so they would block the database's writers.
 const LOCKING_HINTS: &[&str] = &[
-    "HOLDLOCK", "PAGLOCK", "REPEATABLEREAD", "ROWLOCK", "SERIALIZABLE", "TABLOCK", "TABLOCKX", "UPDLOCK", "XLOCK",
+    "HOLDLOCK",
+    "PAGLOCK",
+    "REPEATABLEREAD",
+    "ROWLOCK",
+    "SERIALIZABLE",
+    "TABLOCK",
+    "TABLOCKX",
+    "UPDLOCK",
+    "XLOCK",
 ];
 
 /// Rowset functions that send their text to another server, where it may write.
@@ -345,7 +399,9 @@ fn check_query(sql: &str) -> Result<(), SourceError> {
         if STATEMENT_WORDS.contains(&upper.as_str()) && !call {
             return Err(refused(
                 format_args!("holds {upper}, which begins a statement of its own"),
-                &format!("remove the {upper} statement (Sluice reads in a transaction of its own, which it never commits)"),
+                &format!(
+                    "remove the {upper} statement (Sluice reads in a transaction of its own, which it never commits)"
+                ),
             ));
         }
     }
@@ -375,10 +431,7 @@ fn check_query(sql: &str) -> Result<(), SourceError> {
         other => {
             let kind = other.to_string();
             let kind = kind.split_whitespace().next().unwrap_or_default().to_ascii_uppercase();
-            return Err(refused(
-                format_args!("is a {kind} statement"),
-                "write it as a SELECT",
-            ));
+            return Err(refused(format_args!("is a {kind} statement"), "write it as a SELECT"));
         }
     }
     match statement.visit(&mut ReadOnly { statements: 0 }) {
@@ -448,10 +501,9 @@ impl sqlparser::ast::Visitor for ReadOnly {
 
     fn pre_visit_query(&mut self, query: &sqlparser::ast::Query) -> std::ops::ControlFlow<SourceError> {
         match query.locks.first() {
-            Some(lock) => std::ops::ControlFlow::Break(refused(
-                format_args!("holds {lock}, which locks rows"),
-                "remove it",
-            )),
+            Some(lock) => {
+                std::ops::ControlFlow::Break(refused(format_args!("holds {lock}, which locks rows"), "remove it"))
+            }
             None => std::ops::ControlFlow::Continue(()),
         }
     }
@@ -464,7 +516,11 @@ impl sqlparser::ast::Visitor for ReadOnly {
         else {
             return std::ops::ControlFlow::Continue(());
         };
-        let function = name.0.last().and_then(|p| p.as_ident()).map(|i| i.value.to_ascii_uppercase());
+        let function = name
+            .0
+            .last()
+            .and_then(|p| p.as_ident())
+            .map(|i| i.value.to_ascii_uppercase());
         if args.is_some() && function.as_deref().is_some_and(|f| REMOTE_ROWSETS.contains(&f)) {
             return std::ops::ControlFlow::Break(refused(
                 format_args!("reads through {name}, which runs its text on another server"),
@@ -803,7 +859,10 @@ mod tests {
     fn writes_transaction_control_and_second_statements_are_refused_with_the_cause() {
         let mut wrong = Vec::new();
         for (sql, cause) in [
-            ("COMMIT; DELETE FROM dbo.victim; BEGIN TRAN; SELECT 1 AS x", "holds COMMIT"),
+            (
+                "COMMIT; DELETE FROM dbo.victim; BEGIN TRAN; SELECT 1 AS x",
+                "holds COMMIT",
+            ),
             ("SELECT 1 AS x COMMIT", "holds COMMIT"),
             ("SET IMPLICIT_TRANSACTIONS OFF; SELECT 1", "holds SET"),
             ("SAVE TRAN s; SELECT 1", "holds SAVE"),
@@ -815,7 +874,10 @@ mod tests {
             ("SELECT * FROM victim WITH (UPDLOCK)", "table hint UPDLOCK"),
             ("SELECT * FROM victim WITH (NOLOCK, TABLOCKX)", "table hint TABLOCKX"),
             ("SELECT * FROM victim (HOLDLOCK)", "table hint HOLDLOCK"),
-            ("SELECT * FROM victim v JOIN t WITH (xlock) ON 1 = 1", "table hint XLOCK"),
+            (
+                "SELECT * FROM victim v JOIN t WITH (xlock) ON 1 = 1",
+                "table hint XLOCK",
+            ),
             ("WITH d AS (DELETE FROM victim) SELECT 1", "holds DELETE"),
             ("SELECT * FROM OPENQUERY(srv, 'SELECT 1')", "OPENQUERY"),
             ("EXEC sp_executesql N'DELETE FROM victim'", "system procedure"),
@@ -839,7 +901,8 @@ mod tests {
                 Err(e)
                     if e.kind == SourceErrorKind::Query
                         && e.message.contains(cause)
-                        && e.message.contains("a source's query is one SELECT or one EXEC of a procedure") => {}
+                        && e.message
+                            .contains("a source's query is one SELECT or one EXEC of a procedure") => {}
                 other => wrong.push(format!("{sql}: {other:?}")),
             }
         }
