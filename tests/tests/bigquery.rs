@@ -198,3 +198,48 @@ async fn a_bigquery_procedure_is_called_and_its_result_set_synced_and_a_script_a
     let count = bigquery_exec(&db.name, &format!("SELECT COUNT(*) FROM {}.sales", db.name)).await;
     assert_eq!(count["rows"][0]["f"][0]["v"], "300");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bigquery_runs_only_what_its_dry_run_calls_a_select_and_refuses_scripts_before_any_dry_run() {
+    let db = Database::new(Engine::Bigquery).await;
+    db.create_sales(5).await;
+    let secret: ConnectionSecret = serde_json::from_value(db.secret.clone()).unwrap();
+    let mut session = SqlReader.open(&secret, Duration::from_secs(30)).await.unwrap();
+    let count_sql = format!("SELECT COUNT(*) FROM {}.sales", db.name);
+    let count = || bigquery_exec(&db.name, &count_sql);
+    let query = |sql: String| RenderedQuery { sql, binds: vec![] };
+
+    // A script is refused before anything is sent: bqemulator's dry run of a script it
+    // cannot classify runs it, so a dry run first would have deleted the rows.
+    let script = query(format!(
+        "SELECT id FROM {d}.sales; DELETE FROM {d}.sales WHERE TRUE",
+        d = db.name
+    ));
+    for e in [
+        session.columns(&script).await.unwrap_err(),
+        session.stream(&script).try_collect::<Vec<_>>().await.unwrap_err(),
+    ] {
+        assert!(e.message.contains("more than one statement"), "{e}");
+    }
+    assert_eq!(count().await["rows"][0]["f"][0]["v"], "5");
+
+    // A dry run that does not say the statement is a SELECT is refused. bqemulator
+    // classifies a UNION as nothing at all (BigQuery calls it a SELECT): it stands here
+    // for an answer without statistics.query.statementType.
+    let union = query(format!(
+        "SELECT id FROM {d}.sales UNION ALL SELECT id FROM {d}.sales",
+        d = db.name
+    ));
+    for e in [
+        session.columns(&union).await.unwrap_err(),
+        session.stream(&union).try_collect::<Vec<_>>().await.unwrap_err(),
+    ] {
+        assert_eq!(e.kind, SourceErrorKind::Query, "{e}");
+        assert!(e.message.contains("did not say what statement it is"), "{e}");
+    }
+    // What it calls a SELECT runs, its columns from the same dry run.
+    let select = query(format!("WITH s AS (SELECT id FROM {}.sales) SELECT id FROM s", db.name));
+    assert_eq!(session.columns(&select).await.unwrap(), ["id"]);
+    let rows: Vec<_> = session.stream(&select).try_collect().await.unwrap();
+    assert_eq!(rows.len(), 5);
+}

@@ -323,18 +323,207 @@ async fn every_session_declares_read_only_intent_and_reads_in_a_transaction_neve
     let db = Database::new(Engine::Sqlserver).await;
     db.exec("CREATE TABLE notes (id int PRIMARY KEY, body nvarchar(20))")
         .await;
+    db.exec(
+        "CREATE PROCEDURE dbo.note_and_count AS
+         BEGIN
+           INSERT INTO notes VALUES (1, 'x');
+           SELECT @@TRANCOUNT AS open_transactions;
+         END",
+    )
+    .await;
     let mut session = SqlReader.open(&connection(&db), Duration::from_secs(10)).await.unwrap();
-    // The session's own transaction is open: a write inside it is never committed.
+    // The session's own transaction is open: what a procedure writes in it is never
+    // committed.
     let write = RenderedQuery {
-        sql: "INSERT INTO notes VALUES (1, 'x'); SELECT @@TRANCOUNT AS open_transactions".into(),
+        sql: "EXEC dbo.note_and_count".into(),
         binds: vec![],
     };
     let rows: Vec<_> = session.stream(&write).collect().await;
     let open = rows.last().unwrap().as_ref().unwrap().get("open_transactions").cloned();
     assert_eq!(open, Some(Value::Int(1)), "{rows:?}");
+    session.finish().await.unwrap();
     drop(session);
     let notes = sqlserver::query(sqlserver::tls_port(), &db.name, "SELECT COUNT(*) FROM notes").await;
     assert_eq!(notes[0][0].as_deref(), Some("0"));
+}
+
+/// The rows left in `victim`.
+async fn victims(db: &Database) -> Option<String> {
+    sqlserver::query(sqlserver::tls_port(), &db.name, "SELECT COUNT(*) FROM victim").await[0][0].clone()
+}
+
+async fn create_victim(db: &Database) {
+    db.exec("CREATE TABLE victim (id int PRIMARY KEY, user_id int, updated_at datetime2)")
+        .await;
+    db.exec(
+        "INSERT INTO victim SELECT n, n, SYSUTCDATETIME() FROM
+           (SELECT TOP (10) ROW_NUMBER() OVER (ORDER BY (SELECT NULL)) AS n FROM sys.all_objects) s",
+    )
+    .await;
+}
+
+const VICTIM_ROWS: &str = "SELECT id AS reference, user_id AS member_id, CONCAT('user ', user_id) AS member_name,\n  updated_at AS date FROM victim WHERE updated_at >= {{ last_update_time }}";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_template_that_would_write_or_end_the_transaction_is_refused_before_it_runs_and_the_rows_stay() {
+    let db = Database::new(Engine::Sqlserver).await;
+    create_victim(&db).await;
+    let store = store(StoreKind::Embedded).await;
+    let attacks = [
+        // The issue's own: commit Sluice's transaction, delete for good, open another.
+        (
+            format!("COMMIT; DELETE FROM dbo.victim; BEGIN TRAN; {VICTIM_ROWS}"),
+            "holds COMMIT",
+        ),
+        (format!("SET IMPLICIT_TRANSACTIONS OFF; {VICTIM_ROWS}"), "holds SET"),
+        (format!("SAVE TRAN s; {VICTIM_ROWS}"), "holds SAVE"),
+        (format!("{VICTIM_ROWS}; DELETE FROM victim"), "holds DELETE"),
+        (
+            format!("{VICTIM_ROWS}; SELECT 1 AS reference"),
+            "more than one statement",
+        ),
+        (
+            VICTIM_ROWS.replace(" FROM victim", " INTO dbo.stolen FROM victim"),
+            "SELECT ... INTO",
+        ),
+        (
+            VICTIM_ROWS.replace("FROM victim", "FROM victim WITH (TABLOCKX)"),
+            "table hint TABLOCKX",
+        ),
+        // What a reader of lines, or of `;`, would miss.
+        (
+            format!("{VICTIM_ROWS} -- a comment\nDELETE FROM victim"),
+            "holds DELETE",
+        ),
+        (
+            format!("{VICTIM_ROWS} /* ; */ COMMIT DELETE FROM victim"),
+            "holds COMMIT",
+        ),
+        (format!("{VICTIM_ROWS}\nGO\nDELETE FROM victim"), "holds DELETE"),
+        (format!("/* /* */ {VICTIM_ROWS} */ DELETE FROM victim"), "holds DELETE"),
+        (
+            "EXEC sp_executesql N'DELETE FROM victim'".to_string(),
+            "system procedure",
+        ),
+    ];
+    for (i, (query, cause)) in attacks.iter().enumerate() {
+        let src = source(&unique(&format!("attack{i}")), &db, query);
+        store.put_source(&src).await.unwrap();
+        let svc = service(store.clone(), secrets_for(&src, &db));
+        let run = svc.run(&src.id, Trigger::Schedule, None).await.unwrap();
+        let message = run.message.clone().unwrap_or_default();
+        assert_eq!(run.status, RunStatus::Failed, "{query}: {message}");
+        assert!(
+            message.contains("refused before it ran") && message.contains(cause),
+            "{query}: {message}"
+        );
+        assert_eq!(victims(&db).await.as_deref(), Some("10"), "{query}");
+        // The test query refuses it too, before it runs.
+        let said = match svc.preview(&src, None).await {
+            Ok(preview) => preview.errors.join("; "),
+            Err(e) => e.to_string(),
+        };
+        assert!(said.contains("refused before it ran"), "{query}: {said}");
+        assert_eq!(victims(&db).await.as_deref(), Some("10"), "{query}");
+    }
+    let stolen = sqlserver::query(
+        sqlserver::tls_port(),
+        &db.name,
+        "SELECT COUNT(*) FROM sys.tables WHERE name = 'stolen'",
+    )
+    .await;
+    assert_eq!(stolen[0][0].as_deref(), Some("0"), "SELECT INTO made no table");
+    // The same template without its attack syncs.
+    let src = source(&unique("honest"), &db, VICTIM_ROWS);
+    store.put_source(&src).await.unwrap();
+    let run = service(store.clone(), secrets_for(&src, &db))
+        .run(&src.id, Trigger::Schedule, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (run.status, run.rows_written),
+        (RunStatus::Succeeded, 10),
+        "{:?}",
+        run.message
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_procedure_that_ends_sluices_transaction_fails_the_run_and_says_why() {
+    let db = Database::new(Engine::Sqlserver).await;
+    create_victim(&db).await;
+    // Babelfish lets a procedure commit the caller's transaction, and opening another
+    // leaves @@TRANCOUNT and XACT_STATE() as they were: Sluice's savepoint is what is gone.
+    db.exec(
+        "CREATE PROCEDURE dbo.commits AS
+         BEGIN
+           COMMIT;
+           DELETE FROM victim WHERE id > 8;
+           BEGIN TRANSACTION;
+           SELECT id AS reference, user_id AS member_id, 'user' AS member_name, updated_at AS date FROM victim;
+         END",
+    )
+    .await;
+    db.exec(
+        "CREATE PROCEDURE dbo.rolls_back AS
+         BEGIN
+           SELECT id AS reference, user_id AS member_id, 'user' AS member_name, updated_at AS date FROM victim;
+           ROLLBACK;
+         END",
+    )
+    .await;
+    let store = store(StoreKind::Embedded).await;
+    for procedure in ["commits", "rolls_back"] {
+        let src = source(&unique(procedure), &db, &format!("EXEC dbo.{procedure}"));
+        store.put_source(&src).await.unwrap();
+        let run = service(store.clone(), secrets_for(&src, &db))
+            .run(&src.id, Trigger::Schedule, None)
+            .await
+            .unwrap();
+        let message = run.message.clone().unwrap_or_default();
+        assert_eq!(run.status, RunStatus::Failed, "{procedure}: {message}");
+        assert!(
+            message.contains("ended Sluice's transaction") && message.contains("remove COMMIT, ROLLBACK"),
+            "{procedure}: {message}"
+        );
+        assert_eq!(store.get_source(&src.id).await.unwrap().unwrap().watermark, None);
+    }
+    // What the procedure committed is committed: the run can only say so.
+    assert_eq!(victims(&db).await.as_deref(), Some("8"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_stops_early_cancels_the_query_and_still_checks_the_transaction() {
+    let db = Database::new(Engine::Sqlserver).await;
+    create_victim(&db).await;
+    db.exec(
+        "CREATE PROCEDURE dbo.reads_then_commits AS
+         BEGIN
+           SELECT id FROM victim;
+           COMMIT;
+         END",
+    )
+    .await;
+    let mut session = SqlReader.open(&connection(&db), Duration::from_secs(10)).await.unwrap();
+    let select = RenderedQuery {
+        sql: "SELECT id FROM victim ORDER BY id".into(),
+        binds: vec![],
+    };
+    let first = session.stream(&select).next().await.unwrap().unwrap();
+    assert_eq!(first.get("id"), Some(&Value::Int(1)));
+    session.finish().await.unwrap();
+    // The session is clean: the next query reads from the start.
+    let rows: Vec<_> = session.stream(&select).map(Result::unwrap).collect().await;
+    assert_eq!(rows.len(), 10);
+    session.finish().await.unwrap();
+
+    let commits = RenderedQuery {
+        sql: "EXEC dbo.reads_then_commits".into(),
+        binds: vec![],
+    };
+    session.stream(&commits).next().await.unwrap().unwrap();
+    let e = session.finish().await.unwrap_err();
+    assert!(e.message.contains("ended Sluice's transaction"), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

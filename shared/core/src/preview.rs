@@ -209,5 +209,7 @@ async fn run(
             }
         }
     }
+    drop(rows);
+    session.finish().await?;
     Ok(())
 }

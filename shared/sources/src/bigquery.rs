@@ -93,9 +93,29 @@ struct QueryResponse {
     #[serde(default)]
     rows: Vec<Json>,
     page_token: Option<String>,
-    statement_type: Option<String>,
     #[serde(default)]
     errors: Vec<ErrorProto>,
+}
+
+/// The answer to a dry run, a job: what BigQuery found the query to be
+/// (`statistics.query.statementType`) and the columns it would return.
+#[derive(Default, Deserialize)]
+struct DryRun {
+    #[serde(default)]
+    statistics: DryRunStatistics,
+}
+
+#[derive(Default, Deserialize)]
+struct DryRunStatistics {
+    #[serde(default)]
+    query: DryRunQuery,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DryRunQuery {
+    statement_type: Option<String>,
+    schema: Option<Schema>,
 }
 
 #[derive(Clone, Deserialize)]
@@ -196,6 +216,26 @@ fn token_claims(key: &ServiceAccountKey, now: DateTime<Utc>) -> Json {
 
 impl BigQuery {
     async fn call(&self, request: reqwest::RequestBuilder) -> Result<QueryResponse, SourceError> {
+        let answer: QueryResponse = self.call_json(request).await?;
+        if let Some(error) = answer.errors.first() {
+            let kind = if error.reason == "timeout" {
+                SourceErrorKind::Timeout
+            } else {
+                SourceErrorKind::Query
+            };
+            return Err(SourceError::new(
+                kind,
+                format!("the query failed: {} ({})", error.message, error.reason),
+            ));
+        }
+        Ok(answer)
+    }
+
+    /// `request`'s answer as `T`, when BigQuery accepted it.
+    async fn call_json<T: serde::de::DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<T, SourceError> {
         let request = match &self.token {
             Some(token) => request.bearer_auth(token),
             None => request,
@@ -223,27 +263,16 @@ impl BigQuery {
                 format!("BigQuery refused the query: {message}{hint}"),
             ));
         }
-        let answer: QueryResponse = serde_json::from_value(body).map_err(|e| {
+        serde_json::from_value(body).map_err(|e| {
             SourceError::new(
                 SourceErrorKind::Query,
                 format!("BigQuery sent an answer Sluice cannot read: {e}"),
             )
-        })?;
-        if let Some(error) = answer.errors.first() {
-            let kind = if error.reason == "timeout" {
-                SourceErrorKind::Timeout
-            } else {
-                SourceErrorKind::Query
-            };
-            return Err(SourceError::new(
-                kind,
-                format!("the query failed: {} ({})", error.message, error.reason),
-            ));
-        }
-        Ok(answer)
+        })
     }
 
-    fn request_body(&self, query: &RenderedQuery, dry_run: bool) -> Json {
+    /// What describes `query` to BigQuery, in a query request and in a query job alike.
+    fn query_fields(&self, query: &RenderedQuery) -> serde_json::Map<String, Json> {
         // The template writes @p1, @p2, ...: named parameters p1, p2, ...
         let parameters: Vec<Json> = query
             .binds
@@ -257,24 +286,77 @@ impl BigQuery {
                 json!({"name": format!("p{}", i + 1), "parameterType": {"type": kind}, "parameterValue": {"value": value}})
             })
             .collect();
-        let mut body = json!({
-            "query": query.sql,
-            "useLegacySql": false,
-            "parameterMode": "NAMED",
-            "queryParameters": parameters,
-            "dryRun": dry_run,
-            "maxResults": PAGE_ROWS,
-            "timeoutMs": WAIT_MS,
-            "jobTimeoutMs": self.query_timeout.as_millis().to_string(),
-            "formatOptions": {"useInt64Timestamp": true},
+        let mut fields = serde_json::Map::new();
+        fields.insert("query".into(), query.sql.as_str().into());
+        fields.insert("useLegacySql".into(), false.into());
+        fields.insert("parameterMode".into(), "NAMED".into());
+        fields.insert("queryParameters".into(), parameters.into());
+        if let Some(dataset) = &self.options.schema {
+            fields.insert(
+                "defaultDataset".into(),
+                json!({"projectId": self.secret.database, "datasetId": dataset}),
+            );
+        }
+        fields
+    }
+
+    /// A jobs.query request that runs `query`.
+    fn request_body(&self, query: &RenderedQuery) -> Json {
+        let mut body = self.query_fields(query);
+        body.insert("maxResults".into(), PAGE_ROWS.into());
+        body.insert("timeoutMs".into(), WAIT_MS.into());
+        body.insert("jobTimeoutMs".into(), self.query_timeout.as_millis().to_string().into());
+        body.insert("formatOptions".into(), json!({"useInt64Timestamp": true}));
+        if let Some(location) = &self.options.location {
+            body.insert("location".into(), location.as_str().into());
+        }
+        Json::Object(body)
+    }
+
+    /// Dry-runs `query` (free; nothing runs) as a query job, whose answer says what
+    /// statement BigQuery found it to be (`statistics.query.statementType`), and refuses
+    /// it unless that is a SELECT, or one CALL of a procedure; the columns it would
+    /// return. Several statements are refused before anything is sent.
+    async fn dry_run(&self, query: &RenderedQuery) -> Result<Vec<Field>, SourceError> {
+        let one_call = match statements(&query.sql)? {
+            Statements::One { call } => call,
+            Statements::Several => {
+                return Err(SourceError::new(
+                    SourceErrorKind::Query,
+                    "the query holds more than one statement; Sluice reads only: the template must be one SELECT, or one CALL of a procedure",
+                ));
+            }
+        };
+        let mut job = json!({
+            "configuration": {"dryRun": true, "query": self.query_fields(query)},
+            "jobReference": {"projectId": self.secret.database},
         });
         if let Some(location) = &self.options.location {
-            body["location"] = location.as_str().into();
+            job["jobReference"]["location"] = location.as_str().into();
         }
-        if let Some(dataset) = &self.options.schema {
-            body["defaultDataset"] = json!({"projectId": self.secret.database, "datasetId": dataset});
+        let dry: DryRun = self
+            .call_json(self.http.post(format!("{}/jobs", self.base)).json(&job))
+            .await?;
+        let DryRunQuery { statement_type, schema } = dry.statistics.query;
+        match statement_type.as_deref() {
+            Some("SELECT") => {}
+            Some("SCRIPT") if one_call => {}
+            Some(other) => {
+                return Err(SourceError::new(
+                    SourceErrorKind::Query,
+                    format!(
+                        "the query is a {other} statement; Sluice reads only: the template must be one SELECT, or one CALL of a procedure"
+                    ),
+                ));
+            }
+            None => {
+                return Err(SourceError::new(
+                    SourceErrorKind::Query,
+                    "BigQuery's dry run of the query did not say what statement it is (no statistics.query.statementType), so Sluice cannot tell that it only reads and does not run it; Sluice reads only: the template must be one SELECT, or one CALL of a procedure",
+                ));
+            }
         }
-        body
+        Ok(schema.map(|s| s.fields).unwrap_or_default())
     }
 
     /// A page of a finished (or finishing) job's results.
@@ -304,37 +386,12 @@ impl BigQuery {
 
     /// Runs `query` after a dry run shows it only reads; the first page, complete.
     async fn start(&self, query: &RenderedQuery) -> Result<(QueryResponse, Vec<Field>), SourceError> {
-        // Several statements are refused before anything is sent, dry run included.
-        if statement(&query.sql).contains(';') {
-            return Err(SourceError::new(
-                SourceErrorKind::Query,
-                "the query holds more than one statement; Sluice reads only: the template must be one SELECT, or one CALL of a procedure",
-            ));
-        }
-        let dry = self
-            .call(
-                self.http
-                    .post(format!("{}/queries", self.base))
-                    .json(&self.request_body(query, true)),
-            )
-            .await?;
-        match dry.statement_type.as_deref() {
-            Some("SELECT") | None => {}
-            Some("SCRIPT") if is_one_call(&query.sql) => {}
-            Some(other) => {
-                return Err(SourceError::new(
-                    SourceErrorKind::Query,
-                    format!(
-                        "the query is a {other} statement; Sluice reads only: the template must be one SELECT, or one CALL of a procedure"
-                    ),
-                ));
-            }
-        }
+        self.dry_run(query).await?;
         let mut answer = self
             .call(
                 self.http
                     .post(format!("{}/queries", self.base))
-                    .json(&self.request_body(query, false)),
+                    .json(&self.request_body(query)),
             )
             .await?;
         let deadline = tokio::time::Instant::now() + self.query_timeout;
@@ -364,17 +421,7 @@ impl SourceSession for BigQuery {
     }
 
     async fn columns(&mut self, query: &RenderedQuery) -> Result<Vec<String>, SourceError> {
-        let dry = self
-            .call(
-                self.http
-                    .post(format!("{}/queries", self.base))
-                    .json(&self.request_body(query, true)),
-            )
-            .await?;
-        Ok(dry
-            .schema
-            .map(|s| s.fields.into_iter().map(|f| f.name).collect())
-            .unwrap_or_default())
+        Ok(self.dry_run(query).await?.into_iter().map(|f| f.name).collect())
     }
 
     fn stream<'a>(&'a mut self, query: &'a RenderedQuery) -> BoxStream<'a, Result<Row, SourceError>> {
@@ -412,55 +459,37 @@ impl SourceSession for BigQuery {
     }
 }
 
-/// Whether `sql` is one `CALL` statement.
-fn is_one_call(sql: &str) -> bool {
-    let statement = statement(sql);
-    let first = statement.split_whitespace().next();
-    first.is_some_and(|w| w.eq_ignore_ascii_case("call")) && !statement.contains(';')
+enum Statements {
+    One { call: bool },
+    Several,
 }
 
-/// `sql` without its comments, its quoted strings and names masked, and without a
-/// trailing `;`: a `;` left in it separates statements.
-fn statement(sql: &str) -> String {
-    let mut code = String::with_capacity(sql.len());
-    let mut chars = sql.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '\'' | '"' | '`' => {
-                code.push('x');
-                let mut escaped = false;
-                for d in chars.by_ref() {
-                    match d {
-                        _ if escaped => escaped = false,
-                        '\\' => escaped = true,
-                        _ if d == c => break,
-                        _ => {}
-                    }
-                }
-            }
-            '-' if chars.peek() == Some(&'-') => {
-                chars.by_ref().find(|d| *d == '\n');
-                code.push(' ');
-            }
-            '#' => {
-                chars.by_ref().find(|d| *d == '\n');
-                code.push(' ');
-            }
-            '/' if chars.peek() == Some(&'*') => {
-                chars.next();
-                let mut last = ' ';
-                for d in chars.by_ref() {
-                    if last == '*' && d == '/' {
-                        break;
-                    }
-                    last = d;
-                }
-                code.push(' ');
-            }
-            _ => code.push(c),
-        }
+/// How many statements `sql` holds, read by BigQuery's lexical rules (comments, raw and
+/// triple-quoted strings, quoted names): a `;` before the last token separates two.
+/// Text that cannot be read is refused, not guessed at.
+fn statements(sql: &str) -> Result<Statements, SourceError> {
+    use sqlparser::tokenizer::{Token, Tokenizer};
+    let tokens = Tokenizer::new(&sqlparser::dialect::BigQueryDialect {}, sql)
+        .tokenize()
+        .map_err(|e| {
+            SourceError::new(
+                SourceErrorKind::Query,
+                format!("the query cannot be read as BigQuery SQL ({e}); correct its syntax"),
+            )
+        })?;
+    let mut code = tokens.iter().filter(|t| !matches!(t, Token::Whitespace(_)));
+    let call = code.next().is_some_and(
+        |t| matches!(t, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case("call")),
+    );
+    let mut rest: Vec<_> = code.collect();
+    while rest.last() == Some(&&Token::SemiColon) {
+        rest.pop();
     }
-    code.trim().trim_end_matches(';').trim_end().to_string()
+    Ok(if rest.contains(&&Token::SemiColon) {
+        Statements::Several
+    } else {
+        Statements::One { call }
+    })
 }
 
 /// A row of `{"f": [{"v": ...}, ...]}` as values.
@@ -536,7 +565,7 @@ mod tests {
             "  -- the window\n call `proj.ds.p`('a;b', \"--\") ;  ",
             "/* a; b */ CALL ds.p(@p1) # trailing; comment",
         ] {
-            assert!(is_one_call(sql), "{sql}");
+            assert!(matches!(statements(sql), Ok(Statements::One { call: true })), "{sql}");
         }
         for sql in [
             "SELECT 1",
@@ -544,8 +573,11 @@ mod tests {
             "DELETE FROM ds.t WHERE TRUE; CALL ds.p()",
             "BEGIN CALL ds.p(); END",
             "CALL ds.p('it\\'s'); DROP TABLE ds.t",
+            // A raw string ends at its first quote: `\'` does not escape it.
+            r"CALL ds.p(r'\'); DELETE FROM ds.t WHERE TRUE; SELECT '1'",
+            r"CALL ds.p('''a'b'''); DELETE FROM ds.t WHERE TRUE",
         ] {
-            assert!(!is_one_call(sql), "{sql}");
+            assert!(!matches!(statements(sql), Ok(Statements::One { call: true })), "{sql}");
         }
     }
 

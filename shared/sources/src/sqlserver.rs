@@ -14,7 +14,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, NaiveTime, SubsecRound, Utc};
 use futures::stream::{self, BoxStream};
-use futures::{StreamExt, TryFutureExt, future};
+use futures::{StreamExt, TryFutureExt, TryStreamExt, future};
 use sluice_core::{
     Bind, ConnectionSecret, RenderedQuery, Row, SourceError, SourceErrorKind, SourceSession, TlsMode, Value,
 };
@@ -30,7 +30,29 @@ pub(crate) struct SqlServer {
     client: Connection,
     /// The column names of the result set being streamed, shared by its rows.
     names: Option<(usize, Arc<[String]>)>,
+    /// `@@TRANCOUNT` and `XACT_STATE()` as the setup left them: Sluice's transaction,
+    /// open. Every query must leave them so.
+    transaction: (Value, Value),
+    /// A query was sent whose effect on the transaction is not checked yet.
+    unchecked: bool,
+    /// Whether the last query's answer was read to its end (else it is cancelled).
+    answered: Arc<AtomicBool>,
 }
+
+/// Marks where Sluice's transaction began, and reads what it is: its depth and its
+/// state (1 open, 0 none, -1 doomed).
+const TRANSACTION_BEGUN: &str = "SAVE TRANSACTION sluice_read; SELECT @@TRANCOUNT, XACT_STATE()";
+/// Why a query that ended Sluice's transaction fails the run, and what to do.
+const TRANSACTION_ENDED: &str = "; the query ended Sluice's transaction: a procedure it ran committed or rolled back, so what it wrote may be committed; Sluice reads only: remove COMMIT, ROLLBACK and BEGIN TRANSACTION from the procedure, and give Sluice a login that cannot write";
+/// Sluice's transaction as the setup began it, after an error of Sluice's own ended it.
+const TRANSACTION_AGAIN: &str =
+    "IF XACT_STATE() = -1 ROLLBACK; IF @@TRANCOUNT = 0 BEGIN TRANSACTION; SAVE TRANSACTION sluice_read";
+/// Undoes what the last query did inside Sluice's transaction and reads what the
+/// transaction is. The savepoint exists only in Sluice's own transaction: a procedure
+/// that committed it and began another (which leaves both counters as they were) makes
+/// this fail. Babelfish drops a savepoint rolled back to, so it is made again.
+const TRANSACTION_KEPT: &str =
+    "ROLLBACK TRANSACTION sluice_read; SAVE TRANSACTION sluice_read; SELECT @@TRANCOUNT, XACT_STATE()";
 
 /// The tiberius configuration a secret describes.
 pub(crate) fn config(secret: &ConnectionSecret, query_timeout: Duration) -> Result<Config, SourceError> {
@@ -84,15 +106,79 @@ pub(crate) async fn connect(secret: &ConnectionSecret, query_timeout: Duration) 
     .map_err(|e| classify_connect(e, secret))?;
     let setup = format!(
         "SET NOCOUNT ON; SET XACT_ABORT ON; SET ARITHABORT ON; SET LOCK_TIMEOUT {}; \
-         SET TRANSACTION ISOLATION LEVEL READ COMMITTED; BEGIN TRANSACTION",
+         SET TRANSACTION ISOLATION LEVEL READ COMMITTED; BEGIN TRANSACTION; {TRANSACTION_BEGUN}",
         query_timeout.as_millis()
     );
-    client
-        .simple_query(setup)
-        .and_then(|s| s.into_results())
+    let transaction = transaction_state(client.simple_query(setup))
         .await
         .map_err(|e| classify_connect(e, secret))?;
-    Ok(SqlServer { client, names: None })
+    Ok(SqlServer {
+        client,
+        names: None,
+        transaction,
+        unchecked: false,
+        answered: Arc::new(AtomicBool::new(false)),
+    })
+}
+
+/// `@@TRANCOUNT` and `XACT_STATE()`, the last row of `answer`.
+async fn transaction_state(
+    answer: impl std::future::Future<Output = tiberius::Result<tiberius::QueryStream<'_>>>,
+) -> tiberius::Result<(Value, Value)> {
+    let rows = answer.await?.into_results().await?;
+    let row = rows
+        .last()
+        .and_then(|r| r.last())
+        .ok_or_else(|| tiberius::error::Error::Protocol("the server did not say what its transaction is".into()))?;
+    let state = row
+        .cells()
+        .map(|(c, data)| value(c.column_type(), data))
+        .collect::<Vec<_>>();
+    match <[Value; 2]>::try_from(state) {
+        Ok([count, state]) => Ok((count, state)),
+        Err(_) => Err(tiberius::error::Error::Protocol(
+            "the server did not say what its transaction is".into(),
+        )),
+    }
+}
+
+impl SqlServer {
+    /// Checks that the query last sent left Sluice's transaction as it was, after
+    /// cancelling it on the server if its reader stopped before the end. A procedure
+    /// may COMMIT or ROLLBACK inside; what it wrote then is kept, and the run must not
+    /// pass for a read.
+    async fn settle(&mut self) -> Result<(), SourceError> {
+        if !self.unchecked {
+            return Ok(());
+        }
+        if !self.answered.load(Ordering::Relaxed) {
+            self.client.cancel_query().await.map_err(classify_query)?;
+        }
+        let changed = match transaction_state(self.client.simple_query(TRANSACTION_KEPT)).await {
+            Ok(now) if now == self.transaction => None,
+            Ok((count, state)) => Some(format!(
+                "@@TRANCOUNT and XACT_STATE() were {} and {}, now {} and {}",
+                self.transaction.0.to_plain_json(),
+                self.transaction.1.to_plain_json(),
+                count.to_plain_json(),
+                state.to_plain_json()
+            )),
+            Err(tiberius::error::Error::Server(token)) => Some(format!(
+                "its savepoint is gone: {} (error {})",
+                token.message(),
+                token.code()
+            )),
+            Err(e) => return Err(classify_query(e)),
+        };
+        if let Some(how) = changed {
+            return Err(SourceError::new(
+                SourceErrorKind::Query,
+                format!("the query changed the session's transaction ({how}){TRANSACTION_ENDED}"),
+            ));
+        }
+        self.unchecked = false;
+        Ok(())
+    }
 }
 
 async fn login(config: &Config, secret: &ConnectionSecret) -> tiberius::Result<Connection> {
@@ -166,6 +252,8 @@ fn classify_query(e: tiberius::error::Error) -> SourceError {
                     "; a lock held longer than query_timeout_seconds: the rows are being written; the next run reads them"
                 }
                 3906 | 3908 | 229 | 230 => "; Sluice reads only: the query (or the procedure it runs) must not write",
+                // The transaction count moved across a procedure or sp_executesql.
+                266 => TRANSACTION_ENDED,
                 _ => "",
             };
             let kind = if token.code() == 1222 {
@@ -179,6 +267,284 @@ fn classify_query(e: tiberius::error::Error) -> SourceError {
             )
         }
         other => SourceError::new(SourceErrorKind::Query, format!("the query failed: {other}")),
+    }
+}
+
+/// The longest rendered query the guard reads: the template's own limit, in bytes.
+const MAX_QUERY_BYTES: usize = 4 * sluice_core::source::MAX_QUERY_CHARS;
+/// The most tokens a query may hold. The parser builds an operator chain (`1+1+...`)
+/// without recursion, but the tree it makes is as deep as the chain, and dropping or
+/// walking that tree recurses: this bound keeps it within a worker thread's stack.
+const MAX_TOKENS: usize = 20_000;
+/// How deeply the parser may nest (subqueries, parentheses); sqlparser's default.
+const MAX_DEPTH: usize = 50;
+
+/// T-SQL's reserved words that begin a statement other than a SELECT. None can be an
+/// unquoted name in a query, so one found outside a string, a comment or brackets
+/// means a second statement, whatever the parser made of it.
+const STATEMENT_WORDS: &[&str] = &[
+    "ALTER",
+    "BACKUP",
+    "BEGIN",
+    "BREAK",
+    "BULK",
+    "CHECKPOINT",
+    "CLOSE",
+    "COMMIT",
+    "CONTINUE",
+    "CREATE",
+    "DBCC",
+    "DEALLOCATE",
+    "DECLARE",
+    "DELETE",
+    "DENY",
+    "DROP",
+    "EXEC",
+    "EXECUTE",
+    "GOTO",
+    "GRANT",
+    "IF",
+    "INSERT",
+    "KILL",
+    "MERGE",
+    "OPEN",
+    "PRINT",
+    "RAISERROR",
+    "READTEXT",
+    "RECONFIGURE",
+    "RESTORE",
+    "RETURN",
+    "REVERT",
+    "REVOKE",
+    "ROLLBACK",
+    "SAVE",
+    "SET",
+    "SETUSER",
+    "SHUTDOWN",
+    "TRAN",
+    "TRANSACTION",
+    "TRUNCATE",
+    "UPDATE",
+    "UPDATETEXT",
+    "USE",
+    "WAITFOR",
+    "WHILE",
+    "WRITETEXT",
+];
+
+/// Table hints that take locks, or hold them to the end of the transaction: Sluice's
+/// transaction lasts as long as its session, so they would block the database's writers.
+const LOCKING_HINTS: &[&str] = &[
+    "HOLDLOCK",
+    "PAGLOCK",
+    "REPEATABLEREAD",
+    "ROWLOCK",
+    "SERIALIZABLE",
+    "TABLOCK",
+    "TABLOCKX",
+    "UPDLOCK",
+    "XLOCK",
+];
+
+/// Rowset functions that send their text to another server, where it may write.
+const REMOTE_ROWSETS: &[&str] = &["OPENDATASOURCE", "OPENQUERY", "OPENROWSET"];
+
+/// A refusal of the query before it is sent: what it holds, and what to do.
+fn refused(found: impl std::fmt::Display, fix: &str) -> SourceError {
+    SourceError::new(
+        SourceErrorKind::Query,
+        format!(
+            "the query was refused before it ran: it {found}; a source's query is one SELECT or one EXEC of a procedure (Sluice reads only), so {fix}"
+        ),
+    )
+}
+
+/// Refuses, before anything is sent, every query but one SELECT (`WITH`, `UNION` and
+/// the like included) or one EXEC of a named procedure: no second statement, no
+/// transaction control, no SET, no SELECT ... INTO, no write inside a CTE, no locking
+/// hint. The text is read by a real T-SQL parser; what it cannot read is refused.
+fn check_query(sql: &str) -> Result<(), SourceError> {
+    use sqlparser::ast::Visit;
+    use sqlparser::tokenizer::{Token, Tokenizer};
+    if sql.len() > MAX_QUERY_BYTES {
+        return Err(refused(
+            format_args!("is longer than {MAX_QUERY_BYTES} bytes"),
+            "shorten it",
+        ));
+    }
+    let dialect = sqlparser::dialect::MsSqlDialect {};
+    let tokens = Tokenizer::new(&dialect, sql)
+        .tokenize_with_location()
+        .map_err(|e| refused(format_args!("cannot be read as T-SQL ({e})"), "correct its syntax"))?;
+    if tokens.len() > MAX_TOKENS {
+        return Err(refused(
+            format_args!("holds more than {MAX_TOKENS} tokens"),
+            "shorten it",
+        ));
+    }
+    let words = tokens.iter().filter_map(|t| match &t.token {
+        Token::Word(w) if w.quote_style.is_none() => Some(w.value.as_str()),
+        _ => None,
+    });
+    for (i, word) in words.enumerate() {
+        if !word.is_ascii() {
+            // A look-alike letter in a name could hide a keyword from one reader only.
+            return Err(refused(
+                format_args!("holds the unquoted name {word:?}, which has a character outside ASCII"),
+                "write that name in brackets, [name]",
+            ));
+        }
+        let upper = word.to_ascii_uppercase();
+        let call = i == 0 && (upper == "EXEC" || upper == "EXECUTE");
+        if STATEMENT_WORDS.contains(&upper.as_str()) && !call {
+            return Err(refused(
+                format_args!("holds {upper}, which begins a statement of its own"),
+                &format!(
+                    "remove the {upper} statement (Sluice reads in a transaction of its own, which it never commits)"
+                ),
+            ));
+        }
+    }
+    let mut parser = sqlparser::parser::Parser::new(&dialect)
+        .with_recursion_limit(MAX_DEPTH)
+        .with_tokens_with_locations(tokens);
+    let unreadable = |e: sqlparser::parser::ParserError| {
+        refused(format_args!("cannot be read as T-SQL ({e})"), "correct its syntax")
+    };
+    let statement = parser.parse_statement().map_err(unreadable)?;
+    while parser.consume_token(&Token::SemiColon) {}
+    if parser.peek_token().token != Token::EOF {
+        return Err(refused(
+            "holds more than one statement",
+            "remove every statement but the SELECT or the EXEC",
+        ));
+    }
+    match &statement {
+        sqlparser::ast::Statement::Query(_) => {}
+        sqlparser::ast::Statement::Execute {
+            name: Some(name),
+            immediate: false,
+            into,
+            using,
+            ..
+        } if into.is_empty() && using.is_empty() => check_procedure(name)?,
+        other => {
+            let kind = other.to_string();
+            let kind = kind.split_whitespace().next().unwrap_or_default().to_ascii_uppercase();
+            return Err(refused(format_args!("is a {kind} statement"), "write it as a SELECT"));
+        }
+    }
+    match statement.visit(&mut ReadOnly { statements: 0 }) {
+        std::ops::ControlFlow::Break(refusal) => Err(refusal),
+        std::ops::ControlFlow::Continue(()) => Ok(()),
+    }
+}
+
+/// A procedure named by one to three plain ASCII names (`proc`, `schema.proc`,
+/// `db.schema.proc`), and not a system procedure: `sp_executesql` and its kind run any
+/// text they are given, and a four-part name runs on a linked server.
+fn check_procedure(name: &sqlparser::ast::ObjectName) -> Result<(), SourceError> {
+    let parts: Vec<_> = name.0.iter().map(|p| p.as_ident().map(|i| i.value.as_str())).collect();
+    let plain = |p: &Option<&str>| {
+        p.is_some_and(|p| {
+            p.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
+    };
+    if !(1..=3).contains(&parts.len()) || !parts.iter().all(plain) {
+        return Err(refused(
+            format_args!("executes {name}, which is not a procedure's plain name"),
+            "EXEC a procedure by its name or schema.name, made of ASCII letters, digits and _",
+        ));
+    }
+    let last = parts.last().copied().flatten().unwrap_or_default().to_ascii_lowercase();
+    if last.starts_with("sp_") || last.starts_with("xp_") {
+        return Err(refused(
+            format_args!("executes the system procedure {name}, which can run any statement"),
+            "EXEC a procedure of your own that returns the rows",
+        ));
+    }
+    Ok(())
+}
+
+/// Walks a parsed query for what writes or locks inside it.
+struct ReadOnly {
+    statements: usize,
+}
+
+impl sqlparser::ast::Visitor for ReadOnly {
+    type Break = SourceError;
+
+    fn pre_visit_statement(&mut self, statement: &sqlparser::ast::Statement) -> std::ops::ControlFlow<SourceError> {
+        self.statements += 1;
+        if self.statements == 1 {
+            return std::ops::ControlFlow::Continue(());
+        }
+        // A statement inside the query: an INSERT, UPDATE, DELETE or MERGE in a CTE.
+        let text = statement.to_string();
+        let kind = text.split_whitespace().next().unwrap_or_default().to_ascii_uppercase();
+        std::ops::ControlFlow::Break(refused(
+            format_args!("holds a {kind} inside the query"),
+            "read the rows with SELECTs only",
+        ))
+    }
+
+    fn pre_visit_select(&mut self, select: &sqlparser::ast::Select) -> std::ops::ControlFlow<SourceError> {
+        match &select.into {
+            Some(_) => std::ops::ControlFlow::Break(refused(
+                format_args!("holds SELECT ... INTO, which creates a table"),
+                "select the rows without INTO",
+            )),
+            None => std::ops::ControlFlow::Continue(()),
+        }
+    }
+
+    fn pre_visit_query(&mut self, query: &sqlparser::ast::Query) -> std::ops::ControlFlow<SourceError> {
+        match query.locks.first() {
+            Some(lock) => {
+                std::ops::ControlFlow::Break(refused(format_args!("holds {lock}, which locks rows"), "remove it"))
+            }
+            None => std::ops::ControlFlow::Continue(()),
+        }
+    }
+
+    fn pre_visit_table_factor(&mut self, factor: &sqlparser::ast::TableFactor) -> std::ops::ControlFlow<SourceError> {
+        use sqlparser::ast::{Expr, FunctionArg, FunctionArgExpr, TableFactor};
+        let TableFactor::Table {
+            name, args, with_hints, ..
+        } = factor
+        else {
+            return std::ops::ControlFlow::Continue(());
+        };
+        let function = name
+            .0
+            .last()
+            .and_then(|p| p.as_ident())
+            .map(|i| i.value.to_ascii_uppercase());
+        if args.is_some() && function.as_deref().is_some_and(|f| REMOTE_ROWSETS.contains(&f)) {
+            return std::ops::ControlFlow::Break(refused(
+                format_args!("reads through {name}, which runs its text on another server"),
+                "read a table, view or function of this database",
+            ));
+        }
+        // `t WITH (UPDLOCK)`, and the older `t (UPDLOCK)`, which parses as arguments.
+        let bare = args.iter().flat_map(|a| &a.args).filter_map(|a| match a {
+            FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Some(e),
+            _ => None,
+        });
+        for hint in with_hints.iter().chain(bare) {
+            let word = match hint {
+                Expr::Identifier(i) => i.value.to_ascii_uppercase(),
+                _ => continue,
+            };
+            if LOCKING_HINTS.contains(&word.as_str()) {
+                return std::ops::ControlFlow::Break(refused(
+                    format_args!("asks for the table hint {word} on {name}"),
+                    "remove the hint: Sluice's transaction lasts as long as its session, and the locks with it",
+                ));
+            }
+        }
+        std::ops::ControlFlow::Continue(())
     }
 }
 
@@ -239,6 +605,8 @@ impl SourceSession for SqlServer {
     /// From `sp_describe_first_result_set`; empty when the server cannot tell before
     /// running (a procedure that builds its result in a temporary table, say).
     async fn columns(&mut self, rendered: &RenderedQuery) -> Result<Vec<String>, SourceError> {
+        check_query(&rendered.sql)?;
+        self.settle().await?;
         let mut describe = tiberius::Query::new("EXEC sp_describe_first_result_set @tsql = @P1, @params = @P2");
         describe.bind(rendered.sql.as_str());
         describe.bind(parameter_declarations(&rendered.binds));
@@ -248,7 +616,17 @@ impl SourceSession for SqlServer {
             .await
         {
             Ok(rows) => rows,
-            Err(tiberius::error::Error::Server(_)) => return Ok(Vec::new()),
+            Err(tiberius::error::Error::Server(_)) => {
+                // The server's error ended Sluice's transaction (XACT_ABORT, as Babelfish
+                // does for a query with parameters); nothing of the query ran, so it is
+                // begun again before the query runs.
+                self.client
+                    .simple_query(TRANSACTION_AGAIN)
+                    .and_then(|s| s.into_results())
+                    .await
+                    .map_err(classify_query)?;
+                return Ok(Vec::new());
+            }
             Err(e) => return Err(classify_query(e)),
         };
         Ok(rows
@@ -259,54 +637,79 @@ impl SourceSession for SqlServer {
     }
 
     fn stream<'a>(&'a mut self, rendered: &'a RenderedQuery) -> BoxStream<'a, Result<Row, SourceError>> {
-        let SqlServer { client, names } = self;
-        // A statement that returns no result set at all (an INSERT, a DROP) wrote, or
-        // tried to: its work is rolled back, and the run must not pass for an empty read.
-        let read_a_result = Arc::new(AtomicBool::new(false));
-        let at_end = read_a_result.clone();
-        let no_result = stream::once(future::lazy(move |_| {
-            (!at_end.load(Ordering::Relaxed)).then(|| {
-                Err(SourceError::new(
-                    SourceErrorKind::Query,
-                    "the query returned no result set, so it is not a SELECT (what it wrote was rolled back); Sluice reads only: the template must be a SELECT, or an EXEC of a procedure that returns rows",
-                ))
-            })
-        }))
-        .filter_map(future::ready);
-        query(rendered)
-            .query(client)
-            .try_flatten_stream()
-            .filter_map(move |item| {
-                future::ready(match item {
-                    Ok(QueryItem::Metadata(_)) => {
-                        read_a_result.store(true, Ordering::Relaxed);
-                        None
-                    }
-                    Ok(QueryItem::Row(row)) => Some(Ok(row)),
-                    Err(e) => Some(Err(e)),
-                })
-            })
-            .map(move |row| {
-                let row = row.map_err(classify_query)?;
-                // A procedure may return several result sets; each has its own columns.
-                let index = row.result_index();
-                let columns = match names {
-                    Some((i, names)) if *i == index => names.clone(),
-                    _ => {
-                        let fresh: Arc<[String]> = row.columns().iter().map(|c| c.name().to_string()).collect();
-                        *names = Some((index, fresh.clone()));
-                        fresh
-                    }
-                };
-                let values = row
-                    .cells()
-                    .map(|(column, data)| value(column.column_type(), data))
-                    .collect();
-                Ok(Row { columns, values })
-            })
-            .chain(no_result)
+        let answered = self.answered.clone();
+        let start = async move {
+            check_query(&rendered.sql)?;
+            self.settle().await?;
+            self.unchecked = true;
+            self.answered.store(false, Ordering::Relaxed);
+            let SqlServer { client, names, .. } = self;
+            let rows = query(rendered).query(client).await.map_err(classify_query)?;
+            Ok::<_, SourceError>((rows, names))
+        };
+        stream::once(start)
+            .map_ok(move |(rows, names)| result_rows(rows, names, answered.clone()))
+            .try_flatten()
             .boxed()
     }
+
+    async fn finish(&mut self) -> Result<(), SourceError> {
+        self.settle().await
+    }
+}
+
+/// The rows of an answer, each result set with its own column names. `answered` is set
+/// once the answer is read to its end.
+fn result_rows<'a>(
+    rows: tiberius::QueryStream<'a>,
+    names: &'a mut Option<(usize, Arc<[String]>)>,
+    answered: Arc<AtomicBool>,
+) -> BoxStream<'a, Result<Row, SourceError>> {
+    // A statement that returns no result set at all (an EXEC of a procedure that
+    // writes) wrote, or tried to: its work is rolled back, and the run must not pass
+    // for an empty read.
+    let read_a_result = Arc::new(AtomicBool::new(false));
+    let at_end = read_a_result.clone();
+    let no_result = stream::once(future::lazy(move |_| {
+        answered.store(true, Ordering::Relaxed);
+        (!at_end.load(Ordering::Relaxed)).then(|| {
+            Err(SourceError::new(
+                SourceErrorKind::Query,
+                "the query returned no result set, so it is not a SELECT (what it wrote was rolled back); Sluice reads only: the template must be a SELECT, or an EXEC of a procedure that returns rows",
+            ))
+        })
+    }))
+    .filter_map(future::ready);
+    rows.filter_map(move |item| {
+        future::ready(match item {
+            Ok(QueryItem::Metadata(_)) => {
+                read_a_result.store(true, Ordering::Relaxed);
+                None
+            }
+            Ok(QueryItem::Row(row)) => Some(Ok(row)),
+            Err(e) => Some(Err(e)),
+        })
+    })
+    .map(move |row| {
+        let row = row.map_err(classify_query)?;
+        // A procedure may return several result sets; each has its own columns.
+        let index = row.result_index();
+        let columns = match names {
+            Some((i, names)) if *i == index => names.clone(),
+            _ => {
+                let fresh: Arc<[String]> = row.columns().iter().map(|c| c.name().to_string()).collect();
+                *names = Some((index, fresh.clone()));
+                fresh
+            }
+        };
+        let values = row
+            .cells()
+            .map(|(column, data)| value(column.column_type(), data))
+            .collect();
+        Ok(Row { columns, values })
+    })
+    .chain(no_result)
+    .boxed()
 }
 
 /// A TDS value as a typed [`Value`]. `money` arrives from the driver as a float of
@@ -447,6 +850,103 @@ mod tests {
         for (column_type, data, expected) in cases {
             assert_eq!(value(column_type, &data), expected, "{column_type:?} {data:?}");
         }
+    }
+
+    #[test]
+    fn one_select_or_one_exec_passes_the_guard() {
+        for sql in [
+            "SELECT id, amount FROM dbo.sales WHERE updated_at >= @P1 AND updated_at < @P2",
+            "select [commit], N'ünïcode; COMMIT' AS note FROM [dbo].[sales] s WITH (NOLOCK) -- COMMIT; DELETE",
+            "WITH recent AS (SELECT id FROM sales WHERE updated_at >= @P1) SELECT id FROM recent UNION ALL SELECT 0;",
+            "/* a /* nested */ comment; DELETE */ SELECT 'it''s; BEGIN TRAN' AS x FROM t (NOLOCK)",
+            "SELECT TOP (10) id FROM sales ORDER BY id OFFSET 0 ROWS FETCH NEXT 5 ROWS ONLY",
+            "EXEC dbo.sales_between @from = @P1, @to = @P2",
+            "EXECUTE sales_between @P1, @P2",
+            "exec reporting.dbo.sales_between @P1",
+        ] {
+            assert_eq!(check_query(sql), Ok(()), "{sql}");
+        }
+    }
+
+    #[test]
+    fn writes_transaction_control_and_second_statements_are_refused_with_the_cause() {
+        let mut wrong = Vec::new();
+        for (sql, cause) in [
+            (
+                "COMMIT; DELETE FROM dbo.victim; BEGIN TRAN; SELECT 1 AS x",
+                "holds COMMIT",
+            ),
+            ("SELECT 1 AS x COMMIT", "holds COMMIT"),
+            ("SET IMPLICIT_TRANSACTIONS OFF; SELECT 1", "holds SET"),
+            ("SAVE TRAN s; SELECT 1", "holds SAVE"),
+            ("ROLLBACK", "holds ROLLBACK"),
+            ("SELECT 1; SELECT 2", "more than one statement"),
+            ("SELECT 1 AS a SELECT 2", "more than one statement"),
+            ("SELECT 1 END", "more than one statement"),
+            ("SELECT * INTO copy FROM victim", "SELECT ... INTO"),
+            ("SELECT * FROM victim WITH (UPDLOCK)", "table hint UPDLOCK"),
+            ("SELECT * FROM victim WITH (NOLOCK, TABLOCKX)", "table hint TABLOCKX"),
+            ("SELECT * FROM victim (HOLDLOCK)", "table hint HOLDLOCK"),
+            (
+                "SELECT * FROM victim v JOIN t WITH (xlock) ON 1 = 1",
+                "table hint XLOCK",
+            ),
+            ("WITH d AS (DELETE FROM victim) SELECT 1", "holds DELETE"),
+            ("SELECT * FROM OPENQUERY(srv, 'SELECT 1')", "OPENQUERY"),
+            ("EXEC sp_executesql N'DELETE FROM victim'", "system procedure"),
+            ("EXEC sys.sp_executesql N'SELECT 1'", "system procedure"),
+            ("EXEC ('DELETE FROM victim')", "is a EXECUTE statement"),
+            ("EXEC @proc", "not a procedure's plain name"),
+            ("EXEC srv.db.dbo.p", "not a procedure's plain name"),
+            ("EXEC [dbo].[p;x]", "not a procedure's plain name"),
+            ("SELECT 1 GO DELETE FROM victim", "holds DELETE"),
+            ("/* /* */ SELECT 1 */ DELETE FROM victim", "holds DELETE"),
+            ("SELECT 1 AS x\u{2028}COMMIT", "holds COMMIT"),
+            ("SELECT 1 AS x /* unclosed", "cannot be read as T-SQL"),
+            ("SELECT 'unclosed", "cannot be read as T-SQL"),
+            ("SELECT 1 AS ｘ; ＤＥＬＥＴＥ FROM victim", "outside ASCII"),
+            ("DECLARE @x int", "holds DECLARE"),
+            ("TRUNCATE TABLE victim", "holds TRUNCATE"),
+            ("SHOW TABLES", "is a SHOW statement"),
+            ("", "cannot be read as T-SQL"),
+        ] {
+            match check_query(sql) {
+                Err(e)
+                    if e.kind == SourceErrorKind::Query
+                        && e.message.contains(cause)
+                        && e.message
+                            .contains("a source's query is one SELECT or one EXEC of a procedure") => {}
+                other => wrong.push(format!("{sql}: {other:?}")),
+            }
+        }
+        assert!(wrong.is_empty(), "{wrong:#?}");
+    }
+
+    #[test]
+    fn huge_or_deeply_nested_queries_are_refused_without_a_panic() {
+        let nested = format!("SELECT {}1{}", "(".repeat(5_000), ")".repeat(5_000));
+        let chain = format!("SELECT 1{}", "+1".repeat(9_000));
+        let long = format!("SELECT '{}'", "x".repeat(MAX_QUERY_BYTES));
+        let subqueries = format!("SELECT {}1{}", "(SELECT ".repeat(200), ")".repeat(200));
+        // A worker thread's stack, as the functions run on.
+        std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || {
+                for (sql, cause) in [
+                    (nested, "cannot be read as T-SQL"),
+                    (subqueries, "cannot be read as T-SQL"),
+                    (long, "longer than"),
+                ] {
+                    let e = check_query(&sql).unwrap_err();
+                    assert!(e.message.contains(cause), "{e}");
+                }
+                assert_eq!(check_query(&chain), Ok(()), "a long sum is a query");
+                let e = check_query(&format!("SELECT 1{}", "+1".repeat(MAX_TOKENS))).unwrap_err();
+                assert!(e.message.contains("tokens"), "{e}");
+            })
+            .unwrap()
+            .join()
+            .unwrap();
     }
 
     #[test]

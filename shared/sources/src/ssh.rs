@@ -233,6 +233,10 @@ impl SourceSession for Tunneled {
         self.session.stream(query)
     }
 
+    async fn finish(&mut self) -> Result<(), SourceError> {
+        self.session.finish().await
+    }
+
     fn ssh_host_key(&self) -> Option<&str> {
         Some(&self.tunnel.host_key)
     }

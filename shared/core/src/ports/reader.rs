@@ -114,6 +114,13 @@ pub trait SourceSession: Send {
     /// Never collects the result set.
     fn stream<'a>(&'a mut self, query: &'a RenderedQuery) -> BoxStream<'a, Result<Row, SourceError>>;
 
+    /// Called once the stream of a query is dropped, read to its end or not: ends the
+    /// query on the server and checks that it left the session as it found it (SQL
+    /// Server: a procedure that committed Sluice's transaction fails the run here).
+    async fn finish(&mut self) -> Result<(), SourceError> {
+        Ok(())
+    }
+
     /// The host key the SSH bastion showed, as an OpenSSH line, when the session runs
     /// through a tunnel.
     fn ssh_host_key(&self) -> Option<&str> {

@@ -682,6 +682,7 @@ impl SyncService {
             }
         }
         drop(rows);
+        ctx.open.session.finish().await?;
         ctx.lease.keep(self, &config.id).await?;
         if !batch.is_empty() {
             writer.submit(batch).await?;
