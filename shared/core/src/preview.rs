@@ -9,7 +9,7 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use crate::mapping::{LazyMapper, MappingError};
-use crate::ports::{Secrets, SourceError, SourceReader, SourceState};
+use crate::ports::{LoginCheck, Secrets, SourceError, SourceReader, SourceState};
 use crate::record::Reject;
 use crate::run::KEPT_REJECTS;
 use crate::source::{FieldError, SourceConfig};
@@ -42,6 +42,10 @@ pub struct Preview {
     /// The host key the SSH bastion showed, when the source has a tunnel.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ssh_host_key: Option<String>,
+    /// What the source's login may do beyond reading, checked afresh; absent when the
+    /// database could not be reached.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub login: Option<LoginCheck>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -84,6 +88,7 @@ pub async fn preview(
         warnings: Vec::new(),
         duration_ms: 0,
         ssh_host_key: None,
+        login: None,
     };
     if let Err(e) = run(&mut p, reader, secrets, config, state, window, now).await {
         p.errors.push(e.to_string());
@@ -132,7 +137,19 @@ async fn run(
     let recorded = state
         .filter(|s| s.same_connection(config))
         .and_then(|s| s.ssh_host_key.as_deref());
-    let OpenSource { template, mut session } = OpenSource::open(config, reader, secrets, recorded).await?;
+    let mut open = OpenSource::open(config, reader, secrets, recorded).await?;
+    let login = open.check_login().await;
+    let writable = !login.is_read_only();
+    if writable {
+        p.warnings.push(login.to_string());
+    }
+    p.login = Some(login.clone());
+    if writable && config.require_read_only_login {
+        return Err(SyncError::LoginNotReadOnly(login).into());
+    }
+    let OpenSource {
+        template, mut session, ..
+    } = open;
     p.ssh_host_key = session.ssh_host_key().map(str::to_string);
     if !template.uses_upper_limit() {
         p.warnings.push(

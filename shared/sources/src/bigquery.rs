@@ -363,6 +363,10 @@ impl SourceSession for BigQuery {
         web::current_timestamp(self).await
     }
 
+    async fn login_check(&mut self) -> sluice_core::LoginCheck {
+        crate::login_check::bigquery()
+    }
+
     async fn columns(&mut self, query: &RenderedQuery) -> Result<Vec<String>, SourceError> {
         let dry = self
             .call(

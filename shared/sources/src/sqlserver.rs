@@ -294,6 +294,10 @@ impl SourceSession for SqlServer {
             .chain(no_result)
             .boxed()
     }
+
+    async fn login_check(&mut self) -> sluice_core::LoginCheck {
+        crate::login_check::sqlserver(self).await
+    }
 }
 
 /// A TDS value as a typed [`Value`]. `money` arrives from the driver as a float of

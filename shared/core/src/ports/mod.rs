@@ -9,7 +9,7 @@ mod services;
 mod store;
 
 pub use clock::{Clock, IdSource, SystemClock, UuidIds};
-pub use reader::{SourceError, SourceErrorKind, SourceReader, SourceSession};
+pub use reader::{LoginCheck, SourceError, SourceErrorKind, SourceReader, SourceSession};
 pub use services::{
     Events, EventsError, NoObserver, RunObserver, Schedule, ScheduleError, Schedules, SecretWriter, Secrets,
     SecretsError, WriteKey,
