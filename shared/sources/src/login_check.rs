@@ -544,7 +544,10 @@ pub(crate) async fn snowflake(session: &mut (dyn SourceSession + '_)) -> LoginCh
             ));
         }
         let quoted = format!("\"{}\"", role.replace('"', "\"\""));
-        let grants = rows(session, &format!("SHOW GRANTS TO ROLE {quoted}")).await?;
+        let show = format!("SHOW GRANTS TO ROLE {quoted}");
+        let grants = rows(session, &show)
+            .await
+            .map_err(|e| SourceError::new(e.kind, format!("{show} failed: {}", e.message)))?;
         Ok(snowflake_revokes(&quoted, &grants))
     }
     .await;

@@ -247,6 +247,9 @@ impl SourceSession for SqlServer {
 
     fn stream<'a>(&'a mut self, rendered: &'a RenderedQuery) -> BoxStream<'a, Result<Row, SourceError>> {
         let SqlServer { client, names } = self;
+        // Result indexes restart with each query: names kept from the last one (the
+        // login check's, say) are not this one's.
+        *names = None;
         // A statement that returns no result set at all (an INSERT, a DROP) wrote, or
         // tried to: its work is rolled back, and the run must not pass for an empty read.
         let read_a_result = Arc::new(AtomicBool::new(false));
