@@ -85,19 +85,32 @@ async fn runs_follow_the_setting(db: &Database, reader: &Login, writer: &Login, 
     let (refused, records, moved) = sync(db, writer, true).await;
     assert_eq!(refused.status, RunStatus::Failed, "{refused:?}");
     let message = refused.message.as_deref().unwrap();
-    assert!(message.contains("require_read_only_login") && message.contains(grant), "{message}");
-    assert_eq!((refused.rows_read, records, moved), (0, 0, false), "nothing read or written");
+    assert!(
+        message.contains("require_read_only_login") && message.contains(grant),
+        "{message}"
+    );
+    assert_eq!(
+        (refused.rows_read, records, moved),
+        (0, 0, false),
+        "nothing read or written"
+    );
 
     let (run, records, moved) = sync(db, reader, true).await;
     assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.message);
     assert_eq!((records, moved), (3, true));
-    assert!(run.login.as_deref().unwrap().starts_with("the login can only read"), "{run:?}");
+    assert!(
+        run.login.as_deref().unwrap().starts_with("the login can only read"),
+        "{run:?}"
+    );
 
     let (warned, records, _) = sync(db, writer, false).await;
     assert_eq!(warned.status, RunStatus::Succeeded, "{:?}", warned.message);
     assert_eq!(records, 3);
     let logged = warned.login.as_deref().unwrap();
-    assert!(logged.starts_with("the login can write") && logged.contains(grant), "{logged}");
+    assert!(
+        logged.starts_with("the login can write") && logged.contains(grant),
+        "{logged}"
+    );
 }
 
 #[tokio::test]
@@ -120,7 +133,11 @@ async fn postgres_names_the_grant_attribute_and_dblink_to_drop() {
     let grant = format!("REVOKE INSERT ON public.sales FROM {}", writer.name);
     let writable = preview(&db, &writer).await;
     assert_eq!(revokes(&writable), [grant.clone()]);
-    assert!(writable.warnings.iter().any(|w| w.contains(&grant)), "{:?}", writable.warnings);
+    assert!(
+        writable.warnings.iter().any(|w| w.contains(&grant)),
+        "{:?}",
+        writable.warnings
+    );
     assert_eq!(writable.row_count, 3, "a warning, not a refusal");
 
     // The tests' own login is a superuser: that alone is named. Its password is its
@@ -142,7 +159,8 @@ async fn postgres_names_the_grant_attribute_and_dblink_to_drop() {
     let dblink = revokes(&preview(&db, &reader).await);
     assert_eq!(dblink.len(), 1, "{dblink:?}");
     assert!(
-        dblink[0].starts_with("REVOKE EXECUTE ON FUNCTION public.dblink_exec(text") && dblink[0].ends_with("FROM PUBLIC"),
+        dblink[0].starts_with("REVOKE EXECUTE ON FUNCTION public.dblink_exec(text")
+            && dblink[0].ends_with("FROM PUBLIC"),
         "{dblink:?}"
     );
 }

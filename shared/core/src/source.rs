@@ -586,7 +586,12 @@ mod tests {
         let c = config();
         assert!(!c.require_read_only_login);
         // Absent when off, so a stored source reads the same in a build that predates it.
-        assert!(serde_json::to_value(&c).unwrap().get("require_read_only_login").is_none());
+        assert!(
+            serde_json::to_value(&c)
+                .unwrap()
+                .get("require_read_only_login")
+                .is_none()
+        );
         let mut on = serde_json::to_value(&c).unwrap();
         on["require_read_only_login"] = true.into();
         let on: SourceConfig = serde_json::from_value(on).unwrap();

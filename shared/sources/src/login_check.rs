@@ -136,7 +136,11 @@ SELECT kind, object, quote_ident(pg_get_userbyid(owner)), privileges,
 FROM objects WHERE privileges <> '' ORDER BY kind, object LIMIT 1000";
 
 /// Predefined roles whose members write whatever the grants say.
-const PG_WRITING_ROLES: [&str; 3] = ["pg_write_all_data", "pg_write_server_files", "pg_execute_server_program"];
+const PG_WRITING_ROLES: [&str; 3] = [
+    "pg_write_all_data",
+    "pg_write_server_files",
+    "pg_execute_server_program",
+];
 
 /// An object the login may change, as [`PG_OBJECTS`] returns it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -164,11 +168,16 @@ async fn postgres_revokes(session: &mut (dyn SourceSession + '_)) -> Result<Vec<
         ));
     };
     let me = text(role, 0);
-    let attributes: Vec<&str> = [(1, "NOSUPERUSER"), (2, "NOCREATEROLE"), (3, "NOCREATEDB"), (4, "NOBYPASSRLS")]
-        .into_iter()
-        .filter(|(i, _)| flag(role, *i))
-        .map(|(_, a)| a)
-        .collect();
+    let attributes: Vec<&str> = [
+        (1, "NOSUPERUSER"),
+        (2, "NOCREATEROLE"),
+        (3, "NOCREATEDB"),
+        (4, "NOBYPASSRLS"),
+    ]
+    .into_iter()
+    .filter(|(i, _)| flag(role, *i))
+    .map(|(_, a)| a)
+    .collect();
     let mut revokes: Vec<String> = attributes.iter().map(|a| format!("ALTER ROLE {me} {a}")).collect();
     if flag(role, 1) {
         // A superuser passes every privilege check: nothing else matters until it goes.
@@ -195,7 +204,12 @@ async fn postgres_revokes(session: &mut (dyn SourceSession + '_)) -> Result<Vec<
             grantees: texts(r, 4),
         })
         .collect();
-    revokes.extend(pg_object_revokes(&me, &memberships, !writing_roles.is_empty(), &objects));
+    revokes.extend(pg_object_revokes(
+        &me,
+        &memberships,
+        !writing_roles.is_empty(),
+        &objects,
+    ));
     Ok(revokes)
 }
 
@@ -222,7 +236,10 @@ pub(crate) fn pg_object_revokes(
     for o in objects {
         let via = |role: &str| memberships.iter().find(|(r, _)| r == role).map(|(_, via)| via.clone());
         if o.owner == me {
-            revokes.push(format!("ALTER {} {} OWNER TO <a role Sluice does not log in as>", o.kind, o.object));
+            revokes.push(format!(
+                "ALTER {} {} OWNER TO <a role Sluice does not log in as>",
+                o.kind, o.object
+            ));
             continue;
         }
         if let Some(via) = via(&o.owner) {
@@ -233,18 +250,30 @@ pub(crate) fn pg_object_revokes(
         for grantee in &o.grantees {
             if grantee == me || grantee == "PUBLIC" {
                 explained = true;
-                add(&mut merged, (o.kind.clone(), o.privileges.clone(), grantee.clone()), &o.object);
+                add(
+                    &mut merged,
+                    (o.kind.clone(), o.privileges.clone(), grantee.clone()),
+                    &o.object,
+                );
             } else if let Some(via) = via(grantee) {
                 explained = true;
                 revokes.push(format!("REVOKE {via} FROM {me}"));
             }
         }
         if !explained && !writing_role {
-            add(&mut merged, (o.kind.clone(), o.privileges.clone(), me.to_string()), &o.object);
+            add(
+                &mut merged,
+                (o.kind.clone(), o.privileges.clone(), me.to_string()),
+                &o.object,
+            );
         }
     }
     for ((kind, privileges, grantee), objects) in merged {
-        let on = if kind == "TABLE" { String::new() } else { format!("{kind} ") };
+        let on = if kind == "TABLE" {
+            String::new()
+        } else {
+            format!("{kind} ")
+        };
         let shown = objects.len().min(MAX_REVOKES);
         let mut list = objects[..shown].join(", ");
         if objects.len() > shown {
@@ -510,7 +539,11 @@ async fn sqlserver_revokes(session: &mut (dyn SourceSession + '_)) -> Result<Vec
             .map(|(_, p)| p)
             .collect();
         if !privileges.is_empty() {
-            revokes.push(format!("REVOKE {} ON {} FROM {from}", privileges.join(", "), text(&row, 0)));
+            revokes.push(format!(
+                "REVOKE {} ON {} FROM {from}",
+                privileges.join(", "),
+                text(&row, 0)
+            ));
         }
     }
     Ok(revokes)
@@ -614,7 +647,10 @@ mod tests {
                 "REVOKE `lcrole` FROM 'lcr'@'%'",
             ]
         );
-        let all = ["GRANT ALL PRIVILEGES ON *.* TO `sluice`@`127.0.0.1` IDENTIFIED BY PASSWORD '*E1A533DF' WITH GRANT OPTION".to_string()];
+        let all = [
+            "GRANT ALL PRIVILEGES ON *.* TO `sluice`@`127.0.0.1` IDENTIFIED BY PASSWORD '*E1A533DF' WITH GRANT OPTION"
+                .to_string(),
+        ];
         let revokes = mysql_revokes("sluice@127.0.0.1", &all);
         assert_eq!(revokes, ["REVOKE ALL PRIVILEGES ON *.* FROM 'sluice'@'127.0.0.1'"]);
         assert!(!revokes.concat().contains("E1A533DF"));
@@ -637,9 +673,21 @@ mod tests {
         let objects = [
             object("TABLE", "public.sales", "admin", "INSERT", &["admin", "reader"]),
             object("TABLE", "public.other", "admin", "INSERT", &["admin", "reader"]),
-            object("TABLE", "public.mine", "reader", "INSERT, UPDATE, DELETE, TRUNCATE", &["reader"]),
+            object(
+                "TABLE",
+                "public.mine",
+                "reader",
+                "INSERT, UPDATE, DELETE, TRUNCATE",
+                &["reader"],
+            ),
             object("TABLE", "public.team", "admin", "DELETE", &["admin", "writers"]),
-            object("FUNCTION", "public.dblink_exec(text)", "admin", "EXECUTE", &["PUBLIC", "admin"]),
+            object(
+                "FUNCTION",
+                "public.dblink_exec(text)",
+                "admin",
+                "EXECUTE",
+                &["PUBLIC", "admin"],
+            ),
             object("SCHEMA", "public", "pg_database_owner", "CREATE", &["PUBLIC"]),
         ];
         assert_eq!(

@@ -8,8 +8,8 @@ mod session;
 mod writer;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -21,8 +21,8 @@ pub(crate) use session::OpenSource;
 
 use crate::mapping::{LazyMapper, Mapped, MappingError};
 use crate::ports::{
-    Clock, Events, IdSource, LeaseOutcome, LoginCheck, NoObserver, RunObserver, Schedules, Secrets, SecretsError, SourceError,
-    SourceErrorKind, SourceReader, SourceState, Store, StoreError, SystemClock, UuidIds,
+    Clock, Events, IdSource, LeaseOutcome, LoginCheck, NoObserver, RunObserver, Schedules, Secrets, SecretsError,
+    SourceError, SourceErrorKind, SourceReader, SourceState, Store, StoreError, SystemClock, UuidIds,
 };
 use crate::preview::Preview;
 use crate::record::{Member, Reject};

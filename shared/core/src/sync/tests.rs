@@ -564,7 +564,10 @@ async fn the_login_is_checked_once_an_hour_and_a_writable_one_refused_when_requi
     let refused = f.run().await;
     assert_eq!(refused.status, RunStatus::Failed);
     let message = refused.message.as_deref().unwrap();
-    assert!(message.contains("require_read_only_login") && message.contains(revoke), "{message}");
+    assert!(
+        message.contains("require_read_only_login") && message.contains(revoke),
+        "{message}"
+    );
     assert_eq!((refused.rows_read, f.db.queried().len()), (0, 0), "nothing read");
     assert_eq!(f.state().await.watermark, watermark);
 
@@ -573,7 +576,10 @@ async fn the_login_is_checked_once_an_hour_and_a_writable_one_refused_when_requi
     tokio::time::advance(LOGIN_CHECK_TTL.to_std().unwrap()).await;
     let unchecked = f.run().await;
     assert_eq!(unchecked.status, RunStatus::Failed);
-    assert!(unchecked.message.as_deref().unwrap().contains("could not check"), "{unchecked:?}");
+    assert!(
+        unchecked.message.as_deref().unwrap().contains("could not check"),
+        "{unchecked:?}"
+    );
     f.db.login_is(LoginCheck::read_only("scripted"));
     let fine = f.run().await;
     assert_eq!(fine.status, RunStatus::Succeeded, "{:?}", fine.message);
