@@ -132,7 +132,7 @@ async fn postgres_names_the_grant_attribute_and_dblink_to_drop() {
     assert_read_only(&preview(&db, &reader).await, "PostgreSQL");
     let grant = format!("REVOKE INSERT ON public.sales FROM {}", writer.name);
     let writable = preview(&db, &writer).await;
-    assert_eq!(revokes(&writable), [grant.clone()]);
+    assert_eq!(revokes(&writable), std::slice::from_ref(&grant));
     assert!(
         writable.warnings.iter().any(|w| w.contains(&grant)),
         "{:?}",
@@ -184,7 +184,7 @@ async fn mariadb_names_the_grant_and_never_shows_the_password_hash() {
 
     assert_read_only(&preview(&db, &reader).await, "SHOW GRANTS");
     let grant = format!("REVOKE INSERT ON `{}`.`sales` FROM '{}'@'%'", db.name, writer.name);
-    assert_eq!(revokes(&preview(&db, &writer).await), [grant.clone()]);
+    assert_eq!(revokes(&preview(&db, &writer).await), std::slice::from_ref(&grant));
 
     runs_follow_the_setting(&db, &reader, &writer, &grant).await;
 }
@@ -211,7 +211,7 @@ async fn sqlserver_on_babelfish_names_the_grant_and_the_server_role() {
 
     assert_read_only(&preview(&db, &reader).await, "SQL Server");
     let grant = format!("REVOKE INSERT ON [dbo].[sales] FROM [{}]", writer.name);
-    assert_eq!(revokes(&preview(&db, &writer).await), [grant.clone()]);
+    assert_eq!(revokes(&preview(&db, &writer).await), std::slice::from_ref(&grant));
     let admin = Login {
         name: sluice_tests::sqlserver::USER.into(),
         password: sluice_tests::sqlserver::PASSWORD.into(),
