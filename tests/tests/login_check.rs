@@ -264,3 +264,41 @@ async fn snowflake_on_fakesnow_says_it_could_not_check_and_refuses_only_when_req
     assert_eq!(refused.status, RunStatus::Failed);
     assert_eq!((records, moved), (0, false));
 }
+
+#[tokio::test]
+async fn the_cli_config_file_takes_the_setting_and_shows_the_grant() {
+    let db = Database::new(Engine::Postgres).await;
+    db.create_sales(3).await;
+    let writer = Login::new(&db, "writer");
+    db.exec(&format!(
+        "CREATE ROLE {w} LOGIN PASSWORD '{p}'; GRANT SELECT, INSERT ON sales TO {w}",
+        w = writer.name,
+        p = writer.password
+    ))
+    .await;
+    let mut as_writer = db.clone();
+    as_writer.secret = writer.secret.clone();
+    let id = unique("cli");
+    let config = local_config(&as_writer, StoreKind::Embedded, &id, SALES_QUERY);
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("    require_read_only_login: true\n");
+    std::fs::write(&config, text).unwrap();
+    let grant = format!("REVOKE INSERT ON public.sales FROM {}", writer.name);
+
+    for command in ["preview", "sync"] {
+        let out = sluice_cmd(&[command, "--source", &id], &config, 60).output().unwrap();
+        let shown = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.status.success(), "{command}: {shown}");
+        assert!(
+            shown.contains("require_read_only_login") && shown.contains(&grant),
+            "{command}: {shown}"
+        );
+        assert!(!shown.contains(&writer.password), "{command}: {shown}");
+    }
+    let store = open_local_store(&config).await;
+    assert_eq!(store.count_records(&id).await.unwrap(), 0, "nothing written");
+}
