@@ -68,8 +68,8 @@ for _ in $(seq 60); do as_root mariadb -uroot -e 'SELECT 1' >/dev/null 2>&1 && b
 as_root mariadb -uroot >/dev/null <<'SQL'
 CREATE USER IF NOT EXISTS 'sluice'@'127.0.0.1' IDENTIFIED BY 'sluice';
 CREATE USER IF NOT EXISTS 'sluice'@'localhost' IDENTIFIED BY 'sluice';
-GRANT ALL PRIVILEGES ON *.* TO 'sluice'@'127.0.0.1';
-GRANT ALL PRIVILEGES ON *.* TO 'sluice'@'localhost';
+GRANT ALL PRIVILEGES ON *.* TO 'sluice'@'127.0.0.1' WITH GRANT OPTION;
+GRANT ALL PRIVILEGES ON *.* TO 'sluice'@'localhost' WITH GRANT OPTION;
 SQL
 
 # --- moto server (DynamoDB, Secrets Manager, EventBridge) ----------------------

@@ -356,6 +356,9 @@ pub fn summary(run: &Run) -> String {
     if let Some(m) = &run.message {
         line.push_str(&format!("\n  {m}"));
     }
+    if let Some(login) = &run.login {
+        line.push_str(&format!("\n  {login}"));
+    }
     for r in &run.rejects {
         line.push_str(&format!(
             "\n  rejected {}: {}",
@@ -383,6 +386,10 @@ fn print_preview(p: &sluice_core::Preview) -> anyhow::Result<()> {
     println!("rows: {} ({} would be rejected)", p.row_count, p.rows_rejected);
     for r in &p.records {
         println!("  {} {}", r.key, serde_json::to_string(&r.fields)?);
+    }
+    // A login that is not proven read-only is among the warnings.
+    if let Some(login) = p.login.as_ref().filter(|l| l.is_read_only()) {
+        println!("{login}");
     }
     for w in &p.warnings {
         println!("warning: {w}");

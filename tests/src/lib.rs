@@ -432,6 +432,7 @@ pub fn source(id: &str, db: &Database, query: &str) -> SourceConfig {
         initial_watermark: None,
         query_timeout_seconds: 60,
         destination: None,
+        require_read_only_login: false,
     }
 }
 

@@ -9,7 +9,7 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use crate::mapping::{LazyMapper, MappingError};
-use crate::ports::{Secrets, SourceError, SourceReader, SourceState};
+use crate::ports::{LoginCheck, Secrets, SourceError, SourceReader, SourceState};
 use crate::record::Reject;
 use crate::run::KEPT_REJECTS;
 use crate::source::{FieldError, SourceConfig};
@@ -42,6 +42,10 @@ pub struct Preview {
     /// The host key the SSH bastion showed, when the source has a tunnel.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ssh_host_key: Option<String>,
+    /// What the source's login may do beyond reading, checked afresh; absent when the
+    /// database could not be reached.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub login: Option<LoginCheck>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -88,6 +92,7 @@ pub async fn preview(
         warnings: Vec::new(),
         duration_ms: 0,
         ssh_host_key: None,
+        login: None,
     };
     if let Err(e) = run(&mut p, reader, secrets, config, state, window).await {
         p.errors.push(e.to_string());
@@ -136,6 +141,15 @@ async fn run(
         .filter(|s| s.same_connection(config))
         .and_then(|s| s.ssh_host_key.as_deref());
     let mut open = OpenSource::open(config, reader, secrets, recorded).await?;
+    let login = open.check_login().await;
+    let writable = !login.is_read_only();
+    if writable {
+        p.warnings.push(login.to_string());
+    }
+    p.login = Some(login.clone());
+    if writable && config.require_read_only_login {
+        return Err(SyncError::LoginNotReadOnly(login).into());
+    }
     p.ssh_host_key = open.session.ssh_host_key().map(str::to_string);
     if !open.template.uses_upper_limit() {
         p.warnings.push(
@@ -159,7 +173,9 @@ async fn run(
         upper_date_limit: window.to,
         bound,
     };
-    let OpenSource { template, mut session } = open;
+    let OpenSource {
+        template, mut session, ..
+    } = open;
     let query = template.render(config.engine.placeholder_style(), window.from, window.to)?;
     p.sql = query.sql.clone();
     p.binds = query

@@ -69,6 +69,11 @@ pub struct Run {
     /// Rows that went through but are doubtful: each kind once, with its count.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<Warning>,
+    /// What the login check said of the source's login (cached for an hour per source
+    /// and login): it can only read, it can write (and what to drop), or it could not be
+    /// checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub login: Option<String>,
     /// The backfill job this run is a chunk of.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backfill_id: Option<String>,
@@ -100,6 +105,7 @@ impl Run {
             rejects: Vec::new(),
             message: None,
             warnings: Vec::new(),
+            login: None,
             backfill_id: None,
         }
     }

@@ -128,6 +128,11 @@ pub struct SourceConfig {
     /// the store only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub destination: Option<Destination>,
+    /// Refuse to run (before the query) when the login check does not prove that the
+    /// login cannot write. Off, a login that can write is a warning in the test query's
+    /// answer and in every run's log (docs/decisions.md says why that is the default).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub require_read_only_login: bool,
 }
 
 /// A Segment-compatible batch API the calls are sent to (`POST {base}/v1/batch`).
@@ -464,6 +469,24 @@ impl ConnectionSecret {
         out
     }
 
+    /// A digest of who the secret logs in as, and where: what a login check's result
+    /// holds for. Credentials are left out (a new password is the same login), and the
+    /// digest only keys a cache in memory.
+    pub fn login_digest(&self) -> u128 {
+        let mut options = self.options.clone();
+        options.retain(|name, _| !is_credential(name));
+        let identity = serde_json::json!([
+            self.engine,
+            self.host,
+            self.port,
+            self.database,
+            self.username,
+            self.ssh_tunnel.as_ref().map(|t| (&t.host, t.port)),
+            options,
+        ]);
+        xxhash_rust::xxh3::xxh3_128(identity.to_string().as_bytes())
+    }
+
     /// Removes every credential from a message (drivers sometimes echo connection
     /// strings).
     pub fn redact(&self, message: &str) -> String {
@@ -544,5 +567,40 @@ mod tests {
         assert_eq!(s.tls, TlsMode::Require);
         let e = ConnectionSecret::from_json(r#"{"engine":"postgres"}"#).unwrap_err();
         assert!(e.reason.contains("database"), "{e}");
+    }
+
+    #[test]
+    fn the_login_digest_follows_the_login_not_its_password() {
+        let secret = |user: &str, password: &str| {
+            ConnectionSecret::from_json(&format!(
+                r#"{{"engine":"postgres","host":"h","database":"d","username":"{user}","password":"{password}"}}"#
+            ))
+            .unwrap()
+        };
+        assert_eq!(secret("u", "a").login_digest(), secret("u", "b").login_digest());
+        assert_ne!(secret("u", "a").login_digest(), secret("v", "a").login_digest());
+    }
+
+    #[test]
+    fn require_read_only_login_is_off_unless_set_and_kept_out_of_old_readers_way() {
+        let c = config();
+        assert!(!c.require_read_only_login);
+        // Absent when off, so a stored source reads the same in a build that predates it.
+        assert!(
+            serde_json::to_value(&c)
+                .unwrap()
+                .get("require_read_only_login")
+                .is_none()
+        );
+        let mut on = serde_json::to_value(&c).unwrap();
+        on["require_read_only_login"] = true.into();
+        let on: SourceConfig = serde_json::from_value(on).unwrap();
+        assert!(on.require_read_only_login);
+        let e = serde_json::from_value::<SourceConfig>(serde_json::json!({
+            "id": "s", "name": "S", "engine": "postgres", "secret_id": "db",
+            "query": "SELECT 1", "sync_type": "registration", "require_read_only_login": "yes"
+        }))
+        .unwrap_err();
+        assert!(e.to_string().contains("boolean"), "{e}");
     }
 }

@@ -420,6 +420,10 @@ impl SourceSession for BigQuery {
         web::current_timestamp(self).await
     }
 
+    async fn login_check(&mut self) -> sluice_core::LoginCheck {
+        crate::login_check::bigquery()
+    }
+
     async fn columns(&mut self, query: &RenderedQuery) -> Result<Vec<String>, SourceError> {
         Ok(self.dry_run(query).await?.into_iter().map(|f| f.name).collect())
     }

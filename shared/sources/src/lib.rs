@@ -9,6 +9,7 @@
 #[cfg(feature = "bigquery")]
 mod bigquery;
 mod error;
+mod login_check;
 #[cfg(feature = "mysql")]
 mod mysql;
 mod open_transactions;

@@ -106,6 +106,10 @@ impl Dialect for My {
             Err(e) => undecodable(info.name(), e),
         }
     }
+
+    fn login_check(session: &mut Session<Self>) -> futures::future::BoxFuture<'_, sluice_core::LoginCheck> {
+        Box::pin(crate::login_check::mysql(session))
+    }
 }
 
 fn get<'r, T: Decode<'r, MySql>>(raw: MySqlValueRef<'r>, type_name: &str, f: impl FnOnce(T) -> Value) -> Value {

@@ -157,6 +157,10 @@ impl SourceSession for Oracle {
         .map_err(|e| classify_query(&e))
     }
 
+    async fn login_check(&mut self) -> sluice_core::LoginCheck {
+        crate::login_check::oracle()
+    }
+
     /// Oracle describes a query only by running it; the rows tell.
     async fn columns(&mut self, _query: &RenderedQuery) -> Result<Vec<String>, SourceError> {
         Ok(Vec::new())

@@ -94,6 +94,10 @@ impl Dialect for Pg {
             Err(e) => undecodable(type_name, e),
         }
     }
+
+    fn login_check(session: &mut Session<Self>) -> futures::future::BoxFuture<'_, sluice_core::LoginCheck> {
+        Box::pin(crate::login_check::postgres(session))
+    }
 }
 
 fn get<'r, T: Decode<'r, Postgres>>(

@@ -355,6 +355,10 @@ impl SourceSession for Snowflake {
         Ok(described.rowtype.iter().map(|c| column_name(&c.name)).collect())
     }
 
+    async fn login_check(&mut self) -> sluice_core::LoginCheck {
+        crate::login_check::snowflake(self).await
+    }
+
     fn stream<'a>(&'a mut self, query: &'a RenderedQuery) -> BoxStream<'a, Result<Row, SourceError>> {
         let this = &*self;
         stream::once(this.post_query(query, false))

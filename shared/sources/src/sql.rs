@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
-use sluice_core::{Bind, OpenTransactions, RenderedQuery, Row, SourceError, SourceSession, Value};
+use sluice_core::{Bind, LoginCheck, OpenTransactions, RenderedQuery, Row, SourceError, SourceSession, Value};
 use sqlx::{Column, Database, Executor, IntoArguments};
 
 use crate::error;
@@ -42,6 +42,11 @@ pub(crate) trait Dialect: Send + 'static {
     type Column: Send + 'static;
     fn column(column: &<Self::Db as Database>::Column) -> Self::Column;
     fn value(row: &<Self::Db as Database>::Row, index: usize, column: &Self::Column) -> Value;
+    /// What the session's login may do beyond reading: the engine's function of
+    /// [`crate::login_check`].
+    fn login_check(session: &mut Session<Self>) -> BoxFuture<'_, LoginCheck>
+    where
+        Self: Sized;
 }
 
 /// One read-only connection of the engine `D`.
@@ -74,6 +79,10 @@ where
 
     fn stream<'a>(&'a mut self, query: &'a RenderedQuery) -> BoxStream<'a, Result<Row, SourceError>> {
         stream_rows::<D, _>(&mut self.conn, query)
+    }
+
+    async fn login_check(&mut self) -> LoginCheck {
+        D::login_check(self).await
     }
 }
 

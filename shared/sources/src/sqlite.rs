@@ -97,4 +97,8 @@ impl Dialect for Lite {
         };
         result.unwrap_or_else(|e| undecodable(&stored, e))
     }
+
+    fn login_check(_session: &mut Session<Self>) -> futures::future::BoxFuture<'_, sluice_core::LoginCheck> {
+        Box::pin(futures::future::ready(crate::login_check::sqlite()))
+    }
 }

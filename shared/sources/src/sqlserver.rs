@@ -143,6 +143,19 @@ async fn transaction_state(
 }
 
 impl SqlServer {
+    /// Sluice's transaction as the setup began it, after a query of Sluice's own (the
+    /// describe, the login check, the open-transaction lookup) that the server refused:
+    /// under XACT_ABORT any error rolls the transaction back, and without it again the
+    /// source's query would run in autocommit, where a write in it would stay.
+    async fn begin_again(&mut self) -> Result<(), SourceError> {
+        self.client
+            .simple_query(TRANSACTION_AGAIN)
+            .and_then(|s| s.into_results())
+            .await
+            .map_err(classify_query)?;
+        Ok(())
+    }
+
     /// Checks that the query last sent left Sluice's transaction as it was, after
     /// cancelling it on the server if its reader stopped before the end. A procedure
     /// may COMMIT or ROLLBACK inside; what it wrote then is kept, and the run must not
@@ -591,14 +604,7 @@ impl SourceSession for SqlServer {
 
     async fn open_transactions(&mut self) -> Result<sluice_core::OpenTransactions, SourceError> {
         let seen = crate::open_transactions::sqlserver(&mut self.client).await;
-        // XACT_ABORT rolls the session's transaction back on any error, a refused lookup
-        // (Babelfish has no such view) included: without it again, the source's query
-        // would run in autocommit and a write in it would stay.
-        self.client
-            .simple_query("IF @@TRANCOUNT = 0 BEGIN TRANSACTION")
-            .and_then(|s| s.into_results())
-            .await
-            .map_err(classify_query)?;
+        self.begin_again().await?;
         seen
     }
 
@@ -617,14 +623,9 @@ impl SourceSession for SqlServer {
         {
             Ok(rows) => rows,
             Err(tiberius::error::Error::Server(_)) => {
-                // The server's error ended Sluice's transaction (XACT_ABORT, as Babelfish
-                // does for a query with parameters); nothing of the query ran, so it is
-                // begun again before the query runs.
-                self.client
-                    .simple_query(TRANSACTION_AGAIN)
-                    .and_then(|s| s.into_results())
-                    .await
-                    .map_err(classify_query)?;
+                // Babelfish refuses to describe a query with parameters; nothing of the
+                // query ran.
+                self.begin_again().await?;
                 return Ok(Vec::new());
             }
             Err(e) => return Err(classify_query(e)),
@@ -644,6 +645,9 @@ impl SourceSession for SqlServer {
             self.unchecked = true;
             self.answered.store(false, Ordering::Relaxed);
             let SqlServer { client, names, .. } = self;
+            // Result indexes restart with each query: names kept from the last one (the
+            // login check's, say) are not this one's.
+            *names = None;
             let rows = query(rendered).query(client).await.map_err(classify_query)?;
             Ok::<_, SourceError>((rows, names))
         };
@@ -655,6 +659,14 @@ impl SourceSession for SqlServer {
 
     async fn finish(&mut self) -> Result<(), SourceError> {
         self.settle().await
+    }
+
+    async fn login_check(&mut self) -> sluice_core::LoginCheck {
+        let check = crate::login_check::sqlserver(self).await;
+        if let Err(e) = self.begin_again().await {
+            return sluice_core::LoginCheck::could_not_check(e.message);
+        }
+        check
     }
 }
 

@@ -240,4 +240,8 @@ impl SourceSession for Tunneled {
     fn ssh_host_key(&self) -> Option<&str> {
         Some(&self.tunnel.host_key)
     }
+
+    async fn login_check(&mut self) -> sluice_core::LoginCheck {
+        self.session.login_check().await
+    }
 }

@@ -9,7 +9,9 @@ mod services;
 mod store;
 
 pub use clock::{Clock, IdSource, SystemClock, UuidIds};
-pub use reader::{OpenTransaction, OpenTransactions, SourceError, SourceErrorKind, SourceReader, SourceSession};
+pub use reader::{
+    LoginCheck, OpenTransaction, OpenTransactions, SourceError, SourceErrorKind, SourceReader, SourceSession,
+};
 pub use services::{
     Events, EventsError, NoObserver, RunObserver, Schedule, ScheduleError, Schedules, SecretWriter, Secrets,
     SecretsError, WriteKey,

@@ -5,6 +5,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
+use serde::Serialize;
 
 use crate::source::ConnectionSecret;
 use crate::template::RenderedQuery;
@@ -62,6 +63,83 @@ pub enum OpenTransactions {
     Seen(Option<OpenTransaction>),
     /// The login (or the engine) cannot see them: why, and the grant that fixes it.
     Unseen(String),
+}
+
+/// What a source's login may do beyond reading, from the database's own catalogs
+/// (issue 20). A read-only session stops plain writes, but not all: a procedure that
+/// commits, DDL that commits implicitly, `dblink_exec`. Only a login that cannot write
+/// is a guarantee, so the test query and the runs say which kind the source has.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum LoginCheck {
+    /// The login cannot write; `detail` says what was checked.
+    ReadOnly { detail: String },
+    /// The login can write. Each entry is a statement that drops one way it can (a
+    /// grant, an attribute, a membership, an ownership).
+    Writable { revoke: Vec<String> },
+    /// The check itself failed (no right to read the catalogs, say).
+    CouldNotCheck { reason: String },
+    /// This engine's logins are not checked, for `reason`.
+    NotChecked { reason: String },
+}
+
+impl LoginCheck {
+    pub fn read_only(detail: impl Into<String>) -> Self {
+        LoginCheck::ReadOnly { detail: detail.into() }
+    }
+
+    pub fn could_not_check(reason: impl Into<String>) -> Self {
+        LoginCheck::CouldNotCheck { reason: reason.into() }
+    }
+
+    /// Writable when `revoke` names anything, else read-only with `detail`.
+    pub fn from_revokes(revoke: Vec<String>, detail: impl Into<String>) -> Self {
+        if revoke.is_empty() {
+            LoginCheck::read_only(detail)
+        } else {
+            LoginCheck::Writable { revoke }
+        }
+    }
+
+    /// Proven unable to write.
+    pub fn is_read_only(&self) -> bool {
+        matches!(self, LoginCheck::ReadOnly { .. })
+    }
+
+    /// The same result with every credential of `secret` removed from its texts (a
+    /// driver's error may quote a connection string).
+    pub fn redacted(self, secret: &ConnectionSecret) -> Self {
+        match self {
+            LoginCheck::ReadOnly { detail } => LoginCheck::ReadOnly {
+                detail: secret.redact(&detail),
+            },
+            LoginCheck::Writable { revoke } => LoginCheck::Writable {
+                revoke: revoke.iter().map(|r| secret.redact(r)).collect(),
+            },
+            LoginCheck::CouldNotCheck { reason } => LoginCheck::CouldNotCheck {
+                reason: secret.redact(&reason),
+            },
+            LoginCheck::NotChecked { reason } => LoginCheck::NotChecked {
+                reason: secret.redact(&reason),
+            },
+        }
+    }
+}
+
+/// One line for a run's log and the test query's warnings.
+impl std::fmt::Display for LoginCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LoginCheck::ReadOnly { detail } => write!(f, "the login can only read ({detail})"),
+            LoginCheck::Writable { revoke } => write!(
+                f,
+                "the login can write, so only Sluice's read-only session stands between a query and your data; give Sluice a login that can only read, or drop what lets this one write: {}",
+                revoke.join("; ")
+            ),
+            LoginCheck::CouldNotCheck { reason } => write!(f, "could not check what the login may do: {reason}"),
+            LoginCheck::NotChecked { reason } => write!(f, "the login was not checked: {reason}"),
+        }
+    }
 }
 
 /// Opens sessions on source databases.
@@ -125,5 +203,14 @@ pub trait SourceSession: Send {
     /// through a tunnel.
     fn ssh_host_key(&self) -> Option<&str> {
         None
+    }
+
+    /// What the session's login may do beyond reading, read from the catalogs (never by
+    /// trying a write). A failed check is [`LoginCheck::CouldNotCheck`], not an error:
+    /// whether it stops a run is the source's choice (`require_read_only_login`).
+    async fn login_check(&mut self) -> LoginCheck {
+        LoginCheck::NotChecked {
+            reason: "Sluice does not check the logins of this engine".into(),
+        }
     }
 }

@@ -8,8 +8,8 @@ mod session;
 mod writer;
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -21,8 +21,8 @@ pub(crate) use session::OpenSource;
 
 use crate::mapping::{LazyMapper, Mapped, MappingError};
 use crate::ports::{
-    Clock, Events, IdSource, LeaseOutcome, NoObserver, RunObserver, Schedules, Secrets, SecretsError, SourceError,
-    SourceErrorKind, SourceReader, SourceState, Store, StoreError, SystemClock, UuidIds,
+    Clock, Events, IdSource, LeaseOutcome, LoginCheck, NoObserver, RunObserver, Schedules, Secrets, SecretsError,
+    SourceError, SourceErrorKind, SourceReader, SourceState, Store, StoreError, SystemClock, UuidIds,
 };
 use crate::preview::Preview;
 use crate::record::{Member, Reject};
@@ -88,6 +88,23 @@ pub enum SyncError {
         "even the one-minute window [{from}, {to}) is not read within the function's time budget; make the query faster (an index on the date column) or raise the function timeout"
     )]
     WindowTooSlow { from: DateTime<Utc>, to: DateTime<Utc> },
+    #[error(
+        "the source requires a login that cannot write (require_read_only_login), and {0}; nothing was read (to run with a warning instead, turn require_read_only_login off)"
+    )]
+    LoginNotReadOnly(LoginCheck),
+}
+
+/// How long a login check's result stands for a source and login before a run checks
+/// again. The check is a few catalog queries; an hour keeps a per-minute source from
+/// paying them on every run, and a grant added later is seen within the hour (the
+/// test query always checks afresh).
+pub const LOGIN_CHECK_TTL: chrono::Duration = chrono::Duration::hours(1);
+
+/// A login check's result, for the source's login at the time.
+struct CheckedLogin {
+    digest: u128,
+    at: DateTime<Utc>,
+    check: LoginCheck,
 }
 
 /// Windows are not halved below a minute.
@@ -230,6 +247,8 @@ pub struct SyncService {
     clock: Arc<dyn Clock>,
     ids: Arc<dyn IdSource>,
     settings: SyncSettings,
+    /// The last login check of each source (one entry per source, so bounded).
+    logins: Mutex<HashMap<String, CheckedLogin>>,
 }
 
 impl SyncService {
@@ -250,6 +269,7 @@ impl SyncService {
             clock: Arc::new(SystemClock),
             ids: Arc::new(UuidIds),
             settings,
+            logins: Mutex::default(),
         }
     }
 
@@ -426,6 +446,52 @@ impl SyncService {
         Ok(open)
     }
 
+    /// Says in `run` (and the log) what the source's login may do, from the check of
+    /// this source and login made within [`LOGIN_CHECK_TTL`], else from a new one.
+    ///
+    /// # Errors
+    /// [`SyncError::LoginNotReadOnly`] when the source requires a read-only login and
+    /// the check does not prove it, before anything is read.
+    async fn check_login(&self, run: &mut Run, config: &SourceConfig, open: &mut OpenSource) -> Result<(), SyncError> {
+        let digest = open.login_digest();
+        let now = self.clock.now();
+        let cached = self
+            .logins
+            .lock()
+            .expect("login cache lock")
+            .get(&config.id)
+            .filter(|c| c.digest == digest && now - c.at < LOGIN_CHECK_TTL)
+            .map(|c| c.check.clone());
+        let check = match cached {
+            Some(check) => check,
+            None => {
+                let check = open.check_login().await;
+                // A failed check is tried again by the next run, not remembered.
+                if !matches!(check, LoginCheck::CouldNotCheck { .. }) {
+                    self.logins.lock().expect("login cache lock").insert(
+                        config.id.clone(),
+                        CheckedLogin {
+                            digest,
+                            at: now,
+                            check: check.clone(),
+                        },
+                    );
+                }
+                check
+            }
+        };
+        if check.is_read_only() {
+            info!(login = %check, "login check");
+        } else {
+            warn!(login = %check, "login check");
+        }
+        run.login = Some(check.to_string());
+        if config.require_read_only_login && !check.is_read_only() {
+            return Err(SyncError::LoginNotReadOnly(check));
+        }
+        Ok(())
+    }
+
     /// Records the host key an opened tunnel's bastion showed, when it is not the one
     /// recorded: on first contact (trust on first use), or after the secret pinned a
     /// new one.
@@ -452,7 +518,8 @@ impl SyncService {
         window: Window,
         budget: &Budget,
     ) -> Result<(), SyncError> {
-        let open = self.open(state).await?;
+        let mut open = self.open(state).await?;
+        self.check_login(run, &state.config, &mut open).await?;
         run.window_start = Some(window.from);
         run.window_end = Some(window.to);
         run.watermark = state.watermark;
@@ -495,7 +562,8 @@ impl SyncService {
             LeaseOutcome::NotFound => return Err(SyncError::UnknownSource(id)),
         };
         let result = async {
-            let open = self.open(&state).await?;
+            let mut open = self.open(&state).await?;
+            self.check_login(run, &state.config, &mut open).await?;
             let mut ctx = RunContext {
                 state: &state,
                 open,

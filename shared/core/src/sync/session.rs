@@ -6,8 +6,8 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use super::SyncError;
-use crate::ports::{Secrets, SourceError, SourceReader, SourceSession};
-use crate::source::SourceConfig;
+use crate::ports::{LoginCheck, Secrets, SourceError, SourceReader, SourceSession};
+use crate::source::{ConnectionSecret, SourceConfig};
 use crate::template::QueryTemplate;
 use crate::window::{UpperBound, upper_bound};
 
@@ -15,6 +15,8 @@ use crate::window::{UpperBound, upper_bound};
 pub(crate) struct OpenSource {
     pub template: QueryTemplate,
     pub session: Box<dyn SourceSession>,
+    /// The secret the session was opened with, to scrub what the login check says.
+    secret: ConnectionSecret,
 }
 
 impl OpenSource {
@@ -40,7 +42,21 @@ impl OpenSource {
         }
         let timeout = Duration::from_secs(config.query_timeout_seconds.into());
         let session = reader.open(&secret, timeout).await?;
-        Ok(OpenSource { template, session })
+        Ok(OpenSource {
+            template,
+            session,
+            secret,
+        })
+    }
+
+    /// Who the session logs in as, and where (see [`ConnectionSecret::login_digest`]).
+    pub(crate) fn login_digest(&self) -> u128 {
+        self.secret.login_digest()
+    }
+
+    /// What the session's login may do beyond reading; never a credential.
+    pub(crate) async fn check_login(&mut self) -> LoginCheck {
+        self.session.login_check().await.redacted(&self.secret)
     }
 }
 

@@ -612,3 +612,55 @@ async fn a_clock_ten_minutes_off_the_databases_loses_no_late_row() {
         );
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_login_is_checked_once_an_hour_and_a_writable_one_refused_when_required() {
+    let f = Fixture::new(config(QUERY)).await;
+    f.sale(1, base() - minutes(30));
+    let revoke = "REVOKE INSERT ON public.sales FROM reader";
+    f.db.login_is(LoginCheck::Writable {
+        revoke: vec![revoke.into()],
+    });
+    // A warning by default: the run reads, and its log says what to drop.
+    let run = f.run().await;
+    assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.message);
+    assert!(run.login.as_deref().unwrap().contains(revoke), "{run:?}");
+    tokio::time::advance(Duration::from_secs(600)).await;
+    let again = f.run().await;
+    assert_eq!(again.login, run.login, "every run says it");
+    assert_eq!(f.db.login_checks(), 1, "from the check of the first run");
+    tokio::time::advance(LOGIN_CHECK_TTL.to_std().unwrap()).await;
+    f.run().await;
+    assert_eq!(f.db.login_checks(), 2, "checked again after an hour");
+
+    // Required: refused before the query, the watermark where it was.
+    let mut strict = config(QUERY);
+    strict.require_read_only_login = true;
+    f.store.put_source(&strict).await.unwrap();
+    let watermark = f.state().await.watermark;
+    f.db.queried();
+    tokio::time::advance(Duration::from_secs(60)).await;
+    let refused = f.run().await;
+    assert_eq!(refused.status, RunStatus::Failed);
+    let message = refused.message.as_deref().unwrap();
+    assert!(
+        message.contains("require_read_only_login") && message.contains(revoke),
+        "{message}"
+    );
+    assert_eq!((refused.rows_read, f.db.queried().len()), (0, 0), "nothing read");
+    assert_eq!(f.state().await.watermark, watermark);
+
+    // A check that fails is not remembered, and refuses too when required.
+    f.db.login_is(LoginCheck::could_not_check("permission denied for table pg_roles"));
+    tokio::time::advance(LOGIN_CHECK_TTL.to_std().unwrap()).await;
+    let unchecked = f.run().await;
+    assert_eq!(unchecked.status, RunStatus::Failed);
+    assert!(
+        unchecked.message.as_deref().unwrap().contains("could not check"),
+        "{unchecked:?}"
+    );
+    f.db.login_is(LoginCheck::read_only("scripted"));
+    let fine = f.run().await;
+    assert_eq!(fine.status, RunStatus::Succeeded, "{:?}", fine.message);
+    assert_eq!(f.db.login_checks(), 4);
+}

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 
-use crate::ports::{Clock, OpenTransactions, SourceError, SourceReader, SourceSession};
+use crate::ports::{Clock, LoginCheck, OpenTransactions, SourceError, SourceReader, SourceSession};
 use crate::source::ConnectionSecret;
 use crate::template::{Bind, RenderedQuery};
 use crate::value::{Row, Value};
@@ -35,6 +35,10 @@ struct Script {
     queried: Vec<Window>,
     /// What the database shows of other sessions' transactions; none open by default.
     open_transactions: Option<OpenTransactions>,
+    /// What the login check finds; not checked when unset.
+    login: Option<LoginCheck>,
+    /// How many times the login was checked.
+    login_checks: usize,
 }
 
 /// The database behind a [`ScriptedReader`]; its clock is the given one.
@@ -102,6 +106,16 @@ impl ScriptedDatabase {
         script.poisoned = None;
     }
 
+    /// Makes the login check find `check`.
+    pub fn login_is(&self, check: LoginCheck) {
+        self.script().login = Some(check);
+    }
+
+    /// How many times the login was checked.
+    pub fn login_checks(&self) -> usize {
+        self.script().login_checks
+    }
+
     /// The windows queried so far, and forgets them.
     pub fn queried(&self) -> Vec<Window> {
         std::mem::take(&mut self.script().queried)
@@ -154,6 +168,14 @@ impl SourceSession for ScriptedSession {
             .open_transactions
             .clone()
             .unwrap_or(OpenTransactions::Seen(None)))
+    }
+
+    async fn login_check(&mut self) -> LoginCheck {
+        let mut script = self.0.script();
+        script.login_checks += 1;
+        script.login.clone().unwrap_or(LoginCheck::NotChecked {
+            reason: "a scripted database".into(),
+        })
     }
 
     async fn columns(&mut self, _query: &RenderedQuery) -> Result<Vec<String>, SourceError> {
