@@ -266,6 +266,7 @@ impl SyncService {
             state.as_ref(),
             window,
             self.clock.now(),
+            crate::preview::PreviewLimits::default(),
         )
         .await;
         if let Some(state) = state.filter(|s| s.same_connection(config)) {
