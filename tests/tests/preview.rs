@@ -138,7 +138,7 @@ async fn the_test_query_stops_at_its_time_limit_and_the_database_stops_with_it()
              WHERE '{marker}' <> '' AND updated_at >= {{{{ last_update_time }}}} AND updated_at < {{{{ upper_date_limit }}}}"
         ),
     );
-    assert_eq!(src.query_timeout_seconds, 600, "the source's own timeout is far longer");
+    assert!(src.query_timeout_seconds >= 60, "the source's own timeout is far longer");
     let p = capped(
         &src,
         &db,
@@ -151,7 +151,7 @@ async fn the_test_query_stops_at_its_time_limit_and_the_database_stops_with_it()
     assert_eq!(p.row_count, 0);
     assert_eq!(p.errors.len(), 1, "{:?}", p.errors);
     assert!(
-        p.errors[0].contains("time limit of 2 s") || p.errors[0].contains("statement timeout"),
+        p.errors[0].starts_with("the test query stopped at its time limit of 2 s"),
         "{:?}",
         p.errors
     );
