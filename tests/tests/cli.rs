@@ -442,9 +442,7 @@ async fn no_command_shows_any_part_of_a_malformed_secret() {
         t[field] = value;
         t
     };
-    let service_account = |key: serde_json::Value| {
-        serde_json::json!({"type": "service_account", "client_email": "sa@p.iam.gserviceaccount.com", "private_key": key})
-    };
+    let service_account = |key: serde_json::Value| serde_json::json!({"type": "service_account", "client_email": "sa@p.iam.gserviceaccount.com", "private_key": key});
     let bigquery = |account: serde_json::Value| {
         serde_json::json!({"engine": "bigquery", "host": "127.0.0.1", "port": bigquery_port(), "tls": "disable",
                            "database": BIGQUERY_PROJECT, "schema": "none", "service_account": account})
@@ -453,13 +451,48 @@ async fn no_command_shows_any_part_of_a_malformed_secret() {
     let tunnel_json = serde_json::to_string(&tunnel).unwrap();
     // (source id, engine, secret, whether it works)
     let secrets: Vec<(&str, &str, serde_json::Value, bool)> = vec![
-        ("numeric_pw", "postgres", with(serde_json::json!({"password": 98765432101_u64})), true),
-        ("fraction_pw", "postgres", with(serde_json::json!({"password": 9876.54321})), false),
-        ("list_pw", "postgres", with(serde_json::json!({"password": [leak("list")]})), false),
-        ("object_user", "postgres", with(serde_json::json!({"username": {"name": leak("user")}})), false),
-        ("port_text", "postgres", with(serde_json::json!({"port": leak("port")})), false),
-        ("tls_text", "postgres", with(serde_json::json!({"tls": leak("tls")})), false),
-        ("tunnel_string", "postgres", with(serde_json::json!({"ssh_tunnel": tunnel_json.clone()})), true),
+        (
+            "numeric_pw",
+            "postgres",
+            with(serde_json::json!({"password": 98765432101_u64})),
+            true,
+        ),
+        (
+            "fraction_pw",
+            "postgres",
+            with(serde_json::json!({"password": 9876.54321})),
+            false,
+        ),
+        (
+            "list_pw",
+            "postgres",
+            with(serde_json::json!({"password": [leak("list")]})),
+            false,
+        ),
+        (
+            "object_user",
+            "postgres",
+            with(serde_json::json!({"username": {"name": leak("user")}})),
+            false,
+        ),
+        (
+            "port_text",
+            "postgres",
+            with(serde_json::json!({"port": leak("port")})),
+            false,
+        ),
+        (
+            "tls_text",
+            "postgres",
+            with(serde_json::json!({"tls": leak("tls")})),
+            false,
+        ),
+        (
+            "tunnel_string",
+            "postgres",
+            with(serde_json::json!({"ssh_tunnel": tunnel_json.clone()})),
+            true,
+        ),
         (
             "tunnel_cut",
             "postgres",
@@ -487,7 +520,11 @@ async fn no_command_shows_any_part_of_a_malformed_secret() {
         (
             "sa_bad_key",
             "bigquery",
-            bigquery(serde_json::to_string(&service_account(half_pem(&leak("sa")).into())).unwrap().into()),
+            bigquery(
+                serde_json::to_string(&service_account(half_pem(&leak("sa")).into()))
+                    .unwrap()
+                    .into(),
+            ),
             false,
         ),
         (
@@ -525,7 +562,10 @@ async fn no_command_shows_any_part_of_a_malformed_secret() {
     yaml += "sources:\n";
     for (id, engine, _, _) in &secrets {
         let destination = match *id {
-            "numeric_pw" => format!(",\n     destination: {{kind: http, base_url: \"{}\", secret_id: cio_bad}}", receiver.base_url()),
+            "numeric_pw" => format!(
+                ",\n     destination: {{kind: http, base_url: \"{}\", secret_id: cio_bad}}",
+                receiver.base_url()
+            ),
             _ => String::new(),
         };
         yaml += &format!(
@@ -545,7 +585,12 @@ async fn no_command_shows_any_part_of_a_malformed_secret() {
     ]
     .into_iter()
     .map(String::from)
-    .chain(["list", "user", "port", "tls", "pem", "sshport", "pass", "sa", "sajson", "sf", "wk"].map(leak))
+    .chain(
+        [
+            "list", "user", "port", "tls", "pem", "sshport", "pass", "sa", "sajson", "sf", "wk",
+        ]
+        .map(leak),
+    )
     .chain(key_lines.iter().map(|l| l.to_string()))
     .collect();
     let leaks = |text: &str| credentials.iter().find(|c| text.contains(c.as_str())).cloned();
@@ -564,7 +609,10 @@ async fn no_command_shows_any_part_of_a_malformed_secret() {
     }
     let mut outputs = Vec::new();
     for args in &commands {
-        let out = sluice_cmd(args, &config, 60).env("SLUICE_LOG", "trace").output().unwrap();
+        let out = sluice_cmd(args, &config, 60)
+            .env("SLUICE_LOG", "trace")
+            .output()
+            .unwrap();
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
@@ -594,7 +642,9 @@ async fn no_command_shows_any_part_of_a_malformed_secret() {
         "tunnel_pass_list" => "`ssh_tunnel`: expected an object; in it, `passphrase`: expected a string",
         "sa_bad_key" => "service_account.private_key is not",
         "sa_key_number" => "`service_account.private_key`: expected a string",
-        "sa_not_json" => "`service_account`: expected an object, or the object's JSON in a string; the string is not JSON",
+        "sa_not_json" => {
+            "`service_account`: expected an object, or the object's JSON in a string; the string is not JSON"
+        }
         "sf_key_cut" => "private_key is not",
         other => panic!("{other} works"),
     };
@@ -618,7 +668,10 @@ async fn no_command_shows_any_part_of_a_malformed_secret() {
         "{}",
         outputs[0]
     );
-    assert!(receiver.by_message_id().is_empty(), "nothing was delivered with a malformed key");
+    assert!(
+        receiver.by_message_id().is_empty(),
+        "nothing was delivered with a malformed key"
+    );
     let deliveries = store.list_deliveries("numeric_pw", None, 100, None).await.unwrap();
     let log = serde_json::to_string(&deliveries).unwrap();
     assert!(leaks(&log).is_none(), "the delivery log holds {:?}", leaks(&log));

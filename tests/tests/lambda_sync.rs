@@ -171,17 +171,42 @@ async fn no_output_of_the_functions_shows_any_part_of_a_malformed_secret() {
         secret[field] = value;
         secret
     };
-    let pem = |what: &str| format!("-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC{}\n", leak(what));
-    let tunnel = serde_json::json!({"host": "127.0.0.1", "port": 22, "username": "t", "private_key": pem("sshkey")})
-        .to_string();
+    let pem = |what: &str| {
+        format!(
+            "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC{}\n",
+            leak(what)
+        )
+    };
+    let tunnel =
+        serde_json::json!({"host": "127.0.0.1", "port": 22, "username": "t", "private_key": pem("sshkey")}).to_string();
     let account = serde_json::json!({"type": "service_account", "client_email": "sa@p.iam.gserviceaccount.com",
                                      "private_key": pem("sakey")});
     let cases: Vec<(&str, String, &str)> = vec![
-        ("fraction", with("password", serde_json::json!(9876.54321)).to_string(), "`password`: expected a string, got a number with a fraction"),
-        ("list", with("password", serde_json::json!([leak("list")])).to_string(), "`password`: expected a string"),
-        ("tunnel_cut", with("ssh_tunnel", tunnel[..tunnel.len() - 30].into()).to_string(), "`ssh_tunnel`: expected an object, or the object's JSON in a string; the string is not JSON"),
-        ("tunnel_pem", with("ssh_tunnel", serde_json::from_str(&tunnel).unwrap()).to_string(), "ssh_tunnel.private_key cannot be read"),
-        ("port", with("port", leak("port").into()).to_string(), "`port`: expected u16"),
+        (
+            "fraction",
+            with("password", serde_json::json!(9876.54321)).to_string(),
+            "`password`: expected a string, got a number with a fraction",
+        ),
+        (
+            "list",
+            with("password", serde_json::json!([leak("list")])).to_string(),
+            "`password`: expected a string",
+        ),
+        (
+            "tunnel_cut",
+            with("ssh_tunnel", tunnel[..tunnel.len() - 30].into()).to_string(),
+            "`ssh_tunnel`: expected an object, or the object's JSON in a string; the string is not JSON",
+        ),
+        (
+            "tunnel_pem",
+            with("ssh_tunnel", serde_json::from_str(&tunnel).unwrap()).to_string(),
+            "ssh_tunnel.private_key cannot be read",
+        ),
+        (
+            "port",
+            with("port", leak("port").into()).to_string(),
+            "`port`: expected u16",
+        ),
         (
             "service_account",
             serde_json::json!({"engine": "bigquery", "host": "127.0.0.1", "port": bigquery_port(), "tls": "disable",
@@ -189,7 +214,11 @@ async fn no_output_of_the_functions_shows_any_part_of_a_malformed_secret() {
             .to_string(),
             "service_account.private_key is not PEM",
         ),
-        ("not_json", format!("{{\"password\": \"{}\"", leak("notjson")), "it is not JSON"),
+        (
+            "not_json",
+            format!("{{\"password\": \"{}\"", leak("notjson")),
+            "it is not JSON",
+        ),
     ];
     let credentials: Vec<String> = ["9876.54321".to_string(), "MIIEvQIBADANBgkqhkiG9w0BAQEFAASC".into()]
         .into_iter()
@@ -238,7 +267,11 @@ async fn no_output_of_the_functions_shows_any_part_of_a_malformed_secret() {
 
         // The failure destination gets the handler's error.
         let diagnostic: Diagnostic = handle(&svc, event(&src.id)).await.unwrap_err().into();
-        assert!(diagnostic.error_message.contains(expected), "{name}: {}", diagnostic.error_message);
+        assert!(
+            diagnostic.error_message.contains(expected),
+            "{name}: {}",
+            diagnostic.error_message
+        );
         seen.push(diagnostic.error_message);
         let runs = store.list_runs(&src.id, 5, None).await.unwrap();
         assert_eq!(runs[0].status, RunStatus::Failed, "{name}");
@@ -275,7 +308,10 @@ async fn no_output_of_the_functions_shows_any_part_of_a_malformed_secret() {
     assert_eq!(events.len(), cases.len(), "{events:?}");
     seen.extend(events);
     let logged = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
-    assert!(logged.contains("TRACE") || logged.contains("DEBUG"), "the logs were searched");
+    assert!(
+        logged.contains("TRACE") || logged.contains("DEBUG"),
+        "the logs were searched"
+    );
     seen.push(logged);
     for text in &seen {
         assert!(leaks(text).is_none(), "{:?} is shown: {text}", leaks(text));

@@ -2,8 +2,8 @@
 //! nothing written.
 
 use sluice_core::{Engine, PreviewLimits, RunStatus, Trigger};
-use sqlx::Connection;
 use sluice_tests::*;
+use sqlx::Connection;
 
 /// Sales whose third row has no member id: a row the run would reject.
 const QUERY: &str = "SELECT id AS reference, CASE WHEN id = 3 THEN NULL ELSE user_id END AS member_id,
@@ -138,7 +138,10 @@ async fn the_test_query_stops_at_its_time_limit_and_the_database_stops_with_it()
              WHERE '{marker}' <> '' AND updated_at >= {{{{ last_update_time }}}} AND updated_at < {{{{ upper_date_limit }}}}"
         ),
     );
-    assert!(src.query_timeout_seconds >= 60, "the source's own timeout is far longer");
+    assert!(
+        src.query_timeout_seconds >= 60,
+        "the source's own timeout is far longer"
+    );
     let p = capped(
         &src,
         &db,

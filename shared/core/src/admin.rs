@@ -269,7 +269,16 @@ impl SourceAdmin {
         };
         let now = self.clock.now();
         let limits = self.test_query_limits;
-        Ok(crate::preview::preview(&*self.reader, secrets, config, state.as_ref(), request.window, now, limits).await)
+        Ok(crate::preview::preview(
+            &*self.reader,
+            secrets,
+            config,
+            state.as_ref(),
+            request.window,
+            now,
+            limits,
+        )
+        .await)
     }
 
     /// A page of the source's delivery states, only those of `status` when given.

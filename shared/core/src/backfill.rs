@@ -444,7 +444,9 @@ mod tests {
         assert_eq!(parse_chunk("6h").unwrap(), Duration::hours(6));
         assert_eq!(parse_chunk("7d").unwrap(), Duration::days(7));
         // Multi-byte last characters once split a character in two and panicked.
-        for bad in ["", "d", "1w", "1.5d", "-1d", "0h", "1 d x", "999d", "1€", "€", "1d€", "7дн"] {
+        for bad in [
+            "", "d", "1w", "1.5d", "-1d", "0h", "1 d x", "999d", "1€", "€", "1d€", "7дн",
+        ] {
             let e = parse_chunk(bad).unwrap_err();
             assert_eq!(e.field, "chunk", "{bad}");
         }

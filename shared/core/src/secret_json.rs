@@ -80,7 +80,9 @@ pub fn parse_json_string(text: &str) -> Result<serde_json::Value, String> {
     match serde_json::from_str(text) {
         Ok(object @ serde_json::Value::Object(_)) => Ok(object),
         // serde_json's syntax errors give a position, never the text.
-        Ok(_) => Err("expected an object, or the object's JSON in a string; the string holds JSON that is not an object".into()),
+        Ok(_) => Err(
+            "expected an object, or the object's JSON in a string; the string holds JSON that is not an object".into(),
+        ),
         Err(e) => Err(format!(
             "expected an object, or the object's JSON in a string; the string is not JSON (line {} column {})",
             e.line(),
@@ -129,7 +131,10 @@ mod tests {
         let e = error(json!({"inner": {"key": "k", "port": SECRET}}));
         assert!(e.contains("`port`") && e.contains("u16"), "{e}");
         let e = error(json!({"inner": {"key": "k", "nope": SECRET}}));
-        assert!(e.starts_with("`inner`: expected an object; in it, `nope`: unknown field `nope`"), "{e}");
+        assert!(
+            e.starts_with("`inner`: expected an object; in it, `nope`: unknown field `nope`"),
+            "{e}"
+        );
         let e = error(json!({"inner": format!("{{\"key\": \"{SECRET}\"")}));
         assert!(e.contains("is not JSON"), "{e}");
         let e = error(json!({"inner": format!("\"{SECRET}\"")}));
