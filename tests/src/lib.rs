@@ -481,6 +481,10 @@ pub async fn api_config(dead_letter_arn: Option<String>) -> (sluice_lambda::ApiC
             dead_letter_arn,
         },
         secrets_prefix: format!("{}/", unique("api")),
+        test_query: sluice_core::PreviewLimits {
+            time: Some(std::time::Duration::from_secs(25)),
+            rows: 100_000,
+        },
     };
     (config, store)
 }

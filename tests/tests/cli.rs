@@ -403,3 +403,276 @@ sources:
     let log = serde_json::to_string(&deliveries).unwrap();
     assert!(leaks(&log).is_none(), "the delivery log holds {:?}", leaks(&log));
 }
+
+/// Secrets of every wrong shape, each holding text to find again: a password that is a
+/// number, a fraction or a list, an SSH tunnel given as a JSON string (whole or cut
+/// short), a truncated PEM key, a port, TLS mode or user name of the wrong type, a
+/// BigQuery service account whose key is not a key or not a string, a Snowflake key cut
+/// short, a write key that is not a string. No command shows any of that text, whether
+/// its source works or fails, and neither does the run log. What the Secrets Manager
+/// console and YAML store is accepted: a whole-number password is its text, and an
+/// `ssh_tunnel` holding JSON in a string is the object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_command_shows_any_part_of_a_malformed_secret() {
+    use sluice_core::RunLog;
+    use sluice_tests::receiver::Receiver;
+    let db = Database::new(sluice_core::Engine::Postgres).await;
+    db.create_sales(10).await;
+    let u = unique("m");
+    let leak = |what: &str| format!("LEAK-{what}-{u}");
+    let ssh_dir = std::env::var("SLUICE_TEST_SSH_DIR").unwrap_or_else(|_| "/var/lib/sluice-tests/ssh".into());
+    let private_key = std::fs::read_to_string(format!("{ssh_dir}/ed25519")).unwrap();
+    let host_key = std::fs::read_to_string(format!("{ssh_dir}/host_ed25519.pub")).unwrap();
+    let ssh_port: u16 = std::env::var("SLUICE_TEST_SSH_PORT").map_or(2222, |p| p.parse().unwrap());
+    let tunnel = serde_json::json!({"host": "127.0.0.1", "port": ssh_port, "username": "sluicetunnel",
+                                    "private_key": private_key, "host_key": host_key});
+    let key_lines: Vec<&str> = private_key.lines().filter(|l| !l.starts_with("-----")).collect();
+    let half_pem = |body: &str| format!("-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC{body}\n");
+    let receiver = Receiver::start("wk-right").await;
+
+    let with = |patch: serde_json::Value| {
+        let mut secret = db.secret.clone();
+        for (k, v) in patch.as_object().unwrap() {
+            secret[k] = v.clone();
+        }
+        secret
+    };
+    let tunnel_with = |field: &str, value: serde_json::Value| {
+        let mut t = tunnel.clone();
+        t[field] = value;
+        t
+    };
+    let service_account = |key: serde_json::Value| serde_json::json!({"type": "service_account", "client_email": "sa@p.iam.gserviceaccount.com", "private_key": key});
+    let bigquery = |account: serde_json::Value| {
+        serde_json::json!({"engine": "bigquery", "host": "127.0.0.1", "port": bigquery_port(), "tls": "disable",
+                           "database": BIGQUERY_PROJECT, "schema": "none", "service_account": account})
+    };
+    // The tunnel as the console's key/value editor stores it: its JSON in a string.
+    let tunnel_json = serde_json::to_string(&tunnel).unwrap();
+    // (source id, engine, secret, whether it works)
+    let secrets: Vec<(&str, &str, serde_json::Value, bool)> = vec![
+        (
+            "numeric_pw",
+            "postgres",
+            with(serde_json::json!({"password": 98765432101_u64})),
+            true,
+        ),
+        (
+            "fraction_pw",
+            "postgres",
+            with(serde_json::json!({"password": 9876.54321})),
+            false,
+        ),
+        (
+            "list_pw",
+            "postgres",
+            with(serde_json::json!({"password": [leak("list")]})),
+            false,
+        ),
+        (
+            "object_user",
+            "postgres",
+            with(serde_json::json!({"username": {"name": leak("user")}})),
+            false,
+        ),
+        (
+            "port_text",
+            "postgres",
+            with(serde_json::json!({"port": leak("port")})),
+            false,
+        ),
+        (
+            "tls_text",
+            "postgres",
+            with(serde_json::json!({"tls": leak("tls")})),
+            false,
+        ),
+        (
+            "tunnel_string",
+            "postgres",
+            with(serde_json::json!({"ssh_tunnel": tunnel_json.clone()})),
+            true,
+        ),
+        (
+            "tunnel_cut",
+            "postgres",
+            with(serde_json::json!({"ssh_tunnel": &tunnel_json[..tunnel_json.len() / 2]})),
+            false,
+        ),
+        (
+            "tunnel_pem_cut",
+            "postgres",
+            with(serde_json::json!({"ssh_tunnel": tunnel_with("private_key", half_pem(&leak("pem")).into())})),
+            false,
+        ),
+        (
+            "tunnel_port_text",
+            "postgres",
+            with(serde_json::json!({"ssh_tunnel": tunnel_with("port", leak("sshport").into())})),
+            false,
+        ),
+        (
+            "tunnel_pass_list",
+            "postgres",
+            with(serde_json::json!({"ssh_tunnel": tunnel_with("passphrase", serde_json::json!([leak("pass")]))})),
+            false,
+        ),
+        (
+            "sa_bad_key",
+            "bigquery",
+            bigquery(
+                serde_json::to_string(&service_account(half_pem(&leak("sa")).into()))
+                    .unwrap()
+                    .into(),
+            ),
+            false,
+        ),
+        (
+            "sa_key_number",
+            "bigquery",
+            bigquery(service_account(serde_json::json!(12345678987654321_u64))),
+            false,
+        ),
+        (
+            "sa_not_json",
+            "bigquery",
+            bigquery(format!("{{\"private_key\": \"{}", leak("sajson")).into()),
+            false,
+        ),
+        (
+            "sf_key_cut",
+            "snowflake",
+            serde_json::json!({"engine": "snowflake", "account": "sluicetest", "host": "127.0.0.1",
+                               "port": snowflake_port(), "tls": "disable", "database": "d", "username": "u",
+                               "private_key": half_pem(&leak("sf"))}),
+            false,
+        ),
+    ];
+    let query = serde_json::to_string(
+        "SELECT id AS user_id, amount FROM sales WHERE updated_at >= {{ last_update_time }} AND updated_at < {{ upper_date_limit }}",
+    )
+    .unwrap();
+    let mut yaml = format!(
+        "store: {{kind: embedded, path: store.db}}\nsecrets:\n  cio_bad: {{write_key: {{key: \"{}\"}}}}\n",
+        leak("wk")
+    );
+    for (id, _, secret, _) in &secrets {
+        yaml += &format!("  {id}: {secret}\n");
+    }
+    yaml += "sources:\n";
+    for (id, engine, _, _) in &secrets {
+        let destination = match *id {
+            "numeric_pw" => format!(
+                ",\n     destination: {{kind: http, base_url: \"{}\", secret_id: cio_bad}}",
+                receiver.base_url()
+            ),
+            _ => String::new(),
+        };
+        yaml += &format!(
+            "  - {{id: {id}, name: {id}, engine: {engine}, secret_id: {id}, sync_type: identify, query: {query}{destination}}}\n"
+        );
+    }
+    let dir = std::env::temp_dir().join(unique("cfg"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("sluice.yaml");
+    std::fs::write(&config, &yaml).unwrap();
+
+    let credentials: Vec<String> = [
+        "98765432101",
+        "9876.54321",
+        "12345678987654321",
+        "MIIEvQIBADANBgkqhkiG9w0BAQEFAASC",
+    ]
+    .into_iter()
+    .map(String::from)
+    .chain(
+        [
+            "list", "user", "port", "tls", "pem", "sshport", "pass", "sa", "sajson", "sf", "wk",
+        ]
+        .map(leak),
+    )
+    .chain(key_lines.iter().map(|l| l.to_string()))
+    .collect();
+    let leaks = |text: &str| credentials.iter().find(|c| text.contains(c.as_str())).cloned();
+
+    let mut commands: Vec<Vec<&str>> = vec![
+        vec!["sync", "--deliver"],
+        vec!["sync", "--json"],
+        vec!["deliver", "--replay-failed"],
+        vec!["sources", "list"],
+    ];
+    for (id, ..) in &secrets {
+        commands.push(vec!["preview", "--source", id, "--json"]);
+        commands.push(vec!["preview", "--source", id]);
+        commands.push(vec!["runs", "--source", id]);
+        commands.push(vec!["sources", "show", "--source", id]);
+    }
+    let mut outputs = Vec::new();
+    for args in &commands {
+        let out = sluice_cmd(args, &config, 60)
+            .env("SLUICE_LOG", "trace")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            leaks(&text).is_none(),
+            "`sluice {}` shows {:?}:\n{text}",
+            args.join(" "),
+            leaks(&text)
+        );
+        outputs.push(text);
+    }
+    assert!(outputs[0].contains("DEBUG"), "the verbose logs were searched too");
+
+    // Each source ran: the console's shapes worked, the others failed naming the field.
+    let store = sluice_local::EmbeddedStore::open(&dir.join("store.db")).await.unwrap();
+    let expected_field = |id: &str| match id {
+        "fraction_pw" => "`password`: expected a string, got a number with a fraction",
+        "list_pw" => "`password`: expected a string",
+        "object_user" => "`username`: expected a string",
+        "port_text" => "`port`: expected u16",
+        "tls_text" => "`tls`: expected one of",
+        "tunnel_cut" => "`ssh_tunnel`: expected an object, or the object's JSON in a string; the string is not JSON",
+        "tunnel_pem_cut" => "ssh_tunnel.private_key cannot be read",
+        "tunnel_port_text" => "`ssh_tunnel`: expected an object; in it, `port`: expected u16",
+        "tunnel_pass_list" => "`ssh_tunnel`: expected an object; in it, `passphrase`: expected a string",
+        "sa_bad_key" => "service_account.private_key is not",
+        "sa_key_number" => "`service_account.private_key`: expected a string",
+        "sa_not_json" => {
+            "`service_account`: expected an object, or the object's JSON in a string; the string is not JSON"
+        }
+        "sf_key_cut" => "private_key is not",
+        other => panic!("{other} works"),
+    };
+    for (id, _, _, works) in &secrets {
+        let runs = store.list_runs(id, 50, None).await.unwrap();
+        assert!(!runs.is_empty(), "{id} ran");
+        let log = serde_json::to_string(&runs).unwrap();
+        assert!(leaks(&log).is_none(), "the run log of {id} holds {:?}", leaks(&log));
+        let message = runs[0].message.clone().unwrap_or_default();
+        if *works {
+            assert_eq!(runs[0].status, sluice_core::RunStatus::Succeeded, "{id}: {message}");
+        } else {
+            assert_eq!(runs[0].status, sluice_core::RunStatus::Failed, "{id}");
+            assert!(message.contains(expected_field(id)), "{id}: {message}");
+        }
+    }
+    // The destination's write key is not a string: the delivery says so, and nothing was
+    // sent with it.
+    assert!(
+        outputs[0].contains("secret `cio_bad`") && outputs[0].contains("write_key"),
+        "{}",
+        outputs[0]
+    );
+    assert!(
+        receiver.by_message_id().is_empty(),
+        "nothing was delivered with a malformed key"
+    );
+    let deliveries = store.list_deliveries("numeric_pw", None, 100, None).await.unwrap();
+    let log = serde_json::to_string(&deliveries).unwrap();
+    assert!(leaks(&log).is_none(), "the delivery log holds {:?}", leaks(&log));
+}

@@ -14,8 +14,27 @@ use sluice_tests::*;
 
 const PASSWORD: &str = "pw-fuzz-never-in-an-answer-7d1e";
 
+/// The functions are built with `panic = "abort"` (Cargo.toml's release profile): a
+/// panic ends the process, and with it every request in flight. The tests' build
+/// unwinds instead (libtest needs it), and a panic in a handler's task would only
+/// drop one connection; this hook makes any panic end the test process as it ends a
+/// function, so that one panicking request fails the test, whatever answered it.
+/// The test's own assertions (on its own thread) still fail it the usual way.
+fn abort_on_panic_as_deployed() {
+    let report = std::panic::take_hook();
+    let test_thread = std::thread::current().id();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        if std::thread::current().id() != test_thread {
+            eprintln!("a panic ends a function built with panic = \"abort\": aborting");
+            std::process::abort();
+        }
+    }));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_generated_requests_get_no_5xx_and_every_400_names_its_field() {
+    abort_on_panic_as_deployed();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let schemathesis = root.join(".venv-fuzz/bin/schemathesis");
     assert!(
@@ -113,6 +132,7 @@ async fn a_thousand_generated_requests_get_no_5xx_and_every_400_names_its_field(
 /// a 4xx naming the field, and nothing stored changes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_requests_get_a_4xx_naming_the_field_and_change_nothing() {
+    abort_on_panic_as_deployed();
     let (gateway, config) = LocalGateway::functions_over(&sdk().await).await;
     let db = Database::new(sluice_core::Engine::Postgres).await;
     db.create_sales(10).await;
@@ -293,7 +313,37 @@ async fn hostile_requests_get_a_4xx_naming_the_field_and_change_nothing() {
             400,
             "frequency_minutes",
         ),
+        // Each of these once panicked, which ends a function built with panic = "abort".
+        (
+            post.clone(),
+            format!("/sources/{id}/backfills"),
+            Some(serde_json::json!({"start": "2024-01-01", "end": "2024-02-01", "chunk": "1€"})),
+            400,
+            "chunk",
+        ),
     ];
+    let cases = cases.into_iter().chain(
+        [
+            "SELECT '\u{E000}' AS reference, user_id AS member_id FROM sales WHERE updated_at >= {{ last_update_time }}",
+            "SELECT id AS reference FROM sales WHERE updated_at >= {{ last_update_time|replace(\"0\",\"9\") }}",
+            "SELECT id AS reference FROM sales WHERE updated_at >= {{ last_update_time[1:3] }}",
+            "SELECT id AS reference FROM sales WHERE updated_at >= {{ upper_date_limit|first }}",
+            "SELECT 1 {% for a in 'x' * 99999 %}{% for b in 'x' * 99999 %}{% endfor %}{% endfor %} WHERE d >= {{ last_update_time }}",
+        ]
+        .into_iter()
+        .flat_map(|query| {
+            [
+                (post.clone(), "/sources".to_string(), Some(with("query", query.into())), 400, "query"),
+                (
+                    post.clone(),
+                    format!("/sources/{id}/test-query"),
+                    Some(serde_json::json!({"source": source(&|b| b["query"] = query.into())})),
+                    400,
+                    "query",
+                ),
+            ]
+        }),
+    );
     let mut wrong = Vec::new();
     for (method, path, body, status, field) in cases {
         let shown = format!("{method} {}", &path[..path.len().min(60)]);

@@ -1,8 +1,9 @@
 //! The test query: what a source would import, run read-only against PostgreSQL, with
 //! nothing written.
 
-use sluice_core::{Engine, RunStatus, Trigger};
+use sluice_core::{Engine, PreviewLimits, RunStatus, Trigger};
 use sluice_tests::*;
+use sqlx::Connection;
 
 /// Sales whose third row has no member id: a row the run would reject.
 const QUERY: &str = "SELECT id AS reference, CASE WHEN id = 3 THEN NULL ELSE user_id END AS member_id,
@@ -109,4 +110,89 @@ async fn sluice_preview_prints_the_test_query() {
         "{text}"
     );
     assert_eq!(open_local_store(&config).await.count_records(&id).await.unwrap(), 0);
+}
+
+/// The test query of `src` with `limits`, as the API runs it.
+async fn capped(src: &sluice_core::SourceConfig, db: &Database, limits: PreviewLimits) -> sluice_core::Preview {
+    let secrets = sluice_local::FileSecrets::new(secrets_for(src, db));
+    sluice_core::preview::preview(&sluice_sources::SqlReader, &secrets, src, None, None, limits).await
+}
+
+/// API Gateway gives up after 29 s: the test query stops at its time limit, with an
+/// answer that says so, and the database's backend is gone too, not left sleeping.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_test_query_stops_at_its_time_limit_and_the_database_stops_with_it() {
+    let db = Database::new(Engine::Postgres).await;
+    db.create_sales(5).await;
+    let marker = unique("slow");
+    let src = source(
+        &unique("preview"),
+        &db,
+        &format!(
+            "SELECT id AS reference, user_id AS member_id, user_name AS member_name, team AS team_name, date, amount
+             FROM sales CROSS JOIN pg_sleep(120) AS s
+             WHERE '{marker}' <> '' AND updated_at >= {{{{ last_update_time }}}} AND updated_at < {{{{ upper_date_limit }}}}"
+        ),
+    );
+    assert!(
+        src.query_timeout_seconds >= 60,
+        "the source's own timeout is far longer"
+    );
+    let p = capped(
+        &src,
+        &db,
+        PreviewLimits {
+            time: Some(std::time::Duration::from_secs(2)),
+            rows: 100_000,
+        },
+    )
+    .await;
+    assert_eq!(p.row_count, 0);
+    assert_eq!(p.errors.len(), 1, "{:?}", p.errors);
+    assert!(
+        p.errors[0].starts_with("the test query stopped at its time limit of 2 s"),
+        "{:?}",
+        p.errors
+    );
+
+    // The backend that ran the query is gone from pg_stat_activity: the statement was
+    // cancelled, not left to sleep out its 120 s.
+    let mut admin = sqlx::PgConnection::connect(db.pg_url()).await.unwrap();
+    let running = || {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%' || $1 || '%' AND pid <> pg_backend_pid() AND state = 'active'",
+        )
+        .bind(marker.clone())
+    };
+    let mut left = i64::MAX;
+    for _ in 0..100 {
+        left = running().fetch_one(&mut admin).await.unwrap();
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(left, 0, "the sleeping query still runs on the server");
+}
+
+/// The count stops at the row cap and the answer says so; under the cap it is exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_test_query_counts_up_to_its_row_cap_and_says_the_count_stopped() {
+    let db = Database::new(Engine::Postgres).await;
+    db.create_sales(30).await;
+    let src = source(&unique("preview"), &db, QUERY);
+    let limits = |rows| PreviewLimits { time: None, rows };
+    let p = capped(&src, &db, limits(10)).await;
+    assert_eq!((p.row_count, p.row_count_capped), (10, true));
+    assert!(
+        p.warnings.iter().any(|w| w.contains("stopped at 10 rows")),
+        "{:?}",
+        p.warnings
+    );
+    assert_eq!((p.records.len(), p.rows_rejected), (9, 1));
+    let json = serde_json::to_value(&p).unwrap();
+    assert_eq!(json["row_count_capped"], true);
+    let p = capped(&src, &db, limits(30)).await;
+    assert_eq!((p.row_count, p.row_count_capped), (30, false));
+    assert!(p.warnings.is_empty(), "{:?}", p.warnings);
 }

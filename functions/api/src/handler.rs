@@ -183,9 +183,7 @@ fn source_input(admin: &SourceAdmin, mut body: Json, path_id: Option<&str>) -> R
     };
     let connection = match object.remove("connection") {
         None | Some(Json::Null) => None,
-        Some(c) => Some(
-            serde_json::from_value::<ConnectionSecret>(c).map_err(|e| FieldError::new("connection", e.to_string()))?,
-        ),
+        Some(c) => Some(ConnectionSecret::from_value(c).map_err(|e| FieldError::new("connection", e))?),
     };
     if let (Some(path_id), Some(Json::String(body_id))) = (path_id, object.get("id"))
         && body_id != path_id

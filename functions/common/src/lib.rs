@@ -12,7 +12,7 @@ use sluice_aws::{
 };
 use sluice_core::backfiller::BackfillSettings;
 use sluice_core::delivery::{DeliverySettings, SendError};
-use sluice_core::{Backfiller, Deliverer, SourceAdmin, SyncService, SyncSettings, SystemClock};
+use sluice_core::{Backfiller, Deliverer, PreviewLimits, SourceAdmin, SyncService, SyncSettings, SystemClock};
 use sluice_destinations::HttpSender;
 use sluice_sources::SqlReader;
 
@@ -28,6 +28,14 @@ pub enum EnvError {
     Missing(&'static str),
     #[error("{name} must be whole seconds, got {value:?}")]
     NotSeconds { name: &'static str, value: String },
+    #[error("{name} must be a whole number, got {value:?}")]
+    NotWhole { name: &'static str, value: String },
+    #[error("{name} is {value} but must be {bound}")]
+    OutOfRange {
+        name: &'static str,
+        value: u64,
+        bound: &'static str,
+    },
 }
 
 fn var(name: &'static str) -> Result<String, EnvError> {
@@ -96,6 +104,33 @@ pub struct ApiConfig {
     pub schedules: ScheduleTarget,
     /// `SLUICE_SECRETS_PREFIX`: secrets the API creates are named `{prefix}{source_id}`.
     pub secrets_prefix: String,
+    /// `SLUICE_TEST_QUERY_SECONDS` (default 25, at most 28: API Gateway gives up after
+    /// 29 s) and `SLUICE_TEST_QUERY_MAX_ROWS` (default 100,000).
+    pub test_query: PreviewLimits,
+}
+
+/// The test query's time limit: the answer must reach API Gateway before its 29 s
+/// integration timeout, or the caller gets a 504 while the database keeps working.
+const TEST_QUERY_SECONDS: u64 = 25;
+const GATEWAY_SECONDS: u64 = 29;
+
+fn test_query_limits() -> Result<PreviewLimits, EnvError> {
+    let time = seconds("SLUICE_TEST_QUERY_SECONDS", TEST_QUERY_SECONDS)?;
+    if time.is_zero() || time.as_secs() >= GATEWAY_SECONDS {
+        return Err(EnvError::OutOfRange {
+            name: "SLUICE_TEST_QUERY_SECONDS",
+            value: time.as_secs(),
+            bound: "from 1 to 28 (API Gateway answers 504 after 29 s)",
+        });
+    }
+    let rows = match std::env::var("SLUICE_TEST_QUERY_MAX_ROWS") {
+        Ok(value) => value.parse().map_err(|_| EnvError::NotWhole {
+            name: "SLUICE_TEST_QUERY_MAX_ROWS",
+            value,
+        })?,
+        Err(_) => PreviewLimits::default().rows,
+    };
+    Ok(PreviewLimits { time: Some(time), rows })
 }
 
 impl ApiConfig {
@@ -109,6 +144,7 @@ impl ApiConfig {
                 dead_letter_arn: std::env::var("SLUICE_SCHEDULE_DLQ_ARN").ok(),
             },
             secrets_prefix: std::env::var("SLUICE_SECRETS_PREFIX").unwrap_or_else(|_| "sluice/".into()),
+            test_query: test_query_limits()?,
         })
     }
 }
@@ -133,6 +169,7 @@ pub fn source_admin(sdk: &aws_config::SdkConfig, config: &ApiConfig) -> SourceAd
         )),
         config.secrets_prefix.clone(),
     )
+    .with_test_query_limits(config.test_query)
 }
 
 /// Builds the clients and the sync service once, at init.

@@ -14,7 +14,7 @@ use crate::ports::{
     Clock, Schedule, ScheduleError, Schedules, SecretWriter, Secrets, SecretsError, SourceReader, SourceState, Store,
     StoreError, SystemClock, WriteKey,
 };
-use crate::preview::Preview;
+use crate::preview::{Preview, PreviewLimits};
 use crate::run::Run;
 use crate::source::{ConnectionSecret, FieldError, SourceConfig};
 use crate::window::Window;
@@ -124,6 +124,7 @@ pub struct SourceAdmin {
     clock: Arc<dyn Clock>,
     /// Secrets that Sluice creates are named `{secret_prefix}{source_id}`.
     secret_prefix: String,
+    test_query_limits: PreviewLimits,
 }
 
 impl SourceAdmin {
@@ -143,7 +144,14 @@ impl SourceAdmin {
             schedules,
             clock: Arc::new(SystemClock),
             secret_prefix: secret_prefix.into(),
+            test_query_limits: PreviewLimits::default(),
         }
+    }
+
+    /// Caps the test query (the API's answer must beat API Gateway's 29 s).
+    pub fn with_test_query_limits(mut self, limits: PreviewLimits) -> Self {
+        self.test_query_limits = limits;
+        self
     }
 
     /// Reads time through `clock` instead of the system's.
@@ -259,7 +267,8 @@ impl SourceAdmin {
                 (&state.config, &*self.secrets)
             }
         };
-        Ok(crate::preview::preview(&*self.reader, secrets, config, state.as_ref(), request.window).await)
+        let limits = self.test_query_limits;
+        Ok(crate::preview::preview(&*self.reader, secrets, config, state.as_ref(), request.window, limits).await)
     }
 
     /// A page of the source's delivery states, only those of `status` when given.

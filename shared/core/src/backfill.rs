@@ -60,7 +60,9 @@ pub fn parse_chunk(text: &str) -> Result<Duration, FieldError> {
         )
     };
     let text = text.trim();
-    let (digits, unit) = text.split_at(text.len().saturating_sub(1));
+    // The unit is the last character, which may be more than one byte ("1€").
+    let unit_len = text.chars().next_back().map_or(0, char::len_utf8);
+    let (digits, unit) = text.split_at(text.len() - unit_len);
     let n: i64 = digits.parse().map_err(|_| malformed())?;
     let chunk = match unit {
         "m" => Duration::try_minutes(n),
@@ -446,7 +448,10 @@ mod tests {
         assert_eq!(parse_chunk("15m").unwrap(), Duration::minutes(15));
         assert_eq!(parse_chunk("6h").unwrap(), Duration::hours(6));
         assert_eq!(parse_chunk("7d").unwrap(), Duration::days(7));
-        for bad in ["", "d", "1w", "1.5d", "-1d", "0h", "1 d x", "999d"] {
+        // Multi-byte last characters once split a character in two and panicked.
+        for bad in [
+            "", "d", "1w", "1.5d", "-1d", "0h", "1 d x", "999d", "1€", "€", "1d€", "7дн",
+        ] {
             let e = parse_chunk(bad).unwrap_err();
             assert_eq!(e.field, "chunk", "{bad}");
         }

@@ -12,6 +12,7 @@ pub mod ports;
 pub mod preview;
 pub mod record;
 pub mod run;
+pub mod secret_json;
 pub mod source;
 pub mod stored;
 pub mod sync;
@@ -28,7 +29,7 @@ pub use cadence::Cadence;
 pub use delivery::{CallSender, Deliverer, DeliveryReport, DeliveryState, DeliveryStatus, Outgoing};
 pub use mapping::{Mapped, MappingError, RowMapper};
 pub use ports::*;
-pub use preview::Preview;
+pub use preview::{Preview, PreviewLimits};
 pub use record::{Member, Record, RecordBatch, Reject};
 pub use run::{Run, RunStatus, Trigger, Warning};
 pub use source::{

@@ -2,7 +2,7 @@
 //! writing anything. Renders the template for the next window (or a given one), runs it
 //! read-only, counts the rows, and shows the first ones as the records they would become.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
@@ -18,8 +18,29 @@ use crate::template::{Bind, TemplateError};
 use crate::value::Value;
 use crate::window::{Window, next_start};
 
-/// Records a preview shows; the count covers every row.
+/// Records a preview shows; the count covers every row up to [`PreviewLimits::rows`].
 pub const PREVIEW_RECORDS: usize = 20;
+
+/// How far a test query goes: whoever waits for it (API Gateway gives up after 29 s)
+/// must get an answer, and the database must not keep working for nobody.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PreviewLimits {
+    /// The whole test query's time, connecting included; the session's statement
+    /// timeout is at most this too, so the database stops the query as well. `None`:
+    /// the source's own `query_timeout_seconds`.
+    pub time: Option<Duration>,
+    /// Rows counted at most; the count stops there and says so.
+    pub rows: u64,
+}
+
+impl Default for PreviewLimits {
+    fn default() -> Self {
+        PreviewLimits {
+            time: None,
+            rows: 100_000,
+        }
+    }
+}
 
 /// What a query would import. `errors` lists everything that would fail the run or
 /// reject rows; nothing is written anywhere.
@@ -32,6 +53,8 @@ pub struct Preview {
     pub binds: Vec<serde_json::Value>,
     pub columns: Vec<String>,
     pub row_count: u64,
+    /// The count stopped at the row cap: the query returns more rows than `row_count`.
+    pub row_count_capped: bool,
     /// The first rows as records: key and fields.
     pub records: Vec<PreviewRecord>,
     pub rows_rejected: u64,
@@ -64,15 +87,16 @@ pub struct PreviewRecord {
     pub fields: serde_json::Map<String, serde_json::Value>,
 }
 
-/// Runs the test query of `config` (saved or not) at `now`. The window is `window` when
-/// given, else the next run's: from the stored watermark (less the lookback) of `state`,
-/// or the first run's start, up to the database's clock.
+/// Runs the test query of `config` (saved or not) within `limits`. The window
+/// is `window` when given, else the next run's: from the stored watermark (less the
+/// lookback) of `state`, or the first run's start, up to the database's clock.
 pub async fn preview(
     reader: &dyn SourceReader,
     secrets: &dyn Secrets,
     config: &SourceConfig,
     state: Option<&SourceState>,
     window: Option<Window>,
+    limits: PreviewLimits,
 ) -> Preview {
     let began = Instant::now();
     let mut p = Preview {
@@ -85,6 +109,7 @@ pub async fn preview(
         binds: Vec::new(),
         columns: Vec::new(),
         row_count: 0,
+        row_count_capped: false,
         records: Vec::new(),
         rows_rejected: 0,
         rejects: Vec::new(),
@@ -94,8 +119,27 @@ pub async fn preview(
         ssh_host_key: None,
         login: None,
     };
-    if let Err(e) = run(&mut p, reader, secrets, config, state, window).await {
-        p.errors.push(e.to_string());
+    // The database stops the statement at the time limit too: a session dropped
+    // mid-query does not stop every engine's work (PostgreSQL notices only when it next
+    // writes to the socket).
+    let mut limited = config.clone();
+    if let Some(time) = limits.time {
+        let seconds = u32::try_from(time.as_secs().max(1)).unwrap_or(u32::MAX);
+        limited.query_timeout_seconds = limited.query_timeout_seconds.min(seconds);
+    }
+    let work = run(&mut p, reader, secrets, &limited, state, window, limits.rows);
+    let outcome = match limits.time {
+        Some(time) => tokio::time::timeout(time, work).await.map_err(|_| time),
+        None => Ok(work.await),
+    };
+    match outcome {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => p.errors.push(e.to_string()),
+        Err(time) => p.errors.push(format!(
+            "the test query stopped at its time limit of {} s, and the database's work with it; the counts are those reached by then. A run has the source's query_timeout_seconds ({} s): make the query faster (an index on the date column) or test a shorter window",
+            time.as_secs(),
+            config.query_timeout_seconds,
+        )),
     }
     p.duration_ms = began.elapsed().as_millis() as u64;
     p
@@ -128,6 +172,9 @@ impl From<TemplateError> for PreviewError {
     }
 }
 
+// The request's parts, as the services pass them; a struct for them would be one more
+// name for the same eight things.
+#[allow(clippy::too_many_arguments)]
 async fn run(
     p: &mut Preview,
     reader: &dyn SourceReader,
@@ -135,6 +182,7 @@ async fn run(
     config: &SourceConfig,
     state: Option<&SourceState>,
     window: Option<Window>,
+    max_rows: u64,
 ) -> Result<(), PreviewError> {
     config.validate()?;
     let recorded = state
@@ -190,6 +238,14 @@ async fn run(
     let mut mapper = LazyMapper::new(config.sync_type, &p.columns)?;
     let mut rows = session.stream(&query);
     while let Some(row) = rows.next().await {
+        if p.row_count == max_rows {
+            // Dropping the stream ends the query: the database stops sending.
+            p.row_count_capped = true;
+            p.warnings.push(format!(
+                "the count stopped at {max_rows} rows: the window holds more; a run reads them all (up to the row limit of the source)"
+            ));
+            break;
+        }
         let row = row?;
         p.row_count += 1;
         if p.columns.is_empty() {

@@ -5,6 +5,8 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::secret_json;
+
 /// The engine a source runs on. It decides the bind-parameter style and the driver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -348,9 +350,11 @@ pub struct ConnectionSecret {
     /// Database name; for SQLite, the file path; for Oracle, the service name; for
     /// BigQuery, the project that runs the query jobs.
     pub database: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "secret_json::text_or_whole_number")]
     pub username: Option<String>,
-    #[serde(default)]
+    /// YAML and the console may make a password of digits a number: a whole number is
+    /// taken as its text.
+    #[serde(default, deserialize_with = "secret_json::text_or_whole_number")]
     pub password: Option<String>,
     #[serde(default)]
     pub tls: TlsMode,
@@ -358,7 +362,9 @@ pub struct ConnectionSecret {
     #[serde(default)]
     pub ca_cert: Option<String>,
     /// An SSH bastion in front of the database: the connection goes through a tunnel.
-    #[serde(default)]
+    /// An object, or (as the Secrets Manager console stores nested values) the object's
+    /// JSON in a string.
+    #[serde(default, deserialize_with = "secret_json::object_or_json_string")]
     pub ssh_tunnel: Option<SshTunnel>,
     /// The engine's own fields (Snowflake's `account`, BigQuery's `service_account`,
     /// ...): the engine's module reads and checks them, and refuses any it does not take.
@@ -379,7 +385,7 @@ pub struct SshTunnel {
     /// OpenSSH format.
     pub private_key: String,
     /// The passphrase of an encrypted key.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "secret_json::text_or_whole_number")]
     pub passphrase: Option<String>,
     /// The bastion's public host key as one `known_hosts`/`.pub` line (`ssh-ed25519
     /// AAAA...`); the tunnel is refused when the server shows another. Without it the
@@ -420,6 +426,9 @@ impl fmt::Debug for ConnectionSecret {
     }
 }
 
+/// Engine fields whose value is a JSON object, which the console may store as a string.
+const OBJECT_OPTIONS: [&str; 1] = ["service_account"];
+
 /// Option fields whose values are credentials, whatever the engine.
 fn is_credential(name: &str) -> bool {
     ["password", "passphrase", "private_key", "token", "secret"]
@@ -443,13 +452,31 @@ fn credentials<'a>(name: &str, value: &'a serde_json::Value, out: &mut Vec<&'a s
 impl ConnectionSecret {
     /// Parses the secret's JSON; the error names the field, never a value.
     pub fn from_json(text: &str) -> Result<Self, FieldError> {
-        serde_json::from_str(text).map_err(|e| {
-            // serde_json's messages name fields and types, not the values of strings.
+        // serde_json's syntax errors give a position, never the text.
+        let value = serde_json::from_str(text).map_err(|e| {
             FieldError::new(
                 "secret",
-                format!(
-                    "{e}; expected {{\"engine\",\"host\",\"port\",\"database\",\"username\",\"password\",\"tls\"}}"
-                ),
+                format!("is not JSON (line {} column {})", e.line(), e.column()),
+            )
+        })?;
+        Self::from_value(value).map_err(|reason| FieldError::new("secret", reason))
+    }
+
+    /// Reads a secret's JSON document: the error names the field and the kind of value
+    /// expected, never a value (it may be the password). Engine fields that hold a JSON
+    /// object (BigQuery's `service_account`) are parsed when the console stored them as
+    /// a string, so their keys are known as credentials.
+    pub fn from_value(mut value: serde_json::Value) -> Result<Self, String> {
+        for field in OBJECT_OPTIONS {
+            if let Some(slot) = value.get_mut(field)
+                && let serde_json::Value::String(text) = slot
+            {
+                *slot = secret_json::parse_json_string(text).map_err(|e| format!("`{field}`: {e}"))?;
+            }
+        }
+        secret_json::from_value(value).map_err(|e| {
+            format!(
+                "{e}; a connection secret is {{\"engine\",\"host\",\"port\",\"database\",\"username\",\"password\",\"tls\"}} and the engine's fields"
             )
         })
     }

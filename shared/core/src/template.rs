@@ -76,7 +76,36 @@ pub enum TemplateError {
          parameter, so write it without quotes: `date >= {{{{ {name} }}}}`"
     )]
     QuotedVariable { name: String, line: usize },
+    #[error(
+        "the query holds the character U+E000 on line {line}; Sluice reserves this private-use \
+         character to mark where the window variables go: remove it, or write it in SQL as \
+         an escape (such as U&'\\E000' or NCHAR(57344))"
+    )]
+    ReservedCharacter { line: usize },
+    #[error(
+        "a window variable is changed in the template on line {line} (a filter, a slice or an \
+         expression such as `{{{{ last_update_time|replace(...) }}}}`); it is sent as a bind \
+         parameter, so write it alone, as `{{{{ last_update_time }}}}`, and convert it in SQL"
+    )]
+    ChangedVariable { line: usize },
+    #[error(
+        "the template does too much work when rendered (more than {FUEL} steps: loops within \
+         loops); a query template needs no more than a few loops over short lists"
+    )]
+    TooMuchWork,
+    #[error(
+        "the template renders to more than {MAX_RENDERED_BYTES} bytes of SQL (loops or \
+         repetition); shorten it"
+    )]
+    TooLong,
 }
+
+/// Steps of the template engine a render may take: far more than any real query needs,
+/// and few enough that a template of nested loops ends within milliseconds.
+pub const FUEL: u64 = 200_000;
+
+/// The most SQL a template may render to: ten times the longest query a source takes.
+pub const MAX_RENDERED_BYTES: usize = 10 * crate::source::MAX_QUERY_CHARS;
 
 /// A compiled query template.
 #[derive(Debug)]
@@ -92,8 +121,20 @@ const MARK: char = '\u{E000}';
 impl QueryTemplate {
     /// Compiles `source`, refusing syntax errors and unknown variables.
     pub fn compile(source: &str) -> Result<Self, TemplateError> {
+        if source.contains(MARK) {
+            return Err(TemplateError::ReservedCharacter {
+                line: line_of(source, &MARK.to_string()),
+            });
+        }
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::Strict);
+        // Templates come from API callers: a render must end soon and stay small.
+        env.set_fuel(Some(FUEL));
+        // Filters that pad to a width the template chooses can allocate gigabytes in
+        // one step, which neither fuel nor the output limit sees.
+        for filter in ["indent", "center", "format"] {
+            env.remove_filter(filter);
+        }
         env.add_template_owned(TEMPLATE, source.to_string())
             .map_err(syntax_error)?;
         let variables = env
@@ -125,23 +166,49 @@ impl QueryTemplate {
         to: DateTime<Utc>,
     ) -> Result<RenderedQuery, TemplateError> {
         let marker = |i: usize| format!("{MARK}{i}{MARK}");
-        let text = self
-            .env
+        let mut out = Limited(Vec::new());
+        self.env
             .get_template(TEMPLATE)
             .and_then(|t| {
-                t.render(minijinja::context! {
-                    last_update_time => marker(0),
-                    upper_date_limit => marker(1),
-                    last_sync_time => marker(2),
-                })
+                t.render_captured_to(
+                    minijinja::context! {
+                        last_update_time => marker(0),
+                        upper_date_limit => marker(1),
+                        last_sync_time => marker(2),
+                    },
+                    &mut out,
+                )
             })
-            .map_err(syntax_error)?;
+            .map_err(|e| match e.kind() {
+                minijinja::ErrorKind::OutOfFuel => TemplateError::TooMuchWork,
+                minijinja::ErrorKind::WriteFailure => TemplateError::TooLong,
+                _ => syntax_error(e),
+            })?;
+        // The template is UTF-8 and so is what it renders; a lossy read cannot lose text.
+        let text = String::from_utf8_lossy(&out.0);
         let values = [
             Bind::Timestamp(from),
             Bind::Timestamp(to),
             Bind::UnixSeconds(from.timestamp()),
         ];
         substitute(&text, style, &values)
+    }
+}
+
+/// The rendered SQL, refusing to grow past [`MAX_RENDERED_BYTES`].
+struct Limited(Vec<u8>);
+
+impl std::io::Write for Limited {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.0.len() + buf.len() > MAX_RENDERED_BYTES {
+            return Err(std::io::Error::other("the rendered query is too long"));
+        }
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -179,12 +246,13 @@ fn substitute(text: &str, style: PlaceholderStyle, values: &[Bind; 3]) -> Result
     let mut chars = text.char_indices().peekable();
     while let Some((at, c)) = chars.next() {
         if c == MARK {
-            let inner = at + MARK.len_utf8();
-            let end = text[inner..].find(MARK).expect("markers come in pairs") + inner;
-            let index: usize = text[inner..end].parse().expect("marker holds an index");
-            while chars.peek().is_some_and(|&(i, _)| i <= end) {
-                chars.next();
-            }
+            // The source holds no MARK (compile refuses it), so a MARK here is a variable's
+            // marker, whole (MARK, index, MARK) unless a filter, slice or expression took
+            // it apart or changed its index.
+            let index = match (chars.next(), chars.next()) {
+                (Some((_, digit @ '0'..='2')), Some((_, MARK))) => usize::from(digit as u8 - b'0'),
+                _ => return Err(TemplateError::ChangedVariable { line }),
+            };
             let name = VARIABLES[index];
             match state {
                 Lex::Code => {
@@ -402,6 +470,51 @@ mod tests {
         assert_eq!(q.binds, vec![Bind::Timestamp(from)]);
         let e = QueryTemplate::compile("SELECT $q$ {{ last_update_time }} $q$").unwrap();
         assert!(e.render(PlaceholderStyle::Dollar, from, to).is_err());
+    }
+
+    /// Each of these once panicked (a process with `panic = "abort"` ends): now each is
+    /// an error that names the cause.
+    #[test]
+    fn no_template_panics_each_bad_one_says_why() {
+        let (from, to) = window();
+        let render = |q: &str| QueryTemplate::compile(q).and_then(|t| t.render(PlaceholderStyle::Dollar, from, to));
+        let e = render("SELECT '\u{E000}' WHERE d >= {{ last_update_time }}").unwrap_err();
+        assert_eq!(e, TemplateError::ReservedCharacter { line: 1 });
+        assert!(e.to_string().contains("U+E000"), "{e}");
+        for changed in [
+            "SELECT 1 WHERE d >= {{ last_update_time|replace(\"0\",\"9\") }}",
+            "SELECT 1 WHERE d >= {{ last_update_time[1:3] }}",
+            "SELECT 1 WHERE d >= {{ last_update_time[0] }}",
+            "SELECT 1 WHERE d >= {{ last_update_time[:-1] }}",
+            "SELECT 1\nWHERE d >= {{ upper_date_limit|first }}",
+            "SELECT 1 WHERE d >= {{ last_sync_time|reverse|join('x') }}",
+        ] {
+            let e = render(changed).unwrap_err();
+            assert!(matches!(e, TemplateError::ChangedVariable { .. }), "{changed}: {e:?}");
+            assert!(e.to_string().contains("write it alone"), "{e}");
+        }
+    }
+
+    #[test]
+    fn nested_loops_run_out_of_fuel_and_long_output_is_refused() {
+        let (from, to) = window();
+        let render = |q: &str| QueryTemplate::compile(q).and_then(|t| t.render(PlaceholderStyle::Dollar, from, to));
+        let e = render(
+            "SELECT 1 {% for a in 'x' * 100000 %}{% for b in 'x' * 100000 %}{% for c in 'x' * 100000 %}{% endfor %}{% endfor %}{% endfor %}",
+        )
+        .unwrap_err();
+        assert_eq!(e, TemplateError::TooMuchWork);
+        assert!(e.to_string().contains("loops"), "{e}");
+        let e = render("SELECT '{{ 'x' * 2000000 }}'").unwrap_err();
+        assert_eq!(e, TemplateError::TooLong);
+        let e = render("SELECT '{{ 'x'|indent(4000000000) }}'").unwrap_err();
+        assert!(matches!(e, TemplateError::Syntax { .. }), "{e:?}");
+        // A few short loops, as a real query has, render.
+        let q = render(
+            "SELECT {% for c in ['a', 'b', 'c'] %}{{ c }}, {% endfor %}1 FROM t WHERE d >= {{ last_update_time }}",
+        )
+        .unwrap();
+        assert_eq!(q.sql, "SELECT a, b, c, 1 FROM t WHERE d >= $1");
     }
 
     #[test]

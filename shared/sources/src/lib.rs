@@ -49,7 +49,8 @@ fn config_error(message: impl Into<String>) -> SourceError {
 /// The engine's own fields of `secret` as `T` (a struct that denies unknown fields).
 #[cfg(feature = "web")]
 pub(crate) fn options<T: serde::de::DeserializeOwned>(secret: &ConnectionSecret) -> Result<T, SourceError> {
-    serde_json::from_value(serde_json::Value::Object(secret.options.clone()))
+    // Never serde's own message: it quotes the value, which may be a key.
+    sluice_core::secret_json::from_value(serde_json::Value::Object(secret.options.clone()))
         .map_err(|e| config_error(format!("the secret's {} fields: {e}", secret.engine)))
 }
 

@@ -39,11 +39,9 @@ pub trait Secrets: Send + Sync {
     /// A connection secret; `Malformed` names the field, never a value.
     async fn connection(&self, secret_id: &str) -> Result<ConnectionSecret, SecretsError> {
         let value = self.value(secret_id).await?;
-        serde_json::from_value(value).map_err(|e| SecretsError::Malformed {
+        ConnectionSecret::from_value(value).map_err(|reason| SecretsError::Malformed {
             id: secret_id.to_string(),
-            reason: format!(
-                "{e}; expected {{\"engine\",\"host\",\"port\",\"database\",\"username\",\"password\",\"tls\"}}"
-            ),
+            reason,
         })
     }
 

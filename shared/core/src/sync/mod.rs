@@ -314,7 +314,15 @@ impl SyncService {
     /// Only when the source's stored state cannot be read.
     pub async fn preview(&self, config: &SourceConfig, window: Option<Window>) -> Result<Preview, StoreError> {
         let state = self.store.get_source(&config.id).await?;
-        let preview = crate::preview::preview(&*self.reader, &*self.secrets, config, state.as_ref(), window).await;
+        let preview = crate::preview::preview(
+            &*self.reader,
+            &*self.secrets,
+            config,
+            state.as_ref(),
+            window,
+            crate::preview::PreviewLimits::default(),
+        )
+        .await;
         if let Some(state) = state.filter(|s| s.same_connection(config)) {
             self.remember_host_key(&state, preview.ssh_host_key.as_deref()).await?;
         }
