@@ -657,6 +657,9 @@ impl SyncService {
         let stats = writer.finish().await?;
         run.rows_written += stats.written;
         run.rows_unchanged += stats.unchanged;
+        for reject in stats.rejects {
+            run.reject(reject);
+        }
         if !members.is_empty() {
             self.store
                 .upsert_members(config.member_id_source(), members.into_values().collect())
