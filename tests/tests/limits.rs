@@ -6,7 +6,7 @@
 //! rejects them. The last test makes moto itself refuse a batch, to prove that the
 //! store splits it down to the row and goes on.
 
-use sluice_core::{Engine, RunStatus, SourceStore as _, Store, SyncType, Trigger};
+use sluice_core::{Engine, RunStatus, SyncType, Trigger};
 use sluice_tests::*;
 
 /// 50 good sales and the bad one in their middle.
@@ -66,7 +66,11 @@ async fn one_bad_row(kind: StoreKind, sync_type: SyncType, query: &str, referenc
     assert!(reject.reason.contains(reason), "{what}: {reject:?}");
     let kept = reject.reference.as_deref().unwrap_or_default();
     assert!(kept.starts_with(reference), "{what}: {kept}");
-    assert!(kept.len() < 300, "{what}: a long reference is cut: {} bytes", kept.len());
+    assert!(
+        kept.len() < 300,
+        "{what}: a long reference is cut: {} bytes",
+        kept.len()
+    );
     assert_eq!(store.count_records(&src.id).await.unwrap(), ROWS as u64 - 1, "{what}");
     let logged = &store.list_runs(&src.id, 1, None).await.unwrap()[0];
     assert_eq!(logged.rejects, run.rejects, "{what}: the run's log keeps the reject");
@@ -97,7 +101,13 @@ async fn on_both(sync_type: SyncType, query: &str, reference: &str, reason: &str
 async fn a_reference_over_1024_bytes() {
     // The issue's own case: moto refused the whole batch, for ever.
     let query = registration(("reference", "repeat('r', 1500)"));
-    on_both(SyncType::Registration, &query, "rrrr", "reference is 1500 bytes, over DynamoDB's 1,024-byte limit").await;
+    on_both(
+        SyncType::Registration,
+        &query,
+        "rrrr",
+        "reference is 1500 bytes, over DynamoDB's 1,024-byte limit",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -123,7 +133,13 @@ async fn a_user_id_over_1024_bytes() {
         ("amount", "amount".into()),
     ]
     .map(|(c, e)| (c.to_string(), e));
-    on_both(SyncType::Identify, &query(&columns), "uuuu", "userId (or anonymousId, or email) is 1200 bytes").await;
+    on_both(
+        SyncType::Identify,
+        &query(&columns),
+        "uuuu",
+        "userId (or anonymousId, or email) is 1200 bytes",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -169,15 +185,30 @@ async fn a_decimal_of_39_significant_digits() {
 
 #[tokio::test]
 async fn a_number_past_the_range_inside_json() {
-    let query = registration(("props", r#"jsonb_build_object('nested', jsonb_build_object('x', 1e300::float8))"#));
-    on_both(SyncType::Registration, &query, "26", "props.nested.x holds 1e300, too large").await;
+    let query = registration((
+        "props",
+        r#"jsonb_build_object('nested', jsonb_build_object('x', 1e300::float8))"#,
+    ));
+    on_both(
+        SyncType::Registration,
+        &query,
+        "26",
+        "props.nested.x holds 1e300, too large",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn json_nested_deeper_than_32_levels() {
     // 32 objects around a value: with the item, 33 levels. moto stores it.
     let query = registration(("props", "(repeat('{\"a\":', 32) || '1' || repeat('}', 32))::jsonb"));
-    on_both(SyncType::Registration, &query, "26", "nested deeper than DynamoDB's 32 levels").await;
+    on_both(
+        SyncType::Registration,
+        &query,
+        "26",
+        "nested deeper than DynamoDB's 32 levels",
+    )
+    .await;
 }
 
 #[tokio::test]
