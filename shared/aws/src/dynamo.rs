@@ -20,8 +20,8 @@ use sluice_core::stored::{
 };
 use sluice_core::{
     BackendError, Backfill, BackfillCreated, BackfillJobs, Cadence, DeliveryLog, DeliveryState, DeliveryStatus,
-    LeaseOutcome, Member, Record, RecordBatch, RecordReader, Reject, RecordWriter, Run, RunLog, SaveOutcome, SourceConfig,
-    SourceState, SourceStore, StoreError, StoredRecord, Value, WriteStats,
+    LeaseOutcome, Member, Record, RecordBatch, RecordReader, RecordWriter, Reject, Run, RunLog, SaveOutcome,
+    SourceConfig, SourceState, SourceStore, StoreError, StoredRecord, Value, WriteStats,
 };
 
 use crate::item::{Item, attribute, n, s, stored_record};
@@ -721,7 +721,10 @@ impl RecordWriter for DynamoStore {
         }
         let refused = self
             .write_each(&self.tables.members, &items, |item| {
-                let put = PutRequest::builder().set_item(Some(item.clone())).build().expect("item set");
+                let put = PutRequest::builder()
+                    .set_item(Some(item.clone()))
+                    .build()
+                    .expect("item set");
                 WriteRequest::builder().put_request(put).build()
             })
             .await?;

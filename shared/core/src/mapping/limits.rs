@@ -312,7 +312,16 @@ mod tests {
         assert_eq!(decimal_shape("1.5E+300"), Some((2, 300)));
         assert_eq!(decimal_shape("0"), Some((0, 0)));
         assert_eq!(decimal_shape("100"), Some((1, 2)));
-        for bad in ["NaN", "Infinity", "", ".", "1e", "1.2.3", "--1", "1e99999999999999999999"] {
+        for bad in [
+            "NaN",
+            "Infinity",
+            "",
+            ".",
+            "1e",
+            "1.2.3",
+            "--1",
+            "1e99999999999999999999",
+        ] {
             assert_eq!(decimal_shape(bad), None, "{bad}");
         }
     }
@@ -320,8 +329,16 @@ mod tests {
     #[test]
     fn numbers_outside_dynamodbs_range_are_refused() {
         let max = "9.9999999999999999999999999999999999999E+125";
-        for ok in [Value::Decimal(max.into()), Value::Decimal("1E-130".into()), Value::Float(1e125), Value::Int(i64::MIN)] {
-            assert!(check(&mapped("k", vec![("n", ok.clone())]), "reference").is_ok(), "{ok:?}");
+        for ok in [
+            Value::Decimal(max.into()),
+            Value::Decimal("1E-130".into()),
+            Value::Float(1e125),
+            Value::Int(i64::MIN),
+        ] {
+            assert!(
+                check(&mapped("k", vec![("n", ok.clone())]), "reference").is_ok(),
+                "{ok:?}"
+            );
         }
         let r = reason(vec![("n", Value::Float(1e300))]);
         assert!(r.starts_with("n holds 1e300, too large"), "{r}");
@@ -363,7 +380,10 @@ mod tests {
     fn keys_and_items_are_measured_in_bytes() {
         let long = "é".repeat(513);
         let r = check(&mapped(&long, vec![]), "reference").unwrap_err();
-        assert!(r.starts_with("reference is 1026 bytes, over DynamoDB's 1,024-byte limit"), "{r}");
+        assert!(
+            r.starts_with("reference is 1026 bytes, over DynamoDB's 1,024-byte limit"),
+            "{r}"
+        );
         assert!(check(&mapped(&"k".repeat(1024), vec![]), "reference").is_ok());
         let budget = MAX_RECORD_BYTES - RECORD_OVERHEAD - 1 - "t".len();
         assert!(check(&mapped("k", vec![("t", Value::Text("x".repeat(budget)))]), "reference").is_ok());
@@ -383,9 +403,17 @@ mod tests {
             team: team.map(str::to_string),
         };
         m.member = Some(member("7", "Ada", Some(&"t".repeat(1025))));
-        assert!(check(&m, "reference").unwrap_err().starts_with("team_name is 1025 bytes"));
+        assert!(
+            check(&m, "reference")
+                .unwrap_err()
+                .starts_with("team_name is 1025 bytes")
+        );
         m.member = Some(member(&"7".repeat(1025), "Ada", None));
-        assert!(check(&m, "reference").unwrap_err().starts_with("member_id is 1025 bytes"));
+        assert!(
+            check(&m, "reference")
+                .unwrap_err()
+                .starts_with("member_id is 1025 bytes")
+        );
         m.member = Some(member("7", &"n".repeat(MAX_RECORD_BYTES), None));
         assert!(check(&m, "reference").unwrap_err().contains("the member's item"));
         m.member = Some(member("7", "Ada", Some("North")));
