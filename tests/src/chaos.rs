@@ -1027,7 +1027,8 @@ const POISON: [(&str, &str, &str); 12] = [
 
 /// Registrations of the sales and of the `poison` table, in one order, the poison rows
 /// spread among the sales.
-const POISON_QUERY: &str = "SELECT * FROM (
+const POISON_QUERY: &str =
+    "SELECT reference, member_id, member_name, team_name, date, amount, props, score, note FROM (
   SELECT id::text AS reference, user_id::text AS member_id, user_name AS member_name, team AS team_name,
          date, amount, NULL::jsonb AS props, NULL::float8 AS score, NULL::text AS note, id::float8 AS pos
   FROM sales WHERE updated_at >= {{ last_update_time }} AND updated_at < {{ upper_date_limit }}
