@@ -130,3 +130,15 @@ async fn creates_whose_answers_were_lost_find_their_own_work() {
         "{outcome:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_rows_are_rejected_one_by_one_and_every_good_row_arrives() {
+    // Fewer sales than the other scenarios: the point is the bad rows, and moto's
+    // Query of wide records is slow on a busy machine.
+    let outcome = chaos::poison_rows(Scale { rows: 500, ..SCALE }).await;
+    outcome.assert_clean();
+    assert!(
+        outcome.scenario.contains("12 rejected with their reason"),
+        "{outcome:?}"
+    );
+}

@@ -20,8 +20,8 @@ use sluice_core::stored::{
 };
 use sluice_core::{
     BackendError, Backfill, BackfillCreated, BackfillJobs, Cadence, DeliveryLog, DeliveryState, DeliveryStatus,
-    LeaseOutcome, Member, Record, RecordBatch, RecordReader, RecordWriter, Run, RunLog, SaveOutcome, SourceConfig,
-    SourceState, SourceStore, StoreError, StoredRecord, Value, WriteStats,
+    LeaseOutcome, Member, Record, RecordBatch, RecordReader, RecordWriter, Reject, Run, RunLog, SaveOutcome,
+    SourceConfig, SourceState, SourceStore, StoreError, StoredRecord, Value, WriteStats,
 };
 
 use crate::item::{Item, attribute, n, s, stored_record};
@@ -198,40 +198,87 @@ impl DynamoStore {
         Ok(out.item)
     }
 
-    /// Writes `requests` in requests of 25, retrying unprocessed items with backoff.
+    /// Writes `requests` in requests of 25 (none comes from a source's row: a request
+    /// DynamoDB refuses fails the call).
     async fn batch_write(&self, table: &str, requests: Vec<WriteRequest>) -> Result<(), StoreError> {
-        let mut requests = requests.into_iter().peekable();
-        while requests.peek().is_some() {
-            let mut pending: Vec<WriteRequest> = requests.by_ref().take(WRITE_BATCH).collect();
-            let mut attempt = 0;
-            while !pending.is_empty() {
-                let out = self
-                    .client
-                    .batch_write_item()
-                    .request_items(table, pending)
-                    .send()
-                    .await
-                    .map_err(sdk("writing records (BatchWriteItem)"))?;
-                pending = out
-                    .unprocessed_items
-                    .and_then(|mut u| u.remove(table))
-                    .unwrap_or_default();
-                if !pending.is_empty() {
-                    attempt += 1;
-                    if attempt >= ATTEMPTS {
-                        return Err(StoreError::backend(
-                            "writing records (BatchWriteItem)",
-                            BackendError::message(format!(
-                                "{} items still unprocessed after {ATTEMPTS} attempts (throttled)",
-                                pending.len()
-                            )),
-                        ));
-                    }
-                    backoff(attempt).await;
+        match self.write_each(table, &requests, WriteRequest::clone).await?.pop() {
+            None => Ok(()),
+            Some((_, reason)) => Err(StoreError::backend(
+                "writing (BatchWriteItem)",
+                BackendError::message(reason),
+            )),
+        }
+    }
+
+    /// Writes one request per item, made by `request`, in requests of 25. A request
+    /// DynamoDB refuses as invalid (a limit mapping did not foresee) is halved until
+    /// the item it refuses is found: the others are written, and that item's index is
+    /// returned with DynamoDB's reason, so one bad row never fails a batch.
+    async fn write_each<T>(
+        &self,
+        table: &str,
+        items: &[T],
+        request: impl Fn(&T) -> WriteRequest,
+    ) -> Result<Vec<(usize, String)>, StoreError> {
+        let mut refused = Vec::new();
+        // Ranges still to write, the next one last.
+        let mut parts: Vec<std::ops::Range<usize>> = (0..items.len())
+            .step_by(WRITE_BATCH)
+            .map(|start| start..(start + WRITE_BATCH).min(items.len()))
+            .rev()
+            .collect();
+        while let Some(part) = parts.pop() {
+            let requests = items[part.clone()].iter().map(&request).collect();
+            match self.send_batch(table, requests).await? {
+                None => {}
+                Some(reason) if part.len() == 1 => refused.push((part.start, reason)),
+                Some(_) => {
+                    let middle = part.start + part.len() / 2;
+                    parts.push(middle..part.end);
+                    parts.push(part.start..middle);
                 }
             }
         }
-        Ok(())
+        Ok(refused)
+    }
+
+    /// Sends one BatchWriteItem, retrying unprocessed items with backoff; DynamoDB's
+    /// reason when it refuses the request as invalid.
+    async fn send_batch(&self, table: &str, mut pending: Vec<WriteRequest>) -> Result<Option<String>, StoreError> {
+        let mut attempt = 0;
+        while !pending.is_empty() {
+            let out = match self
+                .client
+                .batch_write_item()
+                .request_items(table, pending)
+                .send()
+                .await
+            {
+                Ok(out) => out,
+                Err(e) => match e.as_service_error().filter(|s| s.code() == Some("ValidationException")) {
+                    Some(refused) => return Ok(Some(refused.message().unwrap_or("ValidationException").to_string())),
+                    None => return Err(sdk("writing records (BatchWriteItem)")(e)),
+                },
+            };
+            pending = out
+                .unprocessed_items
+                .and_then(|mut u| u.remove(table))
+                .unwrap_or_default();
+            if !pending.is_empty() {
+                attempt += 1;
+                if attempt >= ATTEMPTS {
+                    return Err(StoreError::backend(
+                        "writing records (BatchWriteItem)",
+                        BackendError::message(format!(
+                            "{} items still unprocessed after {ATTEMPTS} attempts (throttled)",
+                            pending.len()
+                        )),
+                    ));
+                }
+                backoff(attempt).await;
+            }
+        }
+        Ok(None)
     }
 
     /// The stored hashes of `records`, by key (eventually consistent: a stale hash
@@ -653,18 +700,23 @@ impl RecordWriter for DynamoStore {
                 !same
             });
         }
-        let requests: Vec<WriteRequest> = records
-            .iter()
-            .map(|r| {
+        let refused = self
+            .write_each(&self.tables.records, &records, |r| {
                 let put = PutRequest::builder()
                     .set_item(Some(Self::record_item(source_id, r)))
                     .build()
                     .expect("item set");
                 WriteRequest::builder().put_request(put).build()
             })
+            .await?;
+        stats.written = (records.len() - refused.len()) as u64;
+        stats.rejects = refused
+            .into_iter()
+            .map(|(i, reason)| Reject {
+                reference: Some(records[i].key.clone()),
+                reason: format!("DynamoDB refused the record: {reason}"),
+            })
             .collect();
-        self.batch_write(&self.tables.records, requests).await?;
-        stats.written = records.len() as u64;
         Ok(stats)
     }
 
@@ -672,12 +724,7 @@ impl RecordWriter for DynamoStore {
         let member_pk = format!("member#{member_id_source}");
         let team_pk = format!("team#{member_id_source}");
         let mut seen = HashSet::new();
-        let mut requests = Vec::new();
-        let put = |item: Item| {
-            WriteRequest::builder()
-                .put_request(PutRequest::builder().set_item(Some(item)).build().expect("item set"))
-                .build()
-        };
+        let mut items: Vec<Item> = Vec::new();
         for m in &members {
             if seen.insert((member_pk.as_str(), m.member_id.clone())) {
                 let mut item = key(("pk", &member_pk), Some(("sk", &m.member_id)));
@@ -685,15 +732,31 @@ impl RecordWriter for DynamoStore {
                 if let Some(team) = &m.team {
                     item.insert("team".into(), AttributeValue::S(team.clone()));
                 }
-                requests.push(put(item));
+                items.push(item);
             }
             if let Some(team) = &m.team
                 && seen.insert((team_pk.as_str(), team.clone()))
             {
-                requests.push(put(key(("pk", &team_pk), Some(("sk", team)))));
+                items.push(key(("pk", &team_pk), Some(("sk", team))));
             }
         }
-        self.batch_write(&self.tables.members, requests).await
+        let refused = self
+            .write_each(&self.tables.members, &items, |item| {
+                let put = PutRequest::builder()
+                    .set_item(Some(item.clone()))
+                    .build()
+                    .expect("item set");
+                WriteRequest::builder().put_request(put).build()
+            })
+            .await?;
+        // Their rows are written; a member or team DynamoDB refuses (mapping checks
+        // their limits, so this is one it did not foresee) is logged, not a reason to
+        // stop the source.
+        for (i, reason) in refused {
+            let sk = s(&items[i], "sk").unwrap_or_default();
+            tracing::warn!(member_or_team = %sluice_core::mapping::cut(&sk, 256), %reason, "DynamoDB refused a member or team item");
+        }
+        Ok(())
     }
 }
 

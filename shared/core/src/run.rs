@@ -3,10 +3,15 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::mapping::cut;
 use crate::record::Reject;
 
 /// How many rejects a run keeps, with their reasons; the count covers all of them.
 pub const KEPT_REJECTS: usize = 20;
+
+/// How much of a rejected row's reference and reason a run keeps.
+pub const KEPT_REFERENCE_BYTES: usize = 256;
+pub const KEPT_REASON_BYTES: usize = 1024;
 
 /// Run logs are kept this long (DynamoDB TTL).
 pub const RUN_RETENTION_DAYS: i64 = 90;
@@ -110,10 +115,15 @@ impl Run {
         }
     }
 
+    /// Counts a rejected row and keeps the first ones, their reference and reason cut
+    /// short: the reject of a 400 KB key must itself fit in the run's log item.
     pub fn reject(&mut self, reject: Reject) {
         self.rows_rejected += 1;
         if self.rejects.len() < KEPT_REJECTS {
-            self.rejects.push(reject);
+            self.rejects.push(Reject {
+                reference: reject.reference.map(|r| cut(&r, KEPT_REFERENCE_BYTES)),
+                reason: cut(&reject.reason, KEPT_REASON_BYTES),
+            });
         }
     }
 

@@ -268,6 +268,14 @@ impl SourceConfig {
         {
             return bad("id", "use 1 to 64 letters, digits, '-' or '_'");
         }
+        // It is part of the members' partition key, whose size mapping counts on.
+        if self
+            .member_id_source
+            .as_ref()
+            .is_some_and(|m| m.is_empty() || m.len() > 64)
+        {
+            return bad("member_id_source", "use 1 to 64 characters");
+        }
         if self
             .description
             .as_ref()

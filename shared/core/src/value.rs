@@ -83,23 +83,6 @@ impl Value {
         ts.to_rfc3339_opts(SecondsFormat::AutoSi, true)
     }
 
-    /// An upper bound of the bytes this value takes in a DynamoDB item.
-    pub fn approx_size(&self) -> usize {
-        match self {
-            Value::Null | Value::Bool(_) => 1,
-            Value::Int(_) | Value::Float(_) => 21,
-            Value::Decimal(d) => d.len(),
-            Value::Text(s) => s.len(),
-            Value::Date(_) | Value::Time(_) => 16,
-            Value::Timestamp(_) => 32,
-            Value::Uuid(_) => 36,
-            Value::Json(j) => j.to_string().len(),
-            Value::Bytes(b) => b.len(),
-            Value::Array(a) => 3 + a.iter().map(|v| v.approx_size() + 1).sum::<usize>(),
-            Value::Unsupported(_) => 0,
-        }
-    }
-
     /// The value as plain JSON, the way stores read records back: numbers as numbers,
     /// timestamps as ISO-8601 UTC, dates and times as ISO text, bytes as hex.
     pub fn to_plain_json(&self) -> serde_json::Value {

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value as Json};
 
+use super::limits;
 use super::rules::{as_utc, check_values};
 use super::{Mapped, MappingError, RowMapper};
 use crate::record::{Record, Reject, content_hash};
@@ -56,6 +57,16 @@ impl Call {
             Call::Page => "page",
             Call::Screen => "screen",
             Call::Alias => "alias",
+        }
+    }
+
+    /// The columns a call's record key is made of, for a reject's reason.
+    fn key_columns(self) -> &'static str {
+        match self {
+            Call::Identify => "userId (or anonymousId, or email)",
+            Call::Track | Call::Page | Call::Screen => "messageId",
+            Call::Group => "groupId with userId",
+            Call::Alias => "userId with previousId",
         }
     }
 
@@ -400,12 +411,14 @@ impl RowMapper for CallMapper {
             values,
         };
         let warning = (self.call == Call::Group && ids.user.is_none()).then_some(GROUP_WITHOUT_USER);
-        Ok(Mapped {
+        let mapped = Mapped {
             record: Record { key, fields, hash },
             member: None,
             warning,
             occurred_at,
-        })
+        };
+        limits::check(&mapped, self.call.key_columns()).map_err(|reason| ids.reject(reason))?;
+        Ok(mapped)
     }
 }
 

@@ -4,12 +4,14 @@
 //! read.
 
 mod call;
+mod limits;
 mod registration;
 mod rules;
 
 use chrono::{DateTime, Utc};
 
 pub use call::{Call, GROUP_WITHOUT_USER};
+pub use limits::{MAX_KEY_BYTES, MAX_LEVELS, cut};
 pub use rules::as_utc;
 
 use crate::record::{Member, Record, Reject};

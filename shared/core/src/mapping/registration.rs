@@ -1,6 +1,7 @@
 //! Plecto-style registrations: `member_id`, `member_name`, `date` and `reference`
 //! (the record key), `team_name` optional; every other column is kept with its type.
 
+use super::limits;
 use super::rules::{as_utc, check_values, required_reason};
 use super::{Mapped, MappingError, RowMapper};
 use crate::record::{Member, Record, Reject};
@@ -57,19 +58,24 @@ impl RowMapper for RegistrationMapper {
         let date = as_utc(&row.values[c.date]).ok_or_else(|| reject(required_reason("date", &row.values[c.date])))?;
         row.values[c.date] = Value::Timestamp(date);
         let team = match c.team_name.map(|i| &row.values[i]) {
+            // An empty team is no team (DynamoDB refuses an empty key, and '' is how
+            // many schemas say none).
             None | Some(Value::Null) => None,
+            Some(Value::Text(s)) if s.trim().is_empty() => None,
             Some(Value::Text(s)) => Some(s.clone()),
             Some(other) => {
                 return Err(reject(format!("team_name must be text, got {}", other.kind())));
             }
         };
         check_values(&row).map_err(&reject)?;
-        Ok(Mapped {
+        let mapped = Mapped {
             record: Record::new(key, row),
             member: Some(Member { member_id, name, team }),
             warning: None,
             occurred_at: Some(date),
-        })
+        };
+        limits::check(&mapped, "reference").map_err(reject)?;
+        Ok(mapped)
     }
 }
 
@@ -162,6 +168,18 @@ mod tests {
         let mut v = good();
         v[5] = Value::Decimal(format!("1.{}", "3".repeat(40)));
         assert!(m.map(row(v)).unwrap_err().reason.contains("38 significant digits"));
+        let mut v = good();
+        v[3] = Value::Text("r".repeat(1025));
+        let r = m.map(row(v)).unwrap_err();
+        assert_eq!(r.reference, Some("r".repeat(1025)), "the run's log cuts it");
+        assert!(r.reason.starts_with("reference is 1025 bytes"), "{}", r.reason);
+    }
+
+    #[test]
+    fn an_empty_team_is_no_team() {
+        let mut v = good();
+        v[4] = Value::Text(String::new());
+        assert_eq!(mapper().map(row(v)).unwrap().member.unwrap().team, None);
     }
 
     #[test]

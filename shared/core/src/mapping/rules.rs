@@ -3,7 +3,6 @@
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 
-use crate::record::MAX_RECORD_BYTES;
 use crate::value::{Row, Value};
 
 /// Why a required value cannot be used.
@@ -18,9 +17,10 @@ pub(super) fn required_reason(column: &str, value: &Value) -> String {
     }
 }
 
-/// Every value must be storable, and the record must fit in one item.
+/// Every column must hold a value a store can take. What DynamoDB's limits refuse is
+/// checked on the mapped record ([`super::limits`]); this sees what mapping would hide
+/// (a call's NaN becomes a JSON null).
 pub(super) fn check_values(row: &Row) -> Result<(), String> {
-    let mut size = 0;
     for (name, value) in row.iter() {
         match value {
             Value::Unsupported(t) => {
@@ -28,34 +28,15 @@ pub(super) fn check_values(row: &Row) -> Result<(), String> {
                     "column {name} has the unsupported type {t}; cast it in the query (e.g. `{name}::text`)"
                 ));
             }
-            Value::Decimal(d) if significant_digits(d) > 38 => {
-                return Err(format!(
-                    "column {name} has more than 38 significant digits, more than a DynamoDB number holds; round it or cast it to text"
-                ));
-            }
             Value::Float(f) if !f.is_finite() => {
                 return Err(format!(
                     "column {name} holds {f}, which cannot be stored; filter or cast it"
                 ));
             }
-            _ => size += name.len() + value.approx_size(),
+            _ => {}
         }
     }
-    if size > MAX_RECORD_BYTES {
-        return Err(format!(
-            "the record is about {size} bytes, over the 400 KB item limit; select fewer or smaller columns"
-        ));
-    }
     Ok(())
-}
-
-fn significant_digits(decimal: &str) -> usize {
-    let digits: String = decimal
-        .chars()
-        .take_while(|c| *c != 'e' && *c != 'E')
-        .filter(char::is_ascii_digit)
-        .collect();
-    digits.trim_start_matches('0').trim_end_matches('0').len()
 }
 
 /// A date column as a UTC instant. A timestamp without a zone is taken as UTC.

@@ -16,7 +16,7 @@ use super::BackendError;
 use crate::backfill::Backfill;
 use crate::cadence::Cadence;
 use crate::delivery::{DeliveryState, DeliveryStatus};
-use crate::record::{Member, RecordBatch};
+use crate::record::{Member, RecordBatch, Reject};
 use crate::run::Run;
 use crate::source::SourceConfig;
 
@@ -139,17 +139,21 @@ pub trait SourceStore: Send + Sync {
 }
 
 /// What one write call did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WriteStats {
     pub written: u64,
     /// Records whose stored hash was already the same: not written.
     pub unchanged: u64,
+    /// Records the store refused, with its reason (a limit mapping did not foresee):
+    /// not written, and rejected like a bad row.
+    pub rejects: Vec<Reject>,
 }
 
 impl std::ops::AddAssign for WriteStats {
     fn add_assign(&mut self, o: Self) {
         self.written += o.written;
         self.unchanged += o.unchanged;
+        self.rejects.extend(o.rejects);
     }
 }
 

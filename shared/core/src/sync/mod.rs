@@ -766,6 +766,9 @@ impl SyncService {
         let stats = writer.finish().await?;
         run.rows_written += stats.written;
         run.rows_unchanged += stats.unchanged;
+        for reject in stats.rejects {
+            run.reject(reject);
+        }
         if !members.is_empty() {
             ctx.lease.keep(self, &config.id).await?;
             self.store
