@@ -15,7 +15,7 @@ pub use services::{
     SecretsError, WriteKey,
 };
 pub use store::{
-    BackfillCreated, BackfillJobs, DeliveryLog, Lease, LeaseOutcome, RecordReader, RecordWriter, RunLog, SaveOutcome,
+    BackfillCreated, BackfillJobs, ConnectionStore, DeliveryLog, Lease, LeaseOutcome, RecordReader, RecordWriter, RunLog, SaveOutcome,
     SourceState, SourceStore, Store, StoreError, StoredRecord, WriteStats,
 };
 
