@@ -282,6 +282,13 @@ impl SourceAdmin {
         self.check_references(&input, Some(&current.config)).await?;
         self.claim_members(config, Some(&current.config)).await?;
         self.keep_secrets(&input, false).await?;
+        // Freed before the config moves, so that a change sent again after a failure
+        // still frees it; a source that still writes there is found by its config.
+        if let Some(old) = claimed_namespace(&current.config)
+            && claimed_namespace(config) != Some(old)
+        {
+            self.store.release_member_namespace(old, id).await?;
+        }
         self.store.put_source(config).await?;
         let mut schedule = schedule_of(config);
         if config.frequency_minutes == current.config.frequency_minutes {
@@ -291,11 +298,6 @@ impl SourceAdmin {
             self.store.set_cadence(id, Cadence::default()).await?;
         }
         self.schedules.put_schedule(&schedule).await?;
-        if let Some(old) = claimed_namespace(&current.config)
-            && claimed_namespace(config) != Some(old)
-        {
-            self.store.release_member_namespace(old, id).await?;
-        }
         self.get(id).await
     }
 
@@ -315,11 +317,12 @@ impl SourceAdmin {
         {
             self.secret_writer.delete(&d.secret_id).await?;
         }
-        let purged = self.store.delete_source(id, purge).await?;
+        // Before the source item: a delete that fails after it is sent again, and finds
+        // the source still there to finish.
         if let Some(namespace) = claimed_namespace(&state.config) {
             self.store.release_member_namespace(namespace, id).await?;
         }
-        Ok(purged)
+        Ok(self.store.delete_source(id, purge).await?)
     }
 
     /// The test query of the saved source `id`, or of the unsaved source the request
