@@ -796,7 +796,9 @@ async fn a_source_cannot_name_another_sources_secrets_whatever_the_id_looks_like
     let write_key = format!("wk-{}", unique("victim"));
     let mut body = new_source(&victim, &db);
     body["sync_type"] = "identify".into();
-    body["query"] = "SELECT user_id FROM sales WHERE updated_at >= {{ last_update_time }} AND updated_at < {{ upper_date_limit }}".into();
+    body["query"] =
+        "SELECT user_id FROM sales WHERE updated_at >= {{ last_update_time }} AND updated_at < {{ upper_date_limit }}"
+            .into();
     body["destination"] = json!({"kind": "http", "base_url": "https://cdp.example.com", "write_key": write_key});
     let (status, answer) = api.call(create(body)).await;
     assert_eq!(status, 201, "{answer}");
@@ -810,8 +812,17 @@ async fn a_source_cannot_name_another_sources_secrets_whatever_the_id_looks_like
     reads_db.as_object_mut().unwrap().remove("connection");
     reads_db["secret_id"] = victim_secret.clone().into();
     let (status, answer) = api.call(create(reads_db.clone())).await;
-    assert_eq!((status, answer["error"]["field"].as_str()), (400, Some("secret_id")), "{answer}");
-    assert!(answer["error"]["message"].as_str().unwrap().contains("not this source's secret"));
+    assert_eq!(
+        (status, answer["error"]["field"].as_str()),
+        (400, Some("secret_id")),
+        "{answer}"
+    );
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not this source's secret")
+    );
     let mut takes_key = new_source(&attacker, &db);
     takes_key["sync_type"] = "identify".into();
     takes_key["query"] = "SELECT user_id FROM sales".into();
@@ -832,7 +843,11 @@ async fn a_source_cannot_name_another_sources_secrets_whatever_the_id_looks_like
             Some(json!({ "source": reads_db })),
         ))
         .await;
-    assert_eq!((status, answer["error"]["field"].as_str()), (400, Some("secret_id")), "{answer}");
+    assert_eq!(
+        (status, answer["error"]["field"].as_str()),
+        (400, Some("secret_id")),
+        "{answer}"
+    );
     assert!(answer.get("rows").is_none() && answer.get("records").is_none());
 
     // Nor by a change of its own source.
@@ -840,7 +855,11 @@ async fn a_source_cannot_name_another_sources_secrets_whatever_the_id_looks_like
     assert_eq!(status, 201);
     let patch = |body: Json| api_request("sources-patch.json", &[("id", &attacker)], &[], Some(body));
     let (status, answer) = api.call(patch(json!({ "secret_id": victim_secret }))).await;
-    assert_eq!((status, answer["error"]["field"].as_str()), (400, Some("secret_id")), "{answer}");
+    assert_eq!(
+        (status, answer["error"]["field"].as_str()),
+        (400, Some("secret_id")),
+        "{answer}"
+    );
     let (status, answer) = api
         .call(patch(json!({
             "sync_type": "identify", "query": "SELECT user_id FROM sales",
@@ -880,24 +899,54 @@ async fn a_source_cannot_name_another_sources_secrets_whatever_the_id_looks_like
     climbs.as_object_mut().unwrap().remove("connection");
     climbs["secret_id"] = format!("{prefix}connections/../{victim}").into();
     let (status, answer) = api.call(create(climbs)).await;
-    assert_eq!((status, answer["error"]["field"].as_str()), (400, Some("connection_id")), "{answer}");
+    assert_eq!(
+        (status, answer["error"]["field"].as_str()),
+        (400, Some("connection_id")),
+        "{answer}"
+    );
     for id in ["../x", "a%2Fb", "é", &"y".repeat(1024)] {
-        let (status, _) = api.call(connection_request("connections-get.json", Some(id), None)).await;
+        let (status, _) = api
+            .call(connection_request("connections-get.json", Some(id), None))
+            .await;
         assert_eq!(status, 404, "{id}");
-        let (status, answer) = api.call(connection_request("connections-create.json", None, Some(new_connection(id, &db)))).await;
-        assert_eq!((status, answer["error"]["field"].as_str()), (400, Some("id")), "{id}: {answer}");
+        let (status, answer) = api
+            .call(connection_request(
+                "connections-create.json",
+                None,
+                Some(new_connection(id, &db)),
+            ))
+            .await;
+        assert_eq!(
+            (status, answer["error"]["field"].as_str()),
+            (400, Some("id")),
+            "{id}: {answer}"
+        );
     }
     // A connection named like the victim gets its own secret; the victim's stays.
     let (status, answer) = api
-        .call(connection_request("connections-create.json", None, Some(new_connection(&victim, &db))))
+        .call(connection_request(
+            "connections-create.json",
+            None,
+            Some(new_connection(&victim, &db)),
+        ))
         .await;
     assert_eq!(status, 201, "{answer}");
     assert_eq!(answer["secret_id"], json!(format!("{prefix}connections/{victim}")));
-    let stored = api.secrets.get_secret_value().secret_id(&victim_key).send().await.unwrap();
+    let stored = api
+        .secrets
+        .get_secret_value()
+        .secret_id(&victim_key)
+        .send()
+        .await
+        .unwrap();
     assert!(stored.secret_string().unwrap().contains(&write_key));
     // No source may be called `connections`: its write key would sit among them.
     let (status, answer) = api.call(create(new_source("connections", &db))).await;
-    assert_eq!((status, answer["error"]["field"].as_str()), (400, Some("id")), "{answer}");
+    assert_eq!(
+        (status, answer["error"]["field"].as_str()),
+        (400, Some("id")),
+        "{answer}"
+    );
 
     assert_eq!(receiver.requests(), 0);
     for body in api.seen.lock().unwrap().iter() {
@@ -917,44 +966,84 @@ async fn two_sources_share_a_connection_whose_secret_is_never_shown_and_which_is
     let get = || connection_request("connections-get.json", Some(&connection_id), None);
 
     let (status, created) = api
-        .call(connection_request("connections-create.json", None, Some(new_connection(&connection_id, &db))))
+        .call(connection_request(
+            "connections-create.json",
+            None,
+            Some(new_connection(&connection_id, &db)),
+        ))
         .await;
     assert_eq!(status, 201, "{created}");
     assert_eq!(
         created,
         json!({"id": connection_id, "name": "Shop replica", "engine": "postgres", "secret_id": secret_id, "sources": []})
     );
-    let stored = api.secrets.get_secret_value().secret_id(&secret_id).send().await.unwrap();
+    let stored = api
+        .secrets
+        .get_secret_value()
+        .secret_id(&secret_id)
+        .send()
+        .await
+        .unwrap();
     assert!(stored.secret_string().unwrap().contains(PASSWORD));
     // Sent again (a lost answer): done. With another password: refused, the first kept.
     let (status, _) = api
-        .call(connection_request("connections-create.json", None, Some(new_connection(&connection_id, &db))))
+        .call(connection_request(
+            "connections-create.json",
+            None,
+            Some(new_connection(&connection_id, &db)),
+        ))
         .await;
     assert_eq!(status, 201);
     let mut other = new_connection(&connection_id, &db);
     other["connection"]["password"] = "another".into();
-    let (status, answer) = api.call(connection_request("connections-create.json", None, Some(other))).await;
+    let (status, answer) = api
+        .call(connection_request("connections-create.json", None, Some(other)))
+        .await;
     assert_eq!(status, 409, "{answer}");
-    let stored = api.secrets.get_secret_value().secret_id(&secret_id).send().await.unwrap();
+    let stored = api
+        .secrets
+        .get_secret_value()
+        .secret_id(&secret_id)
+        .send()
+        .await
+        .unwrap();
     assert!(stored.secret_string().unwrap().contains(PASSWORD));
 
     // Two sources of the database use it; a MySQL source may not.
     let (a, b) = (unique("a"), unique("b"));
     for id in [&a, &b] {
         let (status, answer) = api
-            .call(api_request("sources-create.json", &[], &[], Some(source_on(id, &connection_id))))
+            .call(api_request(
+                "sources-create.json",
+                &[],
+                &[],
+                Some(source_on(id, &connection_id)),
+            ))
             .await;
         assert_eq!(status, 201, "{answer}");
-        assert_eq!((&answer["connection_id"], &answer["secret_id"]), (&json!(connection_id), &json!(secret_id)));
+        assert_eq!(
+            (&answer["connection_id"], &answer["secret_id"]),
+            (&json!(connection_id), &json!(secret_id))
+        );
     }
     let mut mysql = source_on(&unique("m"), &connection_id);
     mysql["engine"] = "mysql".into();
-    let (status, answer) = api.call(api_request("sources-create.json", &[], &[], Some(mysql))).await;
-    assert_eq!((status, answer["error"]["field"].as_str()), (400, Some("connection_id")), "{answer}");
+    let (status, answer) = api
+        .call(api_request("sources-create.json", &[], &[], Some(mysql)))
+        .await;
+    assert_eq!(
+        (status, answer["error"]["field"].as_str()),
+        (400, Some("connection_id")),
+        "{answer}"
+    );
     let mut both = source_on(&unique("m"), &connection_id);
     both["connection"] = db.secret.clone();
     let (status, answer) = api.call(api_request("sources-create.json", &[], &[], Some(both))).await;
-    assert_eq!((status, answer["error"]["field"].as_str()), (400, Some("connection_id")), "{answer}");
+    assert_eq!(
+        (status, answer["error"]["field"].as_str()),
+        (400, Some("connection_id")),
+        "{answer}"
+    );
     let (status, got) = api.call(get()).await;
     assert_eq!((status, got["sources"].clone()), (200, json!([a, b])), "{got}");
     let (_, list) = api.call(connection_request("connections-list.json", None, None)).await;
@@ -968,25 +1057,53 @@ async fn two_sources_share_a_connection_whose_secret_is_never_shown_and_which_is
             .await;
         assert_eq!((status, preview["row_count"].as_u64()), (200, Some(40)), "{preview}");
         let run = sync.run(id, sluice_core::Trigger::Manual, None).await.unwrap();
-        assert_eq!((run.status, run.rows_written), (RunStatus::Succeeded, 40), "{:?}", run.message);
+        assert_eq!(
+            (run.status, run.rows_written),
+            (RunStatus::Succeeded, 40),
+            "{:?}",
+            run.message
+        );
     }
 
     // A new name, and a new secret value; the engine stays while sources use it.
     let patch = |body: Json| connection_request("connections-patch.json", Some(&connection_id), Some(body));
-    let (status, answer) = api.call(patch(json!({ "name": "Shop (eu)", "connection": new_connection("x", &db)["connection"] }))).await;
+    let (status, answer) = api
+        .call(patch(
+            json!({ "name": "Shop (eu)", "connection": new_connection("x", &db)["connection"] }),
+        ))
+        .await;
     assert_eq!((status, &answer["name"]), (200, &json!("Shop (eu)")), "{answer}");
     let (status, answer) = api.call(patch(json!({ "engine": "mysql" }))).await;
-    assert_eq!((status, answer["error"]["field"].as_str()), (400, Some("engine")), "{answer}");
+    assert_eq!(
+        (status, answer["error"]["field"].as_str()),
+        (400, Some("engine")),
+        "{answer}"
+    );
     let (status, answer) = api.call(patch(json!({ "id": "other" }))).await;
-    assert_eq!((status, answer["error"]["field"].as_str()), (400, Some("id")), "{answer}");
+    assert_eq!(
+        (status, answer["error"]["field"].as_str()),
+        (400, Some("id")),
+        "{answer}"
+    );
 
     // Deleting it in use is refused, naming the sources; nothing goes.
     let delete = || connection_request("connections-delete.json", Some(&connection_id), None);
     let (status, answer) = api.call(delete()).await;
-    assert_eq!((status, answer["error"]["code"].as_str()), (409, Some("in_use")), "{answer}");
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (409, Some("in_use")),
+        "{answer}"
+    );
     let message = answer["error"]["message"].as_str().unwrap();
     assert!(message.contains(&a) && message.contains(&b), "{message}");
-    assert!(api.secrets.get_secret_value().secret_id(&secret_id).send().await.is_ok());
+    assert!(
+        api.secrets
+            .get_secret_value()
+            .secret_id(&secret_id)
+            .send()
+            .await
+            .is_ok()
+    );
 
     // B moves to its own connection, A is deleted: the connection can go.
     let (status, answer) = api
@@ -1002,21 +1119,70 @@ async fn two_sources_share_a_connection_whose_secret_is_never_shown_and_which_is
     assert!(answer.get("connection_id").is_none());
     let (_, got) = api.call(get()).await;
     assert_eq!(got["sources"], json!([a]));
-    let (status, _) = api.call(api_request("sources-delete.json", &[("id", &a)], &[], None)).await;
+    // And back: its own secret goes, the connection's stays.
+    let (status, answer) = api
+        .call(api_request(
+            "sources-patch.json",
+            &[("id", &b)],
+            &[],
+            Some(json!({ "connection_id": connection_id })),
+        ))
+        .await;
+    assert_eq!(
+        (status, &answer["connection_id"]),
+        (200, &json!(connection_id)),
+        "{answer}"
+    );
+    assert!(
+        api.secrets
+            .get_secret_value()
+            .secret_id(format!("{prefix}{b}"))
+            .send()
+            .await
+            .is_err()
+    );
+    let (status, _) = api
+        .call(api_request("sources-delete.json", &[("id", &b)], &[], None))
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = api
+        .call(api_request("sources-delete.json", &[("id", &a)], &[], None))
+        .await;
     assert_eq!(status, 200);
     assert!(
-        api.secrets.get_secret_value().secret_id(&secret_id).send().await.is_ok(),
+        api.secrets
+            .get_secret_value()
+            .secret_id(&secret_id)
+            .send()
+            .await
+            .is_ok(),
         "a source's delete leaves the connection's secret"
     );
     let (status, answer) = api.call(delete()).await;
     assert_eq!((status, &answer["deleted"]), (200, &json!(connection_id)), "{answer}");
-    assert!(api.secrets.get_secret_value().secret_id(&secret_id).send().await.is_err());
+    assert!(
+        api.secrets
+            .get_secret_value()
+            .secret_id(&secret_id)
+            .send()
+            .await
+            .is_err()
+    );
     let (status, _) = api.call(get()).await;
     assert_eq!(status, 404);
     let (status, answer) = api
-        .call(api_request("sources-create.json", &[], &[], Some(source_on(&unique("late"), &connection_id))))
+        .call(api_request(
+            "sources-create.json",
+            &[],
+            &[],
+            Some(source_on(&unique("late"), &connection_id)),
+        ))
         .await;
-    assert_eq!((status, answer["error"]["field"].as_str()), (400, Some("connection_id")), "{answer}");
+    assert_eq!(
+        (status, answer["error"]["field"].as_str()),
+        (400, Some("connection_id")),
+        "{answer}"
+    );
 
     api.assert_no_secret_was_shown();
 }
@@ -1043,7 +1209,13 @@ async fn creates_of_one_id_at_once_never_mix_their_config_and_secret() {
     let name = won[0].1["name"].as_str().unwrap().to_string();
     let stored = api.store.get_source(&id).await.unwrap().unwrap().config;
     assert_eq!(stored.name, name);
-    let secret = api.secrets.get_secret_value().secret_id(format!("{prefix}{id}")).send().await.unwrap();
+    let secret = api
+        .secrets
+        .get_secret_value()
+        .secret_id(format!("{prefix}{id}"))
+        .send()
+        .await
+        .unwrap();
     let password: Json = serde_json::from_str(secret.secret_string().unwrap()).unwrap();
     assert_eq!(
         password["password"],
@@ -1053,8 +1225,15 @@ async fn creates_of_one_id_at_once_never_mix_their_config_and_secret() {
 
     // The same body sent several times at once (a client retrying): all finish it.
     let same = unique("same");
-    let answers =
-        futures::future::join_all((0..4).map(|_| api.call(api_request("sources-create.json", &[], &[], Some(new_source(&same, &db)))))).await;
+    let answers = futures::future::join_all((0..4).map(|_| {
+        api.call(api_request(
+            "sources-create.json",
+            &[],
+            &[],
+            Some(new_source(&same, &db)),
+        ))
+    }))
+    .await;
     assert!(answers.iter().all(|(s, _)| *s == 201), "{answers:?}");
 
     // Connections: one name, each request its own password.
@@ -1111,14 +1290,27 @@ async fn a_member_namespace_is_one_sources_unless_shared_on_purpose() {
     let (status, answer) = api.call(create(&c, Some(&crm))).await;
     assert_eq!(status, 400);
     refused(&answer, &b);
-    assert!(api.store.get_source(&c).await.unwrap().is_none(), "the refused create left nothing");
+    assert!(
+        api.store.get_source(&c).await.unwrap().is_none(),
+        "the refused create left nothing"
+    );
     // B moves on: the namespace is free for C; deleting C frees it again.
     let (status, _) = api
-        .call(api_request("sources-patch.json", &[("id", &b)], &[], Some(json!({ "member_id_source": unique("crm") }))))
+        .call(api_request(
+            "sources-patch.json",
+            &[("id", &b)],
+            &[],
+            Some(json!({ "member_id_source": unique("crm") })),
+        ))
         .await;
     assert_eq!(status, 200);
     assert_eq!(api.call(create(&c, Some(&crm))).await.0, 201);
-    assert_eq!(api.call(api_request("sources-delete.json", &[("id", &c)], &[], None)).await.0, 200);
+    assert_eq!(
+        api.call(api_request("sources-delete.json", &[("id", &c)], &[], None))
+            .await
+            .0,
+        200
+    );
     let d = unique("d");
     assert_eq!(api.call(create(&d, Some(&crm))).await.0, 201);
 
@@ -1148,7 +1340,11 @@ async fn a_member_namespace_is_one_sources_unless_shared_on_purpose() {
     // Namespaces that are no name.
     for bad in ["a/b", "shared:", "mémé", "a#b", "shared:a:b", &"n".repeat(65)] {
         let (status, answer) = api.call(create(&unique("h"), Some(bad))).await;
-        assert_eq!((status, answer["error"]["field"].as_str()), (400, Some("member_id_source")), "{bad}: {answer}");
+        assert_eq!(
+            (status, answer["error"]["field"].as_str()),
+            (400, Some("member_id_source")),
+            "{bad}: {answer}"
+        );
     }
     api.assert_no_secret_was_shown();
 }

@@ -5,9 +5,7 @@ use std::collections::BTreeSet;
 
 use serde_json::Value as Json;
 use serde_yaml::Value as Yaml;
-use sluice_core::{
-    Backfill, BackfillRequest, Connection, ConnectionView, Engine, Run, RunStatus, SourceView, Trigger,
-};
+use sluice_core::{Backfill, BackfillRequest, Connection, ConnectionView, Engine, Run, RunStatus, SourceView, Trigger};
 use sluice_tests::*;
 
 fn yaml(file: &str) -> Yaml {

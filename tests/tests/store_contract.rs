@@ -238,7 +238,11 @@ async fn creates_and_claims_contract(store: Arc<dyn Store>, existing: &sluice_co
         tokio::spawn(async move { (store.create_source(&config).await.unwrap(), config) })
     });
     let outcomes = futures::future::join_all(creates).await;
-    let winners: Vec<_> = outcomes.into_iter().map(Result::unwrap).filter(|(won, _)| *won).collect();
+    let winners: Vec<_> = outcomes
+        .into_iter()
+        .map(Result::unwrap)
+        .filter(|(won, _)| *won)
+        .collect();
     assert_eq!(winners.len(), 1);
     assert_eq!(store.get_source(&id).await.unwrap().unwrap().config, winners[0].1);
     store.delete_source(&id, false).await.unwrap();
@@ -262,16 +266,32 @@ async fn creates_and_claims_contract(store: Arc<dyn Store>, existing: &sluice_co
     let namespace = unique("ns");
     let claims = (0..6).map(|i| {
         let (store, namespace) = (store.clone(), namespace.clone());
-        tokio::spawn(async move { (i, store.claim_member_namespace(&namespace, &format!("s{i}")).await.unwrap()) })
+        tokio::spawn(async move {
+            (
+                i,
+                store
+                    .claim_member_namespace(&namespace, &format!("s{i}"))
+                    .await
+                    .unwrap(),
+            )
+        })
     });
     let outcomes: Vec<_> = futures::future::join_all(claims)
         .await
         .into_iter()
         .map(Result::unwrap)
         .collect();
-    let holders: Vec<_> = outcomes.iter().filter(|(_, h)| h.is_none()).map(|(i, _)| format!("s{i}")).collect();
+    let holders: Vec<_> = outcomes
+        .iter()
+        .filter(|(_, h)| h.is_none())
+        .map(|(i, _)| format!("s{i}"))
+        .collect();
     assert_eq!(holders.len(), 1, "{outcomes:?}");
-    assert!(outcomes.iter().all(|(_, h)| h.is_none() || h.as_ref() == Some(&holders[0])));
+    assert!(
+        outcomes
+            .iter()
+            .all(|(_, h)| h.is_none() || h.as_ref() == Some(&holders[0]))
+    );
 }
 
 /// Connections: created where absent, replaced where present, listed by id, deleted.

@@ -7,8 +7,8 @@ use serde_json::{Value as Json, json};
 use sluice_core::backfill::parse_instant;
 use sluice_core::delivery::DeliveryError;
 use sluice_core::{
-    AdminError, Budget, Connection, ConnectionInput, ConnectionSecret, Deliverer, DeliveryStatus, FieldError, SourceAdmin, SourceConfig,
-    SourceInput, TestQuery, Window, WriteKey,
+    AdminError, Budget, Connection, ConnectionInput, ConnectionSecret, Deliverer, DeliveryStatus, FieldError,
+    SourceAdmin, SourceConfig, SourceInput, TestQuery, Window, WriteKey,
 };
 use sluice_lambda::http::{error_body, json_body, no_route, path_param, respond, route, store_failure};
 use tracing::{error, info};
@@ -146,7 +146,11 @@ pub async fn handle(api: &Api, request: &ApiGatewayProxyRequest) -> ApiGatewayPr
             }
             ("POST", "/connections") => (
                 201,
-                json!(admin.create_connection(connection_input(required(body)?, None)?).await?),
+                json!(
+                    admin
+                        .create_connection(connection_input(required(body)?, None)?)
+                        .await?
+                ),
             ),
             ("GET", "/connections") => (200, json!({ "connections": admin.connections().await? })),
             ("GET", "/connections/{id}") => (200, json!(admin.connection(id).await?)),
@@ -286,7 +290,10 @@ fn merge_patch(current: &SourceConfig, changes: Json) -> Result<Json, FieldError
     let mut merged = serde_json::to_value(current).expect("configs serialize");
     if ["connection", "connection_id"].iter().any(|f| changes.contains_key(*f)) && !changes.contains_key("secret_id") {
         // The secret the config names follows the new connection.
-        merged.as_object_mut().expect("a config is an object").remove("secret_id");
+        merged
+            .as_object_mut()
+            .expect("a config is an object")
+            .remove("secret_id");
     }
     for (field, value) in changes {
         if field == "id" && value != Json::String(current.id.clone()) {

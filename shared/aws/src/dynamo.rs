@@ -19,9 +19,9 @@ use sluice_core::stored::{
     StoredSource, decode_job, decode_run, encode_config, encode_job, encode_run, job_status, to_micros,
 };
 use sluice_core::{
-    BackendError, Backfill, BackfillCreated, BackfillJobs, Cadence, Connection, ConnectionStore, DeliveryLog, DeliveryState, DeliveryStatus,
-    LeaseOutcome, Member, Record, RecordBatch, RecordReader, RecordWriter, Run, RunLog, SaveOutcome, SourceConfig,
-    SourceState, SourceStore, StoreError, StoredRecord, Value, WriteStats,
+    BackendError, Backfill, BackfillCreated, BackfillJobs, Cadence, Connection, ConnectionStore, DeliveryLog,
+    DeliveryState, DeliveryStatus, LeaseOutcome, Member, Record, RecordBatch, RecordReader, RecordWriter, Run, RunLog,
+    SaveOutcome, SourceConfig, SourceState, SourceStore, StoreError, StoredRecord, Value, WriteStats,
 };
 
 use crate::item::{Item, attribute, n, s, stored_record};

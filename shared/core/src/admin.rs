@@ -231,7 +231,10 @@ impl SourceAdmin {
         if config.id == CONNECTIONS {
             return Err(FieldError::new(
                 "id",
-                format!("`{CONNECTIONS}` is reserved: connections' secrets are named {}{CONNECTIONS}/…; choose another id", self.secret_prefix),
+                format!(
+                    "`{CONNECTIONS}` is reserved: connections' secrets are named {}{CONNECTIONS}/…; choose another id",
+                    self.secret_prefix
+                ),
             )
             .into());
         }
@@ -298,6 +301,17 @@ impl SourceAdmin {
             self.store.set_cadence(id, Cadence::default()).await?;
         }
         self.schedules.put_schedule(&schedule).await?;
+        // A secret of its own the source no longer names (it moved to a connection, or
+        // dropped its destination) would only cost money.
+        let own = self.owned_secret(id);
+        if current.config.secret_id == own && config.secret_id != own {
+            self.secret_writer.delete(&own).await?;
+        }
+        let own = self.owned_write_key(id);
+        let names = |c: &SourceConfig| c.destination.as_ref().is_some_and(|d| d.secret_id == own);
+        if names(&current.config) && !names(config) {
+            self.secret_writer.delete(&own).await?;
+        }
         self.get(id).await
     }
 
@@ -466,7 +480,11 @@ impl SourceAdmin {
                     .await?;
             }
             None if connection.engine != current.engine => {
-                return Err(FieldError::new("connection", "is required to change the engine: the new database's secret").into());
+                return Err(FieldError::new(
+                    "connection",
+                    "is required to change the engine: the new database's secret",
+                )
+                .into());
             }
             None => {}
         }
@@ -715,7 +733,9 @@ impl SourceAdmin {
         {
             check_member_namespace(namespace)?;
         }
-        let Some(namespace) = claimed_namespace(config) else { return Ok(()) };
+        let Some(namespace) = claimed_namespace(config) else {
+            return Ok(());
+        };
         let mut holder = self.store.claim_member_namespace(namespace, &config.id).await?;
         if let Some(h) = holder.clone()
             && self.store.get_source(&h).await?.is_none()

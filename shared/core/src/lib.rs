@@ -23,7 +23,8 @@ pub mod value;
 pub mod window;
 
 pub use admin::{
-    AdminError, ConnectionInput, ConnectionView, DeliveriesPage, RunsPage, SourceAdmin, SourceInput, SourceView, TestQuery,
+    AdminError, ConnectionInput, ConnectionView, DeliveriesPage, RunsPage, SourceAdmin, SourceInput, SourceView,
+    TestQuery,
 };
 pub use backfill::{Action, Backfill, BackfillRequest, ChunkStatus, JobStatus, Progress};
 pub use backfiller::{BackfillError, BackfillSettings, Backfiller};

@@ -10,9 +10,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sluice_core::stored::{StoredSource, decode_job, decode_run, encode_config, encode_job, encode_run, to_micros};
 use sluice_core::{
-    BackendError, Backfill, BackfillCreated, BackfillJobs, Cadence, Connection, ConnectionStore, DeliveryLog, DeliveryState, DeliveryStatus,
-    LeaseOutcome, Member, Record, RecordBatch, RecordReader, RecordWriter, Run, RunLog, SaveOutcome, SourceConfig,
-    SourceState, SourceStore, StoreError, StoredRecord, Value, WriteStats,
+    BackendError, Backfill, BackfillCreated, BackfillJobs, Cadence, Connection, ConnectionStore, DeliveryLog,
+    DeliveryState, DeliveryStatus, LeaseOutcome, Member, Record, RecordBatch, RecordReader, RecordWriter, Run, RunLog,
+    SaveOutcome, SourceConfig, SourceState, SourceStore, StoreError, StoredRecord, Value, WriteStats,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row as _, Sqlite, Transaction};

@@ -330,6 +330,9 @@ pub trait ConnectionStore: Send + Sync {
 }
 
 /// Every port of a store, for wiring.
-pub trait Store: SourceStore + RecordWriter + RunLog + BackfillJobs + RecordReader + DeliveryLog + ConnectionStore {}
+pub trait Store:
+    SourceStore + RecordWriter + RunLog + BackfillJobs + RecordReader + DeliveryLog + ConnectionStore
+{
+}
 
 impl<T: SourceStore + RecordWriter + RunLog + BackfillJobs + RecordReader + DeliveryLog + ConnectionStore> Store for T {}

@@ -12,8 +12,8 @@ use crate::cadence::Cadence;
 use crate::connection::Connection;
 use crate::delivery::{DeliveryState, DeliveryStatus};
 use crate::ports::{
-    BackendError, BackfillCreated, BackfillJobs, ConnectionStore, DeliveryLog, Lease, LeaseOutcome, RecordReader, RecordWriter, RunLog,
-    SaveOutcome, SourceState, SourceStore, StoreError, StoredRecord, WriteStats,
+    BackendError, BackfillCreated, BackfillJobs, ConnectionStore, DeliveryLog, Lease, LeaseOutcome, RecordReader,
+    RecordWriter, RunLog, SaveOutcome, SourceState, SourceStore, StoreError, StoredRecord, WriteStats,
 };
 use crate::record::{Member, RecordBatch};
 use crate::run::Run;
