@@ -1,7 +1,8 @@
 //! Managing sources: create, change and delete them with their secret and schedule,
 //! run the test query, read the import log; and the connections several sources of
-//! one database share. A source reaches only the secrets made for it or a connection's. What a settings page calls; the requests
-//! arrive parsed (the API function reads JSON bodies, the CLI its files).
+//! one database share. A source reaches only the secrets made for it or a
+//! connection's. What a settings page calls; the requests arrive parsed (the API
+//! function reads JSON bodies, the CLI its files).
 
 use std::sync::Arc;
 
