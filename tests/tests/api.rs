@@ -366,7 +366,7 @@ async fn bad_bodies_unknown_ids_and_conflicts_are_named() {
                 b["secret_id"] = json!("no/such/secret");
             }),
             "secret_id",
-            "does not exist",
+            "not this source's secret",
         ),
     ];
     for (body, field, reason) in cases {
@@ -758,4 +758,593 @@ async fn a_custom_frequency_is_the_schedules_rate_and_every_minute_is_the_defaul
         (Some(7), Some("Sales of the Oslo shop, for the leaderboard")),
         "a refused patch changes nothing: {shown}"
     );
+}
+
+/// A request to the connection routes: `POST /connections` with a body, or the
+/// fixture of the method named, for the connection `id`.
+fn connection_request(fixture: &str, id: Option<&str>, body: Option<Json>) -> Json {
+    let params: Vec<(&str, &str)> = id.map(|id| ("id", id)).into_iter().collect();
+    api_request(fixture, &params, &[], body)
+}
+
+/// A connection body holding the database's secret, with the marker password.
+fn new_connection(id: &str, db: &Database) -> Json {
+    let mut connection = db.secret.clone();
+    connection["password"] = PASSWORD.into();
+    json!({ "id": id, "name": "Shop replica", "connection": connection })
+}
+
+/// A source of `db`'s sales through the connection `connection_id`.
+fn source_on(id: &str, connection_id: &str) -> Json {
+    json!({
+        "id": id, "name": "Sales", "engine": "postgres", "sync_type": "registration",
+        "query": SALES_QUERY, "frequency_minutes": 5, "connection_id": connection_id,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_cannot_name_another_sources_secrets_whatever_the_id_looks_like() {
+    use sluice_tests::receiver::Receiver;
+    let api = Api::new().await;
+    let db = Database::new(Engine::Postgres).await;
+    db.create_sales(5).await;
+    let prefix = api.config.secrets_prefix.clone();
+    let create = |body: Json| api_request("sources-create.json", &[], &[], Some(body));
+
+    // The victim: its own connection and a destination's write key.
+    let victim = unique("victim");
+    let write_key = format!("wk-{}", unique("victim"));
+    let mut body = new_source(&victim, &db);
+    body["sync_type"] = "identify".into();
+    body["query"] =
+        "SELECT user_id FROM sales WHERE updated_at >= {{ last_update_time }} AND updated_at < {{ upper_date_limit }}"
+            .into();
+    body["destination"] = json!({"kind": "http", "base_url": "https://cdp.example.com", "write_key": write_key});
+    let (status, answer) = api.call(create(body)).await;
+    assert_eq!(status, 201, "{answer}");
+    let victim_secret = format!("{prefix}{victim}");
+    let victim_key = format!("{prefix}{victim}/write-key");
+
+    // The attacker names the victim's secret, or its write key with its own base_url.
+    let attacker = unique("attacker");
+    let receiver = Receiver::start("wk-attacker").await;
+    let mut reads_db = new_source(&attacker, &db);
+    reads_db.as_object_mut().unwrap().remove("connection");
+    reads_db["secret_id"] = victim_secret.clone().into();
+    let (status, answer) = api.call(create(reads_db.clone())).await;
+    assert_eq!(
+        (status, answer["error"]["field"].as_str()),
+        (400, Some("secret_id")),
+        "{answer}"
+    );
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not this source's secret")
+    );
+    let mut takes_key = new_source(&attacker, &db);
+    takes_key["sync_type"] = "identify".into();
+    takes_key["query"] = "SELECT user_id FROM sales".into();
+    takes_key["destination"] = json!({"kind": "http", "base_url": receiver.base_url(), "secret_id": victim_key});
+    let (status, answer) = api.call(create(takes_key)).await;
+    assert_eq!(
+        (status, answer["error"]["field"].as_str()),
+        (400, Some("destination.secret_id")),
+        "{answer}"
+    );
+    assert!(api.store.get_source(&attacker).await.unwrap().is_none());
+    // Nor through an unsaved test query: nothing is read.
+    let (status, answer) = api
+        .call(api_request(
+            "sources-test-query.json",
+            &[("id", &attacker)],
+            &[],
+            Some(json!({ "source": reads_db })),
+        ))
+        .await;
+    assert_eq!(
+        (status, answer["error"]["field"].as_str()),
+        (400, Some("secret_id")),
+        "{answer}"
+    );
+    assert!(answer.get("rows").is_none() && answer.get("records").is_none());
+
+    // Nor by a change of its own source.
+    let (status, _) = api.call(create(new_source(&attacker, &db))).await;
+    assert_eq!(status, 201);
+    let patch = |body: Json| api_request("sources-patch.json", &[("id", &attacker)], &[], Some(body));
+    let (status, answer) = api.call(patch(json!({ "secret_id": victim_secret }))).await;
+    assert_eq!(
+        (status, answer["error"]["field"].as_str()),
+        (400, Some("secret_id")),
+        "{answer}"
+    );
+    let (status, answer) = api
+        .call(patch(json!({
+            "sync_type": "identify", "query": "SELECT user_id FROM sales",
+            "destination": {"kind": "http", "base_url": receiver.base_url(), "secret_id": victim_key},
+        })))
+        .await;
+    assert_eq!(
+        (status, answer["error"]["field"].as_str()),
+        (400, Some("destination.secret_id")),
+        "{answer}"
+    );
+    assert_eq!(
+        api.store.get_source(&attacker).await.unwrap().unwrap().config.secret_id,
+        format!("{prefix}{attacker}")
+    );
+
+    // Ids an attacker would try for a connection: each names no connection.
+    let long = "x".repeat(1024);
+    for connection_id in [
+        "../".to_string() + &victim,
+        format!("a/{victim}"),
+        "..".into(),
+        "é".into(),
+        long,
+        victim_secret.clone(),
+        format!("{victim}/write-key"),
+    ] {
+        let (status, answer) = api.call(create(source_on(&unique("probe"), &connection_id))).await;
+        assert_eq!(
+            (status, answer["error"]["field"].as_str()),
+            (400, Some("connection_id")),
+            "{connection_id}: {answer}"
+        );
+    }
+    // A secret_id that climbs out of the connections' folder is no connection either.
+    let mut climbs = new_source(&unique("probe"), &db);
+    climbs.as_object_mut().unwrap().remove("connection");
+    climbs["secret_id"] = format!("{prefix}connections/../{victim}").into();
+    let (status, answer) = api.call(create(climbs)).await;
+    assert_eq!(
+        (status, answer["error"]["field"].as_str()),
+        (400, Some("connection_id")),
+        "{answer}"
+    );
+    for id in ["../x", "a%2Fb", "é", &"y".repeat(1024)] {
+        let (status, _) = api
+            .call(connection_request("connections-get.json", Some(id), None))
+            .await;
+        assert_eq!(status, 404, "{id}");
+        let (status, answer) = api
+            .call(connection_request(
+                "connections-create.json",
+                None,
+                Some(new_connection(id, &db)),
+            ))
+            .await;
+        assert_eq!(
+            (status, answer["error"]["field"].as_str()),
+            (400, Some("id")),
+            "{id}: {answer}"
+        );
+    }
+    // A connection named like the victim gets its own secret; the victim's stays.
+    let (status, answer) = api
+        .call(connection_request(
+            "connections-create.json",
+            None,
+            Some(new_connection(&victim, &db)),
+        ))
+        .await;
+    assert_eq!(status, 201, "{answer}");
+    assert_eq!(answer["secret_id"], json!(format!("{prefix}connections/{victim}")));
+    let stored = api
+        .secrets
+        .get_secret_value()
+        .secret_id(&victim_key)
+        .send()
+        .await
+        .unwrap();
+    assert!(stored.secret_string().unwrap().contains(&write_key));
+    // No source may be called `connections`: its write key would sit among them.
+    let (status, answer) = api.call(create(new_source("connections", &db))).await;
+    assert_eq!(
+        (status, answer["error"]["field"].as_str()),
+        (400, Some("id")),
+        "{answer}"
+    );
+
+    assert_eq!(receiver.requests(), 0);
+    for body in api.seen.lock().unwrap().iter() {
+        assert!(!body.contains(&write_key), "{body}");
+    }
+    api.assert_no_secret_was_shown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sources_share_a_connection_whose_secret_is_never_shown_and_which_is_not_deleted_in_use() {
+    let api = Api::new().await;
+    let db = Database::new(Engine::Postgres).await;
+    db.create_sales(40).await;
+    let prefix = api.config.secrets_prefix.clone();
+    let connection_id = unique("shop");
+    let secret_id = format!("{prefix}connections/{connection_id}");
+    let get = || connection_request("connections-get.json", Some(&connection_id), None);
+
+    let (status, created) = api
+        .call(connection_request(
+            "connections-create.json",
+            None,
+            Some(new_connection(&connection_id, &db)),
+        ))
+        .await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(
+        created,
+        json!({"id": connection_id, "name": "Shop replica", "engine": "postgres", "secret_id": secret_id, "sources": []})
+    );
+    let stored = api
+        .secrets
+        .get_secret_value()
+        .secret_id(&secret_id)
+        .send()
+        .await
+        .unwrap();
+    assert!(stored.secret_string().unwrap().contains(PASSWORD));
+    // Sent again (a lost answer): done. With another password: refused, the first kept.
+    let (status, _) = api
+        .call(connection_request(
+            "connections-create.json",
+            None,
+            Some(new_connection(&connection_id, &db)),
+        ))
+        .await;
+    assert_eq!(status, 201);
+    let mut other = new_connection(&connection_id, &db);
+    other["connection"]["password"] = "another".into();
+    let (status, answer) = api
+        .call(connection_request("connections-create.json", None, Some(other)))
+        .await;
+    assert_eq!(status, 409, "{answer}");
+    let stored = api
+        .secrets
+        .get_secret_value()
+        .secret_id(&secret_id)
+        .send()
+        .await
+        .unwrap();
+    assert!(stored.secret_string().unwrap().contains(PASSWORD));
+
+    // Two sources of the database use it; a MySQL source may not.
+    let (a, b) = (unique("a"), unique("b"));
+    for id in [&a, &b] {
+        let (status, answer) = api
+            .call(api_request(
+                "sources-create.json",
+                &[],
+                &[],
+                Some(source_on(id, &connection_id)),
+            ))
+            .await;
+        assert_eq!(status, 201, "{answer}");
+        assert_eq!(
+            (&answer["connection_id"], &answer["secret_id"]),
+            (&json!(connection_id), &json!(secret_id))
+        );
+    }
+    let mut mysql = source_on(&unique("m"), &connection_id);
+    mysql["engine"] = "mysql".into();
+    let (status, answer) = api
+        .call(api_request("sources-create.json", &[], &[], Some(mysql)))
+        .await;
+    assert_eq!(
+        (status, answer["error"]["field"].as_str()),
+        (400, Some("connection_id")),
+        "{answer}"
+    );
+    let mut both = source_on(&unique("m"), &connection_id);
+    both["connection"] = db.secret.clone();
+    let (status, answer) = api.call(api_request("sources-create.json", &[], &[], Some(both))).await;
+    assert_eq!(
+        (status, answer["error"]["field"].as_str()),
+        (400, Some("connection_id")),
+        "{answer}"
+    );
+    let (status, got) = api.call(get()).await;
+    assert_eq!((status, got["sources"].clone()), (200, json!([a, b])), "{got}");
+    let (_, list) = api.call(connection_request("connections-list.json", None, None)).await;
+    assert!(list["connections"].as_array().unwrap().contains(&got), "{list}");
+
+    // End to end: the test query and a sync of each, through the one secret.
+    let sync = sync_service(&sdk().await, &api.config.function);
+    for id in [&a, &b] {
+        let (status, preview) = api
+            .call(api_request("sources-test-query.json", &[("id", id)], &[], None))
+            .await;
+        assert_eq!((status, preview["row_count"].as_u64()), (200, Some(40)), "{preview}");
+        let run = sync.run(id, sluice_core::Trigger::Manual, None).await.unwrap();
+        assert_eq!(
+            (run.status, run.rows_written),
+            (RunStatus::Succeeded, 40),
+            "{:?}",
+            run.message
+        );
+    }
+
+    // A new name, and a new secret value; the engine stays while sources use it.
+    let patch = |body: Json| connection_request("connections-patch.json", Some(&connection_id), Some(body));
+    let (status, answer) = api
+        .call(patch(
+            json!({ "name": "Shop (eu)", "connection": new_connection("x", &db)["connection"] }),
+        ))
+        .await;
+    assert_eq!((status, &answer["name"]), (200, &json!("Shop (eu)")), "{answer}");
+    let (status, answer) = api.call(patch(json!({ "engine": "mysql" }))).await;
+    assert_eq!(
+        (status, answer["error"]["field"].as_str()),
+        (400, Some("engine")),
+        "{answer}"
+    );
+    let (status, answer) = api.call(patch(json!({ "id": "other" }))).await;
+    assert_eq!(
+        (status, answer["error"]["field"].as_str()),
+        (400, Some("id")),
+        "{answer}"
+    );
+
+    // Deleting it in use is refused, naming the sources; nothing goes.
+    let delete = || connection_request("connections-delete.json", Some(&connection_id), None);
+    let (status, answer) = api.call(delete()).await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (409, Some("in_use")),
+        "{answer}"
+    );
+    let message = answer["error"]["message"].as_str().unwrap();
+    assert!(message.contains(&a) && message.contains(&b), "{message}");
+    assert!(
+        api.secrets
+            .get_secret_value()
+            .secret_id(&secret_id)
+            .send()
+            .await
+            .is_ok()
+    );
+
+    // B moves to its own connection, A is deleted: the connection can go.
+    let (status, answer) = api
+        .call(api_request(
+            "sources-patch.json",
+            &[("id", &b)],
+            &[],
+            Some(json!({ "connection": new_connection("x", &db)["connection"] })),
+        ))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["secret_id"], json!(format!("{prefix}{b}")));
+    assert!(answer.get("connection_id").is_none());
+    let (_, got) = api.call(get()).await;
+    assert_eq!(got["sources"], json!([a]));
+    // And back: its own secret goes, the connection's stays.
+    let (status, answer) = api
+        .call(api_request(
+            "sources-patch.json",
+            &[("id", &b)],
+            &[],
+            Some(json!({ "connection_id": connection_id })),
+        ))
+        .await;
+    assert_eq!(
+        (status, &answer["connection_id"]),
+        (200, &json!(connection_id)),
+        "{answer}"
+    );
+    assert!(
+        api.secrets
+            .get_secret_value()
+            .secret_id(format!("{prefix}{b}"))
+            .send()
+            .await
+            .is_err()
+    );
+    let (status, _) = api
+        .call(api_request("sources-delete.json", &[("id", &b)], &[], None))
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = api
+        .call(api_request("sources-delete.json", &[("id", &a)], &[], None))
+        .await;
+    assert_eq!(status, 200);
+    assert!(
+        api.secrets
+            .get_secret_value()
+            .secret_id(&secret_id)
+            .send()
+            .await
+            .is_ok(),
+        "a source's delete leaves the connection's secret"
+    );
+    let (status, answer) = api.call(delete()).await;
+    assert_eq!((status, &answer["deleted"]), (200, &json!(connection_id)), "{answer}");
+    assert!(
+        api.secrets
+            .get_secret_value()
+            .secret_id(&secret_id)
+            .send()
+            .await
+            .is_err()
+    );
+    let (status, _) = api.call(get()).await;
+    assert_eq!(status, 404);
+    let (status, answer) = api
+        .call(api_request(
+            "sources-create.json",
+            &[],
+            &[],
+            Some(source_on(&unique("late"), &connection_id)),
+        ))
+        .await;
+    assert_eq!(
+        (status, answer["error"]["field"].as_str()),
+        (400, Some("connection_id")),
+        "{answer}"
+    );
+
+    api.assert_no_secret_was_shown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creates_of_one_id_at_once_never_mix_their_config_and_secret() {
+    let api = Api::new().await;
+    let db = Database::new(Engine::Postgres).await;
+    db.create_sales(3).await;
+    let prefix = api.config.secrets_prefix.clone();
+
+    // Sources: each request its own name and password.
+    let id = unique("race");
+    let requests = (0..6).map(|i| {
+        let mut body = new_source(&id, &db);
+        body["name"] = format!("create {i}").into();
+        body["connection"]["password"] = format!("pw-{i}").into();
+        api.call(api_request("sources-create.json", &[], &[], Some(body)))
+    });
+    let answers = futures::future::join_all(requests).await;
+    let won: Vec<_> = answers.iter().filter(|(s, _)| *s == 201).collect();
+    assert_eq!(won.len(), 1, "{answers:?}");
+    assert!(answers.iter().all(|(s, _)| *s == 201 || *s == 409), "{answers:?}");
+    let name = won[0].1["name"].as_str().unwrap().to_string();
+    let stored = api.store.get_source(&id).await.unwrap().unwrap().config;
+    assert_eq!(stored.name, name);
+    let secret = api
+        .secrets
+        .get_secret_value()
+        .secret_id(format!("{prefix}{id}"))
+        .send()
+        .await
+        .unwrap();
+    let password: Json = serde_json::from_str(secret.secret_string().unwrap()).unwrap();
+    assert_eq!(
+        password["password"],
+        json!(name.replace("create ", "pw-")),
+        "the stored secret is the winner's"
+    );
+
+    // The same body sent several times at once (a client retrying): all finish it.
+    let same = unique("same");
+    let answers = futures::future::join_all((0..4).map(|_| {
+        api.call(api_request(
+            "sources-create.json",
+            &[],
+            &[],
+            Some(new_source(&same, &db)),
+        ))
+    }))
+    .await;
+    assert!(answers.iter().all(|(s, _)| *s == 201), "{answers:?}");
+
+    // Connections: one name, each request its own password.
+    let connection_id = unique("race");
+    let requests = (0..6).map(|i| {
+        let mut body = new_connection(&connection_id, &db);
+        body["connection"]["password"] = format!("pw-{i}").into();
+        api.call(connection_request("connections-create.json", None, Some(body)))
+    });
+    let answers = futures::future::join_all(requests).await;
+    assert_eq!(answers.iter().filter(|(s, _)| *s == 201).count(), 1, "{answers:?}");
+    assert!(answers.iter().all(|(s, _)| *s == 201 || *s == 409), "{answers:?}");
+    let secret = api
+        .secrets
+        .get_secret_value()
+        .secret_id(format!("{prefix}connections/{connection_id}"))
+        .send()
+        .await
+        .unwrap();
+    let stored: Json = serde_json::from_str(secret.secret_string().unwrap()).unwrap();
+    assert!(stored["password"].as_str().unwrap().starts_with("pw-"));
+    for (_, answer) in &answers {
+        assert!(!answer.to_string().contains("pw-"), "{answer}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_namespace_is_one_sources_unless_shared_on_purpose() {
+    let api = Api::new().await;
+    let db = Database::new(Engine::Postgres).await;
+    db.create_sales(10).await;
+    let create = |id: &str, namespace: Option<&str>| {
+        let mut body = new_source(id, &db);
+        if let Some(ns) = namespace {
+            body["member_id_source"] = ns.into();
+        }
+        api_request("sources-create.json", &[], &[], Some(body))
+    };
+    let refused = |answer: &Json, holder: &str| {
+        assert_eq!(answer["error"]["field"], "member_id_source", "{answer}");
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(message.contains(holder) && message.contains("shared:"), "{message}");
+    };
+
+    // A's default namespace is its id: B may not write there.
+    let (a, b, c) = (unique("a"), unique("b"), unique("c"));
+    assert_eq!(api.call(create(&a, None)).await.0, 201);
+    let (status, answer) = api.call(create(&b, Some(&a))).await;
+    assert_eq!(status, 400);
+    refused(&answer, &a);
+    // An explicit namespace: the first holds it, the next is refused.
+    let crm = unique("crm");
+    assert_eq!(api.call(create(&b, Some(&crm))).await.0, 201);
+    let (status, answer) = api.call(create(&c, Some(&crm))).await;
+    assert_eq!(status, 400);
+    refused(&answer, &b);
+    assert!(
+        api.store.get_source(&c).await.unwrap().is_none(),
+        "the refused create left nothing"
+    );
+    // B moves on: the namespace is free for C; deleting C frees it again.
+    let (status, _) = api
+        .call(api_request(
+            "sources-patch.json",
+            &[("id", &b)],
+            &[],
+            Some(json!({ "member_id_source": unique("crm") })),
+        ))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(api.call(create(&c, Some(&crm))).await.0, 201);
+    assert_eq!(
+        api.call(api_request("sources-delete.json", &[("id", &c)], &[], None))
+            .await
+            .0,
+        200
+    );
+    let d = unique("d");
+    assert_eq!(api.call(create(&d, Some(&crm))).await.0, 201);
+
+    // Shared on purpose: both sync into one namespace.
+    let shared = format!("shared:{}", unique("team"));
+    let (e, f) = (unique("e"), unique("f"));
+    let sync = sync_service(&sdk().await, &api.config.function);
+    for id in [&e, &f] {
+        let (status, answer) = api.call(create(id, Some(&shared))).await;
+        assert_eq!(status, 201, "{answer}");
+        let run = sync.run(id, sluice_core::Trigger::Manual, None).await.unwrap();
+        assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.message);
+    }
+    let (members, _) = api.store.list_members(&shared).await.unwrap();
+    assert!(!members.is_empty());
+
+    // A source saved before claims existed holds its namespace all the same.
+    let legacy_ns = unique("legacy");
+    let mut legacy = sluice_core::SourceConfig::clone(&api.store.get_source(&d).await.unwrap().unwrap().config);
+    legacy.id = unique("legacy");
+    legacy.member_id_source = Some(legacy_ns.clone());
+    api.store.put_source(&legacy).await.unwrap();
+    let (status, answer) = api.call(create(&unique("g"), Some(&legacy_ns))).await;
+    assert_eq!(status, 400);
+    refused(&answer, &legacy.id);
+
+    // Namespaces that are no name.
+    for bad in ["a/b", "shared:", "mémé", "a#b", "shared:a:b", &"n".repeat(65)] {
+        let (status, answer) = api.call(create(&unique("h"), Some(bad))).await;
+        assert_eq!(
+            (status, answer["error"]["field"].as_str()),
+            (400, Some("member_id_source")),
+            "{bad}: {answer}"
+        );
+    }
+    api.assert_no_secret_was_shown();
 }

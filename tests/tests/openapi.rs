@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use serde_json::Value as Json;
 use serde_yaml::Value as Yaml;
-use sluice_core::{Backfill, BackfillRequest, Engine, Run, RunStatus, SourceView, Trigger};
+use sluice_core::{Backfill, BackfillRequest, Connection, ConnectionView, Engine, Run, RunStatus, SourceView, Trigger};
 use sluice_tests::*;
 
 fn yaml(file: &str) -> Yaml {
@@ -110,9 +110,21 @@ async fn the_documented_schemas_have_the_fields_the_handlers_send() {
         active_backfill: None,
         effective_frequency_minutes: 5,
         ssh_host_key: Some("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB".into()),
+        connection_id: Some("shop-db".into()),
     };
     assert_matches(&doc, "Source", &serde_json::to_value(&view).unwrap());
     assert_matches(&doc, "SourceConfig", &serde_json::to_value(&src).unwrap());
+    let connection = ConnectionView {
+        connection: Connection {
+            id: "shop-db".into(),
+            name: "Shop".into(),
+            description: Some("The shop's replica".into()),
+            engine: Engine::Postgres,
+        },
+        secret_id: "sluice/connections/shop-db".into(),
+        sources: vec!["docs".into()],
+    };
+    assert_matches(&doc, "DatabaseConnection", &serde_json::to_value(&connection).unwrap());
 
     let now = chrono::Utc::now();
     let mut run = Run::start("r".into(), "docs", Trigger::Backfill, now).finish(RunStatus::Succeeded, None, now);

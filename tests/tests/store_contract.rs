@@ -187,6 +187,8 @@ async fn contract(store: Arc<dyn Store>) {
 
     backfill_contract(&*store, &id).await;
     delivery_contract(&*store, &id).await;
+    creates_and_claims_contract(store.clone(), &src).await;
+    connections_contract(&*store).await;
     // Backfill jobs share the Runs table but never show up as runs.
     let runs = store.list_runs(&id, 10, None).await.unwrap();
     assert_eq!(runs.len(), 2);
@@ -216,6 +218,127 @@ async fn contract(store: Arc<dyn Store>) {
     assert_eq!(store.delete_source(&id, true).await.unwrap(), 60);
     assert_eq!(store.count_records(&id).await.unwrap(), 0);
     assert!(store.get_source(&id).await.unwrap().is_none());
+}
+
+/// A create writes only where no source has the id, whoever else tries at once; a
+/// member namespace has one holder at a time.
+async fn creates_and_claims_contract(store: Arc<dyn Store>, existing: &sluice_core::SourceConfig) {
+    let mut other = existing.clone();
+    other.name = "Not written".into();
+    assert!(!store.create_source(&other).await.unwrap());
+    assert_eq!(store.get_source(&existing.id).await.unwrap().unwrap().config, *existing);
+
+    // Eight creates of one new id at once: one wins, and the stored config is its own.
+    let id = unique("race");
+    let creates = (0..8).map(|i| {
+        let store = store.clone();
+        let mut config = existing.clone();
+        config.id = id.clone();
+        config.name = format!("create {i}");
+        tokio::spawn(async move { (store.create_source(&config).await.unwrap(), config) })
+    });
+    let outcomes = futures::future::join_all(creates).await;
+    let winners: Vec<_> = outcomes
+        .into_iter()
+        .map(Result::unwrap)
+        .filter(|(won, _)| *won)
+        .collect();
+    assert_eq!(winners.len(), 1);
+    assert_eq!(store.get_source(&id).await.unwrap().unwrap().config, winners[0].1);
+    store.delete_source(&id, false).await.unwrap();
+
+    // Claims: the holder's again is fine, another's is refused, only the holder frees it.
+    let namespace = unique("ns");
+    assert_eq!(store.claim_member_namespace(&namespace, "a").await.unwrap(), None);
+    assert_eq!(store.claim_member_namespace(&namespace, "a").await.unwrap(), None);
+    assert_eq!(
+        store.claim_member_namespace(&namespace, "b").await.unwrap().as_deref(),
+        Some("a")
+    );
+    store.release_member_namespace(&namespace, "b").await.unwrap();
+    assert_eq!(
+        store.claim_member_namespace(&namespace, "b").await.unwrap().as_deref(),
+        Some("a")
+    );
+    store.release_member_namespace(&namespace, "a").await.unwrap();
+    assert_eq!(store.claim_member_namespace(&namespace, "b").await.unwrap(), None);
+    // Six claims at once: one holder, named to every other.
+    let namespace = unique("ns");
+    let claims = (0..6).map(|i| {
+        let (store, namespace) = (store.clone(), namespace.clone());
+        tokio::spawn(async move {
+            (
+                i,
+                store
+                    .claim_member_namespace(&namespace, &format!("s{i}"))
+                    .await
+                    .unwrap(),
+            )
+        })
+    });
+    let outcomes: Vec<_> = futures::future::join_all(claims)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let holders: Vec<_> = outcomes
+        .iter()
+        .filter(|(_, h)| h.is_none())
+        .map(|(i, _)| format!("s{i}"))
+        .collect();
+    assert_eq!(holders.len(), 1, "{outcomes:?}");
+    assert!(
+        outcomes
+            .iter()
+            .all(|(_, h)| h.is_none() || h.as_ref() == Some(&holders[0]))
+    );
+}
+
+/// Connections: created where absent, replaced where present, listed by id, deleted.
+async fn connections_contract(store: &dyn Store) {
+    use sluice_core::{Connection, Engine};
+    let id = unique("conn");
+    let mut connection = Connection {
+        id: id.clone(),
+        name: "Shop".into(),
+        description: None,
+        engine: Engine::Postgres,
+    };
+    assert!(store.get_connection(&id).await.unwrap().is_none());
+    assert!(store.create_connection(&connection).await.unwrap());
+    let mut other = connection.clone();
+    other.name = "Not written".into();
+    assert!(!store.create_connection(&other).await.unwrap());
+    assert_eq!(store.get_connection(&id).await.unwrap().as_ref(), Some(&connection));
+    connection.description = Some("The replica, with a ☃ and \"quotes\"".into());
+    assert!(store.update_connection(&connection).await.unwrap());
+    assert_eq!(store.get_connection(&id).await.unwrap().as_ref(), Some(&connection));
+    let absent = Connection {
+        id: unique("conn"),
+        ..connection.clone()
+    };
+    assert!(!store.update_connection(&absent).await.unwrap());
+    assert!(store.get_connection(&absent.id).await.unwrap().is_none());
+    let second = Connection {
+        id: format!("{id}-2"),
+        ..connection.clone()
+    };
+    assert!(store.create_connection(&second).await.unwrap());
+    let listed: Vec<_> = store
+        .list_connections()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|c| c.id.starts_with(&id))
+        .collect();
+    assert_eq!(listed, vec![connection.clone(), second.clone()]);
+    // A connection is not a source, and a source's id is not a connection's.
+    assert!(store.get_source(&id).await.unwrap().is_none());
+    assert!(store.list_sources().await.unwrap().iter().all(|s| s.config.id != id));
+    store.delete_connection(&id).await.unwrap();
+    store.delete_connection(&id).await.unwrap();
+    assert!(store.get_connection(&id).await.unwrap().is_none());
+    assert_eq!(store.get_connection(&second.id).await.unwrap(), Some(second));
 }
 
 /// Delivery states: one per record, listed by key and status, and the records whose

@@ -1,5 +1,5 @@
 //! The management API behind API Gateway (REST, IAM auth): sources, their test query,
-//! and the import log. JSON in and out; no answer ever holds a secret value.
+//! the import log, and the connections sources share. JSON in and out; no answer ever holds a secret value.
 
 use aws_lambda_events::apigw::{ApiGatewayProxyRequest, ApiGatewayProxyResponse};
 use serde::Deserialize;
@@ -7,8 +7,8 @@ use serde_json::{Value as Json, json};
 use sluice_core::backfill::parse_instant;
 use sluice_core::delivery::DeliveryError;
 use sluice_core::{
-    AdminError, Budget, ConnectionSecret, Deliverer, DeliveryStatus, FieldError, SourceAdmin, SourceConfig,
-    SourceInput, TestQuery, Window, WriteKey,
+    AdminError, Budget, Connection, ConnectionInput, ConnectionSecret, Deliverer, DeliveryStatus, FieldError,
+    SourceAdmin, SourceConfig, SourceInput, TestQuery, Window, WriteKey,
 };
 use sluice_lambda::http::{error_body, json_body, no_route, path_param, respond, route, store_failure};
 use tracing::{error, info};
@@ -25,6 +25,11 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/sources/{id}/runs/{run}"),
     ("GET", "/sources/{id}/deliveries"),
     ("POST", "/sources/{id}/deliveries/replay"),
+    ("POST", "/connections"),
+    ("GET", "/connections"),
+    ("GET", "/connections/{id}"),
+    ("PATCH", "/connections/{id}"),
+    ("DELETE", "/connections/{id}"),
 ];
 
 /// Failed calls one replay sends at most; the answer's `failed_left` says whether more wait.
@@ -139,6 +144,25 @@ pub async fn handle(api: &Api, request: &ApiGatewayProxyRequest) -> ApiGatewayPr
                     json!({ "report": report, "failed_left": !left.deliveries.is_empty() }),
                 )
             }
+            ("POST", "/connections") => (
+                201,
+                json!(
+                    admin
+                        .create_connection(connection_input(required(body)?, None)?)
+                        .await?
+                ),
+            ),
+            ("GET", "/connections") => (200, json!({ "connections": admin.connections().await? })),
+            ("GET", "/connections/{id}") => (200, json!(admin.connection(id).await?)),
+            ("PATCH", "/connections/{id}") => {
+                let current = admin.connection(id).await?.connection;
+                let input = connection_input(required(body)?, Some(&current))?;
+                (200, json!(admin.replace_connection(id, input).await?))
+            }
+            ("DELETE", "/connections/{id}") => {
+                admin.delete_connection(id).await?;
+                (200, json!({ "deleted": id }))
+            }
             _ => return Ok((0, Json::Null)),
         })
     }
@@ -149,8 +173,13 @@ pub async fn handle(api: &Api, request: &ApiGatewayProxyRequest) -> ApiGatewayPr
         Err(e) => {
             let (status, code, field) = match &e {
                 AdminError::BadRequest(r) => (400, "bad_request", Some(r.field.as_str())),
-                AdminError::NotFound(_) | AdminError::RunNotFound { .. } => (404, "not_found", None),
-                AdminError::Conflict(_) => (409, "conflict", None),
+                AdminError::NotFound(_) | AdminError::RunNotFound { .. } | AdminError::ConnectionNotFound(_) => {
+                    (404, "not_found", None)
+                }
+                AdminError::Conflict(_) | AdminError::ConnectionConflict(_) | AdminError::SecretTaken(_) => {
+                    (409, "conflict", None)
+                }
+                AdminError::ConnectionInUse { .. } => (409, "in_use", None),
                 AdminError::Secrets(_) | AdminError::Schedule(_) => (502, "upstream", None),
                 AdminError::Store(e) => {
                     let (status, code) = store_failure(e);
@@ -163,6 +192,7 @@ pub async fn handle(api: &Api, request: &ApiGatewayProxyRequest) -> ApiGatewayPr
             let message = match &e {
                 AdminError::BadRequest(r) => r.reason.clone(),
                 AdminError::Conflict(id) => format!("{e}; change it with PATCH /sources/{id}"),
+                AdminError::ConnectionConflict(id) => format!("{e}; change it with PATCH /connections/{id}"),
                 other => other.to_string(),
             };
             respond(status, &error_body(code, field, &message))
@@ -181,10 +211,7 @@ fn source_input(admin: &SourceAdmin, mut body: Json, path_id: Option<&str>) -> R
     let Some(object) = body.as_object_mut() else {
         return Err(FieldError::new("body", "must be a JSON object (a source)"));
     };
-    let connection = match object.remove("connection") {
-        None | Some(Json::Null) => None,
-        Some(c) => Some(ConnectionSecret::from_value(c).map_err(|e| FieldError::new("connection", e))?),
-    };
+    let connection = connection_secret(object.remove("connection"))?;
     if let (Some(path_id), Some(Json::String(body_id))) = (path_id, object.get("id"))
         && body_id != path_id
     {
@@ -194,6 +221,30 @@ fn source_input(admin: &SourceAdmin, mut body: Json, path_id: Option<&str>) -> R
         ));
     }
     let id = object.get("id").and_then(Json::as_str).unwrap_or_default().to_string();
+    // A connection's id names its secret; the config keeps the secret's name, as a
+    // source of the local config file does.
+    match object.remove("connection_id") {
+        None | Some(Json::Null) => {}
+        Some(Json::String(connection_id)) => {
+            if connection.is_some() {
+                return Err(FieldError::new(
+                    "connection_id",
+                    "give either connection_id (a shared connection) or connection (the source's own), not both",
+                ));
+            }
+            let secret_id = admin.connection_secret(&connection_id);
+            match object.insert("secret_id".into(), Json::String(secret_id.clone())) {
+                Some(Json::String(given)) if given != secret_id => {
+                    return Err(FieldError::new(
+                        "secret_id",
+                        format!("is {given:?}, but connection_id names the secret {secret_id:?}: give one of them"),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        Some(_) => return Err(FieldError::new("connection_id", "must be a connection's id, a string")),
+    }
     if connection.is_some() && !object.contains_key("secret_id") {
         object.insert("secret_id".into(), Json::String(admin.owned_secret(&id)));
     }
@@ -237,6 +288,13 @@ fn merge_patch(current: &SourceConfig, changes: Json) -> Result<Json, FieldError
         return Err(FieldError::new("body", "must be a JSON object of the fields to change"));
     };
     let mut merged = serde_json::to_value(current).expect("configs serialize");
+    if ["connection", "connection_id"].iter().any(|f| changes.contains_key(*f)) && !changes.contains_key("secret_id") {
+        // The secret the config names follows the new connection.
+        merged
+            .as_object_mut()
+            .expect("a config is an object")
+            .remove("secret_id");
+    }
     for (field, value) in changes {
         if field == "id" && value != Json::String(current.id.clone()) {
             return Err(FieldError::new("id", "cannot change; create a new source instead"));
@@ -244,6 +302,54 @@ fn merge_patch(current: &SourceConfig, changes: Json) -> Result<Json, FieldError
         merged[field] = value;
     }
     Ok(merged)
+}
+
+/// A connection secret from a request body, if it holds one.
+fn connection_secret(value: Option<Json>) -> Result<Option<ConnectionSecret>, FieldError> {
+    match value {
+        None | Some(Json::Null) => Ok(None),
+        // Never serde's own text: it quotes the value, a password say.
+        Some(c) => ConnectionSecret::from_value(c)
+            .map(Some)
+            .map_err(|e| FieldError::new("connection", e)),
+    }
+}
+
+/// A connection from a request body: what it is, and its `connection` (the secret to
+/// store). For a change, `current` with the body's fields replaced; `engine` may be
+/// left to the secret's.
+fn connection_input(mut body: Json, current: Option<&Connection>) -> Result<ConnectionInput, FieldError> {
+    let Some(object) = body.as_object_mut() else {
+        return Err(FieldError::new("body", "must be a JSON object (a connection)"));
+    };
+    let secret = connection_secret(object.remove("connection"))?;
+    let mut merged = match current {
+        Some(current) => {
+            if let Some(id) = object.get("id")
+                && id != &Json::String(current.id.clone())
+            {
+                return Err(FieldError::new("id", "cannot change; create a new connection instead"));
+            }
+            serde_json::to_value(current).expect("connections serialize")
+        }
+        None => json!({}),
+    };
+    for (field, value) in std::mem::take(object) {
+        merged[field] = value;
+    }
+    if let Some(secret) = &secret
+        && merged.get("engine").is_none()
+    {
+        merged["engine"] = json!(secret.engine);
+    }
+    let connection: Connection = serde_path_to_error::deserialize(merged).map_err(|e| {
+        let path = e.path().to_string();
+        match path.as_str() {
+            "." | "" => serde_error(&e.inner().to_string()),
+            _ => FieldError::new(path, e.inner().to_string()),
+        }
+    })?;
+    Ok(ConnectionInput { connection, secret })
 }
 
 /// The body of a test query: an unsaved source (and its connection), and a window.

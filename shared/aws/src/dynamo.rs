@@ -19,9 +19,9 @@ use sluice_core::stored::{
     StoredSource, decode_job, decode_run, encode_config, encode_job, encode_run, job_status, to_micros,
 };
 use sluice_core::{
-    BackendError, Backfill, BackfillCreated, BackfillJobs, Cadence, DeliveryLog, DeliveryState, DeliveryStatus,
-    LeaseOutcome, Member, Record, RecordBatch, RecordReader, RecordWriter, Reject, Run, RunLog, SaveOutcome,
-    SourceConfig, SourceState, SourceStore, StoreError, StoredRecord, Value, WriteStats,
+    BackendError, Backfill, BackfillCreated, BackfillJobs, Cadence, Connection, ConnectionStore, DeliveryLog,
+    DeliveryState, DeliveryStatus, LeaseOutcome, Member, Record, RecordBatch, RecordReader, RecordWriter, Reject, Run,
+    RunLog, SaveOutcome, SourceConfig, SourceState, SourceStore, StoreError, StoredRecord, Value, WriteStats,
 };
 
 use crate::item::{Item, attribute, n, s, stored_record};
@@ -454,6 +454,21 @@ fn run_body(source_id: &str, item: &Item) -> Result<Run, StoreError> {
     decode_run(source_id, &s(item, "body").unwrap_or_default())
 }
 
+fn put_condition_failed<R>(e: &SdkError<aws_sdk_dynamodb::operation::put_item::PutItemError, R>) -> bool {
+    e.as_service_error()
+        .is_some_and(|s| s.is_conditional_check_failed_exception())
+}
+
+/// Connections and member-namespace claims live in the Members table, apart from the
+/// members (`member#…`, `team#…`): connections under one partition (few, listed
+/// together), each claim under its own.
+const CONNECTIONS_PK: &str = "connection";
+const CLAIM_SK: &str = "claim";
+
+fn claim_pk(namespace: &str) -> String {
+    format!("claim#{namespace}")
+}
+
 fn is_condition_failed<R>(e: &SdkError<aws_sdk_dynamodb::operation::update_item::UpdateItemError, R>) -> bool {
     e.as_service_error()
         .is_some_and(|s| s.is_conditional_check_failed_exception())
@@ -472,6 +487,81 @@ impl SourceStore for DynamoStore {
             .await
             .map_err(sdk("saving a source"))?;
         Ok(())
+    }
+
+    async fn create_source(&self, config: &SourceConfig) -> Result<bool, StoreError> {
+        let out = self
+            .client
+            .put_item()
+            .table_name(&self.tables.sources)
+            .item("source_id", AttributeValue::S(config.id.clone()))
+            .item("config", AttributeValue::S(encode_config(config)))
+            .condition_expression("attribute_not_exists(source_id)")
+            .send()
+            .await;
+        match out {
+            Ok(_) => Ok(true),
+            Err(e) if put_condition_failed(&e) => Ok(false),
+            Err(e) => Err(sdk("creating a source")(e)),
+        }
+    }
+
+    async fn claim_member_namespace(&self, namespace: &str, source_id: &str) -> Result<Option<String>, StoreError> {
+        let pk = claim_pk(namespace);
+        let out = self
+            .client
+            .put_item()
+            .table_name(&self.tables.members)
+            .set_item(Some(key(("pk", &pk), Some(("sk", CLAIM_SK)))))
+            .item("source_id", AttributeValue::S(source_id.to_string()))
+            .condition_expression("attribute_not_exists(pk) OR source_id = :s")
+            .expression_attribute_values(":s", AttributeValue::S(source_id.to_string()))
+            .send()
+            .await;
+        match out {
+            Ok(_) => Ok(None),
+            Err(e) if put_condition_failed(&e) => {
+                let holder = self
+                    .client
+                    .get_item()
+                    .table_name(&self.tables.members)
+                    .set_key(Some(key(("pk", &pk), Some(("sk", CLAIM_SK)))))
+                    .consistent_read(true)
+                    .send()
+                    .await
+                    .map_err(sdk("reading a member namespace's claim"))?
+                    .item
+                    .and_then(|i| s(&i, "source_id"));
+                match holder {
+                    Some(holder) => Ok(Some(holder)),
+                    // Released between the two calls: try again.
+                    None => self.claim_member_namespace(namespace, source_id).await,
+                }
+            }
+            Err(e) => Err(sdk("claiming a member namespace")(e)),
+        }
+    }
+
+    async fn release_member_namespace(&self, namespace: &str, source_id: &str) -> Result<(), StoreError> {
+        let out = self
+            .client
+            .delete_item()
+            .table_name(&self.tables.members)
+            .set_key(Some(key(("pk", &claim_pk(namespace)), Some(("sk", CLAIM_SK)))))
+            .condition_expression("source_id = :s")
+            .expression_attribute_values(":s", AttributeValue::S(source_id.to_string()))
+            .send()
+            .await;
+        match out {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(sdk("releasing a member namespace")(e)),
+        }
     }
 
     async fn get_source(&self, id: &str) -> Result<Option<SourceState>, StoreError> {
@@ -1121,5 +1211,79 @@ fn delivery_status(status: DeliveryStatus) -> &'static str {
     match status {
         DeliveryStatus::Delivered => "delivered",
         DeliveryStatus::Failed => "failed",
+    }
+}
+
+#[async_trait]
+impl ConnectionStore for DynamoStore {
+    async fn create_connection(&self, connection: &Connection) -> Result<bool, StoreError> {
+        let out = self
+            .client
+            .put_item()
+            .table_name(&self.tables.members)
+            .set_item(Some(key(("pk", CONNECTIONS_PK), Some(("sk", &connection.id)))))
+            .item("body", AttributeValue::S(connection.encode()))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await;
+        match out {
+            Ok(_) => Ok(true),
+            Err(e) if put_condition_failed(&e) => Ok(false),
+            Err(e) => Err(sdk("creating a connection")(e)),
+        }
+    }
+
+    async fn update_connection(&self, connection: &Connection) -> Result<bool, StoreError> {
+        let out = self
+            .client
+            .put_item()
+            .table_name(&self.tables.members)
+            .set_item(Some(key(("pk", CONNECTIONS_PK), Some(("sk", &connection.id)))))
+            .item("body", AttributeValue::S(connection.encode()))
+            .condition_expression("attribute_exists(pk)")
+            .send()
+            .await;
+        match out {
+            Ok(_) => Ok(true),
+            Err(e) if put_condition_failed(&e) => Ok(false),
+            Err(e) => Err(sdk("saving a connection")(e)),
+        }
+    }
+
+    async fn get_connection(&self, id: &str) -> Result<Option<Connection>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.tables.members)
+            .set_key(Some(key(("pk", CONNECTIONS_PK), Some(("sk", id)))))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(sdk("reading a connection"))?;
+        out.item
+            .map(|item| Connection::decode(id, &s(&item, "body").unwrap_or_default()))
+            .transpose()
+    }
+
+    async fn list_connections(&self) -> Result<Vec<Connection>, StoreError> {
+        let (items, _) = self
+            .query_all(&self.tables.members, ("pk", CONNECTIONS_PK), false)
+            .await?;
+        // The query returns them in sort-key order: by id.
+        items
+            .iter()
+            .map(|item| Connection::decode(&s(item, "sk").unwrap_or_default(), &s(item, "body").unwrap_or_default()))
+            .collect()
+    }
+
+    async fn delete_connection(&self, id: &str) -> Result<(), StoreError> {
+        self.client
+            .delete_item()
+            .table_name(&self.tables.members)
+            .set_key(Some(key(("pk", CONNECTIONS_PK), Some(("sk", id)))))
+            .send()
+            .await
+            .map_err(sdk("deleting a connection"))?;
+        Ok(())
     }
 }

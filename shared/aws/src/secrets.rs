@@ -124,6 +124,23 @@ impl SecretWriter for SecretsManagerSecrets {
         Ok(())
     }
 
+    async fn create(&self, secret_id: &str, value: &serde_json::Value) -> Result<bool, SecretsError> {
+        self.cache.lock().await.remove(secret_id);
+        let created = self
+            .client
+            .create_secret()
+            .name(secret_id)
+            .description("Sluice secret: a connection (DESIGN §5) or a destination's write key")
+            .secret_string(value.to_string())
+            .send()
+            .await;
+        match created {
+            Ok(_) => Ok(true),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_exists_exception()) => Ok(false),
+            Err(e) => Err(backend(secret_id)(e)),
+        }
+    }
+
     async fn delete(&self, secret_id: &str) -> Result<(), SecretsError> {
         self.cache.lock().await.remove(secret_id);
         match self

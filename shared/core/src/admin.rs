@@ -1,6 +1,8 @@
 //! Managing sources: create, change and delete them with their secret and schedule,
-//! run the test query, read the import log. What a settings page calls; the requests
-//! arrive parsed (the API function reads JSON bodies, the CLI its files).
+//! run the test query, read the import log; and the connections several sources of
+//! one database share. A source reaches only the secrets made for it or a
+//! connection's. What a settings page calls; the requests arrive parsed (the API
+//! function reads JSON bodies, the CLI its files).
 
 use std::sync::Arc;
 
@@ -9,6 +11,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::cadence::Cadence;
+use crate::connection::{Connection, SHARED_NAMESPACE, check_id, check_member_namespace};
 use crate::delivery::{DeliveryState, DeliveryStatus};
 use crate::ports::{
     Clock, Schedule, ScheduleError, Schedules, SecretWriter, Secrets, SecretsError, SourceReader, SourceState, Store,
@@ -16,7 +19,7 @@ use crate::ports::{
 };
 use crate::preview::{Preview, PreviewLimits};
 use crate::run::Run;
-use crate::source::{ConnectionSecret, FieldError, SourceConfig};
+use crate::source::{ConnectionSecret, Engine, FieldError, SourceConfig, SyncType};
 use crate::window::Window;
 
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +38,19 @@ pub enum AdminError {
     Schedule(#[from] ScheduleError),
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    #[error("connection `{0}` does not exist")]
+    ConnectionNotFound(String),
+    #[error("connection `{0}` already exists")]
+    ConnectionConflict(String),
+    #[error(
+        "connection `{id}` is used by the sources {}; give them another connection_id (or their own connection) first",
+        sources.join(", ")
+    )]
+    ConnectionInUse { id: String, sources: Vec<String> },
+    #[error(
+        "secret `{0}` already exists and holds another value: another request created it at the same time, or it was left there; send your request again once the other finished, or delete the secret"
+    )]
+    SecretTaken(String),
 }
 
 /// A source as the API shows it: its config and state. Never a secret value: the
@@ -52,6 +68,9 @@ pub struct SourceView {
     pub effective_frequency_minutes: u32,
     /// The SSH bastion's host key as recorded on first contact.
     pub ssh_host_key: Option<String>,
+    /// The connection whose secret the source uses, when it uses one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connection_id: Option<String>,
 }
 
 impl SourceView {
@@ -64,6 +83,7 @@ impl SourceView {
             watermark: s.watermark,
             active_backfill: s.active_backfill,
             ssh_host_key: s.ssh_host_key,
+            connection_id: None,
         }
     }
 
@@ -76,8 +96,27 @@ impl SourceView {
             running: false,
             active_backfill: None,
             ssh_host_key: None,
+            connection_id: None,
         }
     }
+}
+
+/// A connection as the API shows it: what it is, the name of its secret (never the
+/// value), and the sources that use it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ConnectionView {
+    #[serde(flatten)]
+    pub connection: Connection,
+    pub secret_id: String,
+    pub sources: Vec<String>,
+}
+
+/// A connection as its owner sends it, with the secret to store (required to create
+/// it; to change it, optional).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConnectionInput {
+    pub connection: Connection,
+    pub secret: Option<ConnectionSecret>,
 }
 
 /// One page of the import log, newest first; `next` is the cursor of the next page.
@@ -170,24 +209,66 @@ impl SourceAdmin {
         format!("{}{id}/write-key", self.secret_prefix)
     }
 
+    /// The name of the secret Sluice stores a connection as. Source ids have no `/`, so
+    /// no source's own secret is ever named so (and no source may be called
+    /// `connections`, whose write key would be).
+    pub fn connection_secret(&self, id: &str) -> String {
+        format!("{}{CONNECTIONS}/{id}", self.secret_prefix)
+    }
+
+    /// The connection whose secret `secret_id` names, if it names one.
+    fn connection_of<'a>(&self, secret_id: &'a str) -> Option<&'a str> {
+        secret_id
+            .strip_prefix(self.secret_prefix.as_str())?
+            .strip_prefix(CONNECTIONS)?
+            .strip_prefix('/')
+    }
+
+    fn view(&self, state: SourceState, now: DateTime<Utc>) -> SourceView {
+        let mut view = SourceView::new(state, now);
+        view.connection_id = self.connection_of(&view.config.secret_id).map(str::to_string);
+        view
+    }
+
     /// Creates a source, its secret when it brings a connection, and its schedule. The
-    /// same request sent again after a failure (or a lost answer) finishes the work.
+    /// same request sent again after a failure (or a lost answer) finishes the work; two
+    /// creates of one id at once never mix: the source item is written only where
+    /// absent, and so are its secrets.
     pub async fn create(&self, input: SourceInput) -> Result<SourceView, AdminError> {
         self.check(&input)?;
         let config = &input.config;
-        if let Some(existing) = self.store.get_source(&config.id).await?
-            && !self.left_by_the_same_create(&existing, &input).await?
-        {
-            return Err(AdminError::Conflict(config.id.clone()));
+        if config.id == CONNECTIONS {
+            return Err(FieldError::new(
+                "id",
+                format!(
+                    "`{CONNECTIONS}` is reserved: connections' secrets are named {}{CONNECTIONS}/…; choose another id",
+                    self.secret_prefix
+                ),
+            )
+            .into());
         }
-        self.keep_secrets(&input).await?;
-        self.store.put_source(config).await?;
+        self.check_references(&input, None).await?;
+        let created = self.store.create_source(config).await?;
+        if !created {
+            match self.store.get_source(&config.id).await? {
+                Some(existing) if self.left_by_the_same_create(&existing, &input).await? => {}
+                _ => return Err(AdminError::Conflict(config.id.clone())),
+            }
+        }
+        if let Err(e) = self.claim_members(config, None).await {
+            if created && matches!(e, AdminError::BadRequest(_)) {
+                // Refused: the source this request stored must not stay.
+                self.store.delete_source(&config.id, false).await?;
+            }
+            return Err(e);
+        }
+        self.keep_secrets(&input, true).await?;
         self.schedules.put_schedule(&schedule_of(config)).await?;
         self.get(&config.id).await
     }
 
     pub async fn get(&self, id: &str) -> Result<SourceView, AdminError> {
-        Ok(SourceView::new(self.state(id).await?, self.clock.now()))
+        Ok(self.view(self.state(id).await?, self.clock.now()))
     }
 
     pub async fn list(&self) -> Result<Vec<SourceView>, AdminError> {
@@ -197,7 +278,7 @@ impl SourceAdmin {
             .list_sources()
             .await?
             .into_iter()
-            .map(|s| SourceView::new(s, now))
+            .map(|s| self.view(s, now))
             .collect())
     }
 
@@ -210,7 +291,16 @@ impl SourceAdmin {
         }
         self.check(&input)?;
         let config = &input.config;
-        self.keep_secrets(&input).await?;
+        self.check_references(&input, Some(&current.config)).await?;
+        self.claim_members(config, Some(&current.config)).await?;
+        self.keep_secrets(&input, false).await?;
+        // Freed before the config moves, so that a change sent again after a failure
+        // still frees it; a source that still writes there is found by its config.
+        if let Some(old) = claimed_namespace(&current.config)
+            && claimed_namespace(config) != Some(old)
+        {
+            self.store.release_member_namespace(old, id).await?;
+        }
         self.store.put_source(config).await?;
         let mut schedule = schedule_of(config);
         if config.frequency_minutes == current.config.frequency_minutes {
@@ -220,6 +310,17 @@ impl SourceAdmin {
             self.store.set_cadence(id, Cadence::default()).await?;
         }
         self.schedules.put_schedule(&schedule).await?;
+        // A secret of its own the source no longer names (it moved to a connection, or
+        // dropped its destination) would only cost money.
+        let own = self.owned_secret(id);
+        if current.config.secret_id == own && config.secret_id != own {
+            self.secret_writer.delete(&own).await?;
+        }
+        let own = self.owned_write_key(id);
+        let names = |c: &SourceConfig| c.destination.as_ref().is_some_and(|d| d.secret_id == own);
+        if names(&current.config) && !names(config) {
+            self.secret_writer.delete(&own).await?;
+        }
         self.get(id).await
     }
 
@@ -234,9 +335,15 @@ impl SourceAdmin {
         if let Some(d) = state
             .config
             .destination
+            .as_ref()
             .filter(|d| d.secret_id == self.owned_write_key(id))
         {
             self.secret_writer.delete(&d.secret_id).await?;
+        }
+        // Before the source item: a delete that fails after it is sent again, and finds
+        // the source still there to finish.
+        if let Some(namespace) = claimed_namespace(&state.config) {
+            self.store.release_member_namespace(namespace, id).await?;
         }
         Ok(self.store.delete_source(id, purge).await?)
     }
@@ -254,6 +361,7 @@ impl SourceAdmin {
         let (config, secrets): (&SourceConfig, &dyn Secrets) = match &request.source {
             Some(input) => {
                 self.check(input)?;
+                self.check_references(input, state.as_ref().map(|s| &s.config)).await?;
                 match &input.connection {
                     Some(c) => {
                         inline = InlineSecret(c.clone());
@@ -305,6 +413,140 @@ impl SourceAdmin {
             })
     }
 
+    /// Creates a connection and its secret. Like a source's create, the same request
+    /// sent again finishes it, and two creates of one id at once never mix: the item and
+    /// the secret are written only where absent.
+    pub async fn create_connection(&self, input: ConnectionInput) -> Result<ConnectionView, AdminError> {
+        let connection = &input.connection;
+        connection.validate()?;
+        let secret = input.secret.as_ref().ok_or_else(|| {
+            FieldError::new(
+                "connection",
+                "is required: the database's connection secret (README \"Connection secrets\")",
+            )
+        })?;
+        self.check_connection(connection.engine, secret, "the connection's")?;
+        if !self.store.create_connection(connection).await?
+            && self.store.get_connection(&connection.id).await?.as_ref() != Some(connection)
+        {
+            return Err(AdminError::ConnectionConflict(connection.id.clone()));
+        }
+        self.write_secret(&self.connection_secret(&connection.id), to_json(secret), true)
+            .await?;
+        self.connection(&connection.id).await
+    }
+
+    pub async fn connection(&self, id: &str) -> Result<ConnectionView, AdminError> {
+        let connection = self.stored_connection(id).await?;
+        let sources = self.users_of(id).await?;
+        Ok(self.connection_view(connection, sources))
+    }
+
+    pub async fn connections(&self) -> Result<Vec<ConnectionView>, AdminError> {
+        let sources = self.store.list_sources().await?;
+        Ok(self
+            .store
+            .list_connections()
+            .await?
+            .into_iter()
+            .map(|c| {
+                let secret_id = self.connection_secret(&c.id);
+                let users = sources
+                    .iter()
+                    .filter(|s| s.config.secret_id == secret_id)
+                    .map(|s| s.config.id.clone())
+                    .collect();
+                self.connection_view(c, users)
+            })
+            .collect())
+    }
+
+    /// Replaces what connection `id` is, and its secret's value when `input` brings one
+    /// (its sources use the new value from their next run). Its engine changes only
+    /// while no source uses it.
+    pub async fn replace_connection(&self, id: &str, input: ConnectionInput) -> Result<ConnectionView, AdminError> {
+        let current = self.stored_connection(id).await?;
+        let connection = &input.connection;
+        if connection.id != id {
+            return Err(FieldError::new("id", "cannot change; create a new connection instead").into());
+        }
+        connection.validate()?;
+        let sources = self.users_of(id).await?;
+        if connection.engine != current.engine && !sources.is_empty() {
+            return Err(FieldError::new(
+                "engine",
+                format!(
+                    "cannot change while the sources {} use the connection",
+                    sources.join(", ")
+                ),
+            )
+            .into());
+        }
+        match &input.secret {
+            Some(secret) => {
+                self.check_connection(connection.engine, secret, "the connection's")?;
+                self.write_secret(&self.connection_secret(id), to_json(secret), false)
+                    .await?;
+            }
+            None if connection.engine != current.engine => {
+                return Err(FieldError::new(
+                    "connection",
+                    "is required to change the engine: the new database's secret",
+                )
+                .into());
+            }
+            None => {}
+        }
+        if !self.store.update_connection(connection).await? {
+            return Err(AdminError::ConnectionNotFound(id.into()));
+        }
+        Ok(self.connection_view(input.connection, sources))
+    }
+
+    /// Deletes connection `id` and its secret; refused while a source uses it.
+    pub async fn delete_connection(&self, id: &str) -> Result<(), AdminError> {
+        self.stored_connection(id).await?;
+        let sources = self.users_of(id).await?;
+        if !sources.is_empty() {
+            return Err(AdminError::ConnectionInUse { id: id.into(), sources });
+        }
+        // The secret first: a connection item without its secret can be deleted again.
+        self.secret_writer.delete(&self.connection_secret(id)).await?;
+        Ok(self.store.delete_connection(id).await?)
+    }
+
+    async fn stored_connection(&self, id: &str) -> Result<Connection, AdminError> {
+        // An id no connection can have (a path separator, 1 KB) is not looked up.
+        if check_id("id", id).is_err() {
+            return Err(AdminError::ConnectionNotFound(id.into()));
+        }
+        self.store
+            .get_connection(id)
+            .await?
+            .ok_or_else(|| AdminError::ConnectionNotFound(id.into()))
+    }
+
+    /// The ids of the sources that use connection `id`.
+    async fn users_of(&self, id: &str) -> Result<Vec<String>, AdminError> {
+        let secret_id = self.connection_secret(id);
+        Ok(self
+            .store
+            .list_sources()
+            .await?
+            .into_iter()
+            .filter(|s| s.config.secret_id == secret_id)
+            .map(|s| s.config.id)
+            .collect())
+    }
+
+    fn connection_view(&self, connection: Connection, sources: Vec<String>) -> ConnectionView {
+        ConnectionView {
+            secret_id: self.connection_secret(&connection.id),
+            connection,
+            sources,
+        }
+    }
+
     async fn state(&self, id: &str) -> Result<SourceState, AdminError> {
         self.store
             .get_source(id)
@@ -329,31 +571,30 @@ impl SourceAdmin {
                 Some(_) => {}
             }
         }
-        // Secrets Manager keeps at most 64 KiB a secret; past that it would refuse it as a 502.
-        let too_large = |field: &str, bytes: usize| {
-            Err(FieldError::new(
-                field,
-                format!("is {bytes} bytes; a secret may be at most {MAX_SECRET_BYTES} (64 KiB)"),
-            ))
-        };
         if let Some(key) = input.write_key.as_ref().filter(|k| k.0.len() > MAX_SECRET_BYTES) {
             return too_large("destination.write_key", key.0.len());
         }
         let Some(c) = &input.connection else { return Ok(()) };
-        let bytes = serde_json::to_string(c).map_or(0, |t| t.len());
-        if bytes > MAX_SECRET_BYTES {
-            return too_large("connection", bytes);
-        }
-        if c.engine != config.engine {
-            return Err(FieldError::new(
-                "connection.engine",
-                format!("is {} but the source's engine is {}", c.engine, config.engine),
-            ));
-        }
         if config.secret_id != self.owned_secret(&config.id) {
             return Err(FieldError::new(
                 "secret_id",
                 "give either secret_id (an existing secret) or connection (stored as a new secret), not both",
+            ));
+        }
+        self.check_connection(config.engine, c, "the source's")
+    }
+
+    /// A connection secret worth storing: within Secrets Manager's size, of `engine`
+    /// (`whose`: the source's or the connection's), and complete for its engine.
+    fn check_connection(&self, engine: Engine, c: &ConnectionSecret, whose: &str) -> Result<(), FieldError> {
+        let bytes = serde_json::to_string(c).map_or(0, |t| t.len());
+        if bytes > MAX_SECRET_BYTES {
+            return too_large("connection", bytes);
+        }
+        if c.engine != engine {
+            return Err(FieldError::new(
+                "connection.engine",
+                format!("is {} but {whose} engine is {engine}", c.engine),
             ));
         }
         self.reader
@@ -361,8 +602,6 @@ impl SourceAdmin {
             .map_err(|e| FieldError::new("connection", e.message))
     }
 
-    /// Stores a new connection and write key, or checks that the secrets named exist
-    /// and hold what they should.
     /// Whether `existing` is what an earlier send of `input` left when it failed part-way:
     /// the same config, never run, and the secrets it stored hold the same values. Anything
     /// else under the id is another source, which a create must not overwrite.
@@ -388,7 +627,9 @@ impl SourceAdmin {
         Ok(true)
     }
 
-    async fn keep_secrets(&self, input: &SourceInput) -> Result<(), AdminError> {
+    /// Stores a new connection and write key (on `create`, only where no secret has the
+    /// name yet), or checks that the secrets named exist and hold what they should.
+    async fn keep_secrets(&self, input: &SourceInput, create: bool) -> Result<(), AdminError> {
         let config = &input.config;
         let refused = |field: &str, e: SecretsError| match e {
             SecretsError::NotFound { .. } | SecretsError::Malformed { .. } => {
@@ -397,7 +638,7 @@ impl SourceAdmin {
             other => other.into(),
         };
         match &input.connection {
-            Some(c) => self.secret_writer.put_connection(&config.secret_id, c).await?,
+            Some(c) => self.write_secret(&config.secret_id, to_json(c), create).await?,
             None => drop(
                 self.secrets
                     .connection(&config.secret_id)
@@ -406,7 +647,10 @@ impl SourceAdmin {
             ),
         }
         match (&input.write_key, &config.destination) {
-            (Some(key), Some(d)) => self.secret_writer.put_write_key(&d.secret_id, key).await?,
+            (Some(key), Some(d)) => {
+                self.write_secret(&d.secret_id, serde_json::json!({ "write_key": key.0 }), create)
+                    .await?
+            }
             (None, Some(d)) => drop(
                 self.secrets
                     .write_key(&d.secret_id)
@@ -417,10 +661,148 @@ impl SourceAdmin {
         }
         Ok(())
     }
+
+    /// Writes a secret: on `create` only where absent (one there already is this
+    /// request's, sent again, when it holds the same value, and another's otherwise),
+    /// else replacing its value.
+    async fn write_secret(&self, name: &str, value: serde_json::Value, create: bool) -> Result<(), AdminError> {
+        if !create {
+            return Ok(self.secret_writer.put(name, &value).await?);
+        }
+        if self.secret_writer.create(name, &value).await? || self.secrets.value(name).await? == value {
+            Ok(())
+        } else {
+            Err(AdminError::SecretTaken(name.to_string()))
+        }
+    }
+
+    /// What a source may reach: its own secrets (named after its id), or a connection
+    /// of its engine. A reference the stored source (`current`) already had is kept,
+    /// so sources saved before this rule can still be changed.
+    async fn check_references(&self, input: &SourceInput, current: Option<&SourceConfig>) -> Result<(), AdminError> {
+        let config = &input.config;
+        let own = self.owned_secret(&config.id);
+        let kept = current.is_some_and(|c| c.secret_id == config.secret_id);
+        match self.connection_of(&config.secret_id) {
+            Some(connection_id) => {
+                check_id("connection_id", connection_id)?;
+                let connection = self.store.get_connection(connection_id).await?.ok_or_else(|| {
+                    FieldError::new(
+                        "connection_id",
+                        format!("connection `{connection_id}` does not exist; create it with POST /connections"),
+                    )
+                })?;
+                if connection.engine != config.engine {
+                    return Err(FieldError::new(
+                        "connection_id",
+                        format!(
+                            "connection `{connection_id}` is a {} database but the source's engine is {}",
+                            connection.engine, config.engine
+                        ),
+                    )
+                    .into());
+                }
+            }
+            None if config.secret_id != own && !kept => {
+                return Err(FieldError::new(
+                    "secret_id",
+                    format!(
+                        "`{}` is not this source's secret: a source uses the secret made for it (`{own}`, stored from `connection`) or a connection's (`connection_id`, see POST /connections)",
+                        config.secret_id
+                    ),
+                )
+                .into());
+            }
+            None => {}
+        }
+        if let Some(d) = &config.destination {
+            let own = self.owned_write_key(&config.id);
+            let kept = current
+                .and_then(|c| c.destination.as_ref())
+                .is_some_and(|c| c.secret_id == d.secret_id);
+            if d.secret_id != own && !kept {
+                return Err(FieldError::new(
+                    "destination.secret_id",
+                    format!(
+                        "`{}` is not this source's write key: give `write_key`, stored as `{own}`",
+                        d.secret_id
+                    ),
+                )
+                .into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Claims the member namespace a registration source writes into, unless it is
+    /// shared on purpose (`shared:…`): one source must not overwrite another's members.
+    async fn claim_members(&self, config: &SourceConfig, current: Option<&SourceConfig>) -> Result<(), AdminError> {
+        if let Some(namespace) = &config.member_id_source
+            && current.and_then(|c| c.member_id_source.as_ref()) != Some(namespace)
+        {
+            check_member_namespace(namespace)?;
+        }
+        let Some(namespace) = claimed_namespace(config) else {
+            return Ok(());
+        };
+        let mut holder = self.store.claim_member_namespace(namespace, &config.id).await?;
+        if let Some(h) = holder.clone()
+            && self.store.get_source(&h).await?.is_none()
+        {
+            // Its holder is gone (deleted before it could free it): free it, and claim again.
+            self.store.release_member_namespace(namespace, &h).await?;
+            holder = self.store.claim_member_namespace(namespace, &config.id).await?;
+        }
+        if holder.is_none() {
+            // Sources saved before claims existed hold none: they are found by their config.
+            holder = self
+                .store
+                .list_sources()
+                .await?
+                .into_iter()
+                .find(|s| s.config.id != config.id && claimed_namespace(&s.config) == Some(namespace))
+                .map(|s| s.config.id);
+            if holder.is_some() {
+                self.store.release_member_namespace(namespace, &config.id).await?;
+            }
+        }
+        match holder {
+            None => Ok(()),
+            Some(holder) => Err(FieldError::new(
+                "member_id_source",
+                format!(
+                    "`{namespace}` is the member namespace of source `{holder}`; this source would overwrite its members. Choose another, or share one on purpose: `member_id_source: \"{SHARED_NAMESPACE}{namespace}\"` in every source that shares it"
+                ),
+            )
+            .into()),
+        }
+    }
+}
+
+/// Where sources' own secrets end and connections' begin, under the prefix.
+const CONNECTIONS: &str = "connections";
+
+/// The member namespace a source holds alone: registrations write members, in their
+/// `member_id_source`, unless it is shared on purpose.
+fn claimed_namespace(config: &SourceConfig) -> Option<&str> {
+    let namespace = config.member_id_source();
+    (config.sync_type == SyncType::Registration && !namespace.starts_with(SHARED_NAMESPACE)).then_some(namespace)
+}
+
+fn to_json(secret: &ConnectionSecret) -> serde_json::Value {
+    serde_json::to_value(secret).expect("secrets serialize")
 }
 
 /// The largest secret Secrets Manager keeps.
 const MAX_SECRET_BYTES: usize = 65_536;
+
+/// Secrets Manager keeps at most 64 KiB a secret; past that it would refuse it as a 502.
+fn too_large(field: &str, bytes: usize) -> Result<(), FieldError> {
+    Err(FieldError::new(
+        field,
+        format!("is {bytes} bytes; a secret may be at most {MAX_SECRET_BYTES} (64 KiB)"),
+    ))
+}
 
 fn schedule_of(config: &SourceConfig) -> Schedule {
     Schedule {

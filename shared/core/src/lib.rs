@@ -6,6 +6,7 @@ pub mod admin;
 pub mod backfill;
 pub mod backfiller;
 pub mod cadence;
+pub mod connection;
 pub mod delivery;
 pub mod mapping;
 pub mod ports;
@@ -22,10 +23,14 @@ pub mod testing;
 pub mod value;
 pub mod window;
 
-pub use admin::{AdminError, DeliveriesPage, RunsPage, SourceAdmin, SourceInput, SourceView, TestQuery};
+pub use admin::{
+    AdminError, ConnectionInput, ConnectionView, DeliveriesPage, RunsPage, SourceAdmin, SourceInput, SourceView,
+    TestQuery,
+};
 pub use backfill::{Action, Backfill, BackfillRequest, ChunkStatus, JobStatus, Progress};
 pub use backfiller::{BackfillError, BackfillSettings, Backfiller};
 pub use cadence::Cadence;
+pub use connection::Connection;
 pub use delivery::{CallSender, Deliverer, DeliveryReport, DeliveryState, DeliveryStatus, Outgoing};
 pub use mapping::{Mapped, MappingError, RowMapper};
 pub use ports::*;

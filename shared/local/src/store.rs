@@ -10,9 +10,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sluice_core::stored::{StoredSource, decode_job, decode_run, encode_config, encode_job, encode_run, to_micros};
 use sluice_core::{
-    BackendError, Backfill, BackfillCreated, BackfillJobs, Cadence, DeliveryLog, DeliveryState, DeliveryStatus,
-    LeaseOutcome, Member, Record, RecordBatch, RecordReader, RecordWriter, Run, RunLog, SaveOutcome, SourceConfig,
-    SourceState, SourceStore, StoreError, StoredRecord, Value, WriteStats,
+    BackendError, Backfill, BackfillCreated, BackfillJobs, Cadence, Connection, ConnectionStore, DeliveryLog,
+    DeliveryState, DeliveryStatus, LeaseOutcome, Member, Record, RecordBatch, RecordReader, RecordWriter, Run, RunLog,
+    SaveOutcome, SourceConfig, SourceState, SourceStore, StoreError, StoredRecord, Value, WriteStats,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row as _, Sqlite, Transaction};
@@ -41,6 +41,8 @@ CREATE UNIQUE INDEX IF NOT EXISTS one_active_backfill ON backfills (source_id) W
 CREATE TABLE IF NOT EXISTS deliveries (
   source_id TEXT NOT NULL, record_key TEXT NOT NULL, hash TEXT NOT NULL, status TEXT NOT NULL,
   body TEXT NOT NULL, PRIMARY KEY (source_id, record_key)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS connections (id TEXT PRIMARY KEY, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS member_claims (namespace TEXT PRIMARY KEY, source_id TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS teams (
   member_id_source TEXT NOT NULL, name TEXT NOT NULL,
   PRIMARY KEY (member_id_source, name)) WITHOUT ROWID;
@@ -168,6 +170,41 @@ impl SourceStore for EmbeddedStore {
         .execute(&self.pool)
         .await
         .map_err(backend("saving a source"))?;
+        Ok(())
+    }
+
+    async fn create_source(&self, config: &SourceConfig) -> Result<bool, StoreError> {
+        let created = sqlx::query("INSERT INTO sources (id, config) VALUES (?, ?) ON CONFLICT (id) DO NOTHING")
+            .bind(&config.id)
+            .bind(encode_config(config))
+            .execute(&self.pool)
+            .await
+            .map_err(backend("creating a source"))?
+            .rows_affected();
+        Ok(created == 1)
+    }
+
+    async fn claim_member_namespace(&self, namespace: &str, source_id: &str) -> Result<Option<String>, StoreError> {
+        // One statement: the claim and the holder it leaves, whoever won.
+        let holder: String = sqlx::query_scalar(
+            "INSERT INTO member_claims (namespace, source_id) VALUES (?, ?)
+             ON CONFLICT (namespace) DO UPDATE SET source_id = source_id RETURNING source_id",
+        )
+        .bind(namespace)
+        .bind(source_id)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(backend("claiming a member namespace"))?;
+        Ok((holder != source_id).then_some(holder))
+    }
+
+    async fn release_member_namespace(&self, namespace: &str, source_id: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM member_claims WHERE namespace = ? AND source_id = ?")
+            .bind(namespace)
+            .bind(source_id)
+            .execute(&self.pool)
+            .await
+            .map_err(backend("releasing a member namespace"))?;
         Ok(())
     }
 
@@ -654,5 +691,56 @@ impl DeliveryLog for EmbeddedStore {
         .iter()
         .map(stored_record)
         .collect()
+    }
+}
+
+#[async_trait]
+impl ConnectionStore for EmbeddedStore {
+    async fn create_connection(&self, connection: &Connection) -> Result<bool, StoreError> {
+        let created = sqlx::query("INSERT INTO connections (id, body) VALUES (?, ?) ON CONFLICT (id) DO NOTHING")
+            .bind(&connection.id)
+            .bind(connection.encode())
+            .execute(&self.pool)
+            .await
+            .map_err(backend("creating a connection"))?
+            .rows_affected();
+        Ok(created == 1)
+    }
+
+    async fn update_connection(&self, connection: &Connection) -> Result<bool, StoreError> {
+        let updated = sqlx::query("UPDATE connections SET body = ? WHERE id = ?")
+            .bind(connection.encode())
+            .bind(&connection.id)
+            .execute(&self.pool)
+            .await
+            .map_err(backend("saving a connection"))?
+            .rows_affected();
+        Ok(updated == 1)
+    }
+
+    async fn get_connection(&self, id: &str) -> Result<Option<Connection>, StoreError> {
+        let body: Option<String> = sqlx::query_scalar("SELECT body FROM connections WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend("reading a connection"))?;
+        body.map(|b| Connection::decode(id, &b)).transpose()
+    }
+
+    async fn list_connections(&self) -> Result<Vec<Connection>, StoreError> {
+        let rows: Vec<(String, String)> = sqlx::query_as("SELECT id, body FROM connections ORDER BY id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend("listing connections"))?;
+        rows.iter().map(|(id, body)| Connection::decode(id, body)).collect()
+    }
+
+    async fn delete_connection(&self, id: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM connections WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(backend("deleting a connection"))?;
+        Ok(())
     }
 }

@@ -17,8 +17,8 @@ pub use services::{
     SecretsError, WriteKey,
 };
 pub use store::{
-    BackfillCreated, BackfillJobs, DeliveryLog, Lease, LeaseOutcome, RecordReader, RecordWriter, RunLog, SaveOutcome,
-    SourceState, SourceStore, Store, StoreError, StoredRecord, WriteStats,
+    BackfillCreated, BackfillJobs, ConnectionStore, DeliveryLog, Lease, LeaseOutcome, RecordReader, RecordWriter,
+    RunLog, SaveOutcome, SourceState, SourceStore, Store, StoreError, StoredRecord, WriteStats,
 };
 
 /// What an outside service said when it failed: its own error code when it has one,

@@ -74,6 +74,14 @@ pub trait SecretWriter: Send + Sync {
     /// Creates the secret with this JSON document, or replaces its value.
     async fn put(&self, secret_id: &str, value: &serde_json::Value) -> Result<(), SecretsError>;
 
+    /// Creates the secret with this JSON document only when no secret has the name, so
+    /// that two requests at once never both write it. `false`: it exists, and nothing
+    /// was written.
+    ///
+    /// # Errors
+    /// `Backend` when the service fails.
+    async fn create(&self, secret_id: &str, value: &serde_json::Value) -> Result<bool, SecretsError>;
+
     /// Deletes the secret at once (no recovery window); absent is fine.
     async fn delete(&self, secret_id: &str) -> Result<(), SecretsError>;
 

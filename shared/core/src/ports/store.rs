@@ -15,6 +15,7 @@ use chrono::{DateTime, Utc};
 use super::BackendError;
 use crate::backfill::Backfill;
 use crate::cadence::Cadence;
+use crate::connection::Connection;
 use crate::delivery::{DeliveryState, DeliveryStatus};
 use crate::record::{Member, RecordBatch, Reject};
 use crate::run::Run;
@@ -89,6 +90,29 @@ pub enum LeaseOutcome {
 pub trait SourceStore: Send + Sync {
     /// Creates the source or replaces its config, keeping its watermark and lease.
     async fn put_source(&self, config: &SourceConfig) -> Result<(), StoreError>;
+
+    /// Creates the source only when no source has its id (a conditional write), so two
+    /// creates of one id at once cannot both succeed. `false`: the id is taken and
+    /// nothing was written.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when the store fails.
+    async fn create_source(&self, config: &SourceConfig) -> Result<bool, StoreError>;
+
+    /// Claims the member namespace `namespace` for `source_id` (a conditional write):
+    /// a source writes members only in a namespace it holds, unless the namespace is
+    /// shared on purpose (`shared:`, which is never claimed). Claiming one's own again
+    /// changes nothing. `Some(holder)`: another source holds it and nothing was written.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when the store fails.
+    async fn claim_member_namespace(&self, namespace: &str, source_id: &str) -> Result<Option<String>, StoreError>;
+
+    /// Frees the claim on `namespace` if `source_id` holds it; otherwise does nothing.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when the store fails.
+    async fn release_member_namespace(&self, namespace: &str, source_id: &str) -> Result<(), StoreError>;
 
     async fn get_source(&self, id: &str) -> Result<Option<SourceState>, StoreError>;
 
@@ -281,7 +305,46 @@ pub trait DeliveryLog: Send + Sync {
     ) -> Result<Vec<StoredRecord>, StoreError>;
 }
 
-/// Every port of a store, for wiring.
-pub trait Store: SourceStore + RecordWriter + RunLog + BackfillJobs + RecordReader + DeliveryLog {}
+/// Connections: a database's secret shared by several sources. The store keeps what a
+/// connection is (never its secret, which Secrets Manager holds).
+#[async_trait]
+pub trait ConnectionStore: Send + Sync {
+    /// Stores a new connection only when none has its id (a conditional write).
+    /// `false`: the id is taken and nothing was written.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when the store fails.
+    async fn create_connection(&self, connection: &Connection) -> Result<bool, StoreError>;
 
-impl<T: SourceStore + RecordWriter + RunLog + BackfillJobs + RecordReader + DeliveryLog> Store for T {}
+    /// Replaces a stored connection. `false`: there is none (deleted meanwhile), and
+    /// nothing was written.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when the store fails.
+    async fn update_connection(&self, connection: &Connection) -> Result<bool, StoreError>;
+
+    /// # Errors
+    /// [`StoreError::Backend`] when the store fails; [`StoreError::Corrupt`] when the
+    /// stored connection cannot be read.
+    async fn get_connection(&self, id: &str) -> Result<Option<Connection>, StoreError>;
+
+    /// Every connection, sorted by id.
+    ///
+    /// # Errors
+    /// As [`ConnectionStore::get_connection`].
+    async fn list_connections(&self) -> Result<Vec<Connection>, StoreError>;
+
+    /// Deletes the connection; absent is fine.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when the store fails.
+    async fn delete_connection(&self, id: &str) -> Result<(), StoreError>;
+}
+
+/// Every port of a store, for wiring.
+pub trait Store:
+    SourceStore + RecordWriter + RunLog + BackfillJobs + RecordReader + DeliveryLog + ConnectionStore
+{
+}
+
+impl<T: SourceStore + RecordWriter + RunLog + BackfillJobs + RecordReader + DeliveryLog + ConnectionStore> Store for T {}

@@ -79,6 +79,15 @@ impl SecretWriter for MemorySecrets {
         Ok(())
     }
 
+    async fn create(&self, secret_id: &str, value: &serde_json::Value) -> Result<bool, SecretsError> {
+        let mut secrets = self.0.lock().expect("not poisoned");
+        if secrets.contains_key(secret_id) {
+            return Ok(false);
+        }
+        secrets.insert(secret_id.into(), value.clone());
+        Ok(true)
+    }
+
     async fn delete(&self, secret_id: &str) -> Result<(), SecretsError> {
         self.0.lock().expect("not poisoned").remove(secret_id);
         Ok(())

@@ -9,10 +9,11 @@ use chrono::{DateTime, Utc};
 
 use crate::backfill::Backfill;
 use crate::cadence::Cadence;
+use crate::connection::Connection;
 use crate::delivery::{DeliveryState, DeliveryStatus};
 use crate::ports::{
-    BackendError, BackfillCreated, BackfillJobs, DeliveryLog, Lease, LeaseOutcome, RecordReader, RecordWriter, RunLog,
-    SaveOutcome, SourceState, SourceStore, StoreError, StoredRecord, WriteStats,
+    BackendError, BackfillCreated, BackfillJobs, ConnectionStore, DeliveryLog, Lease, LeaseOutcome, RecordReader,
+    RecordWriter, RunLog, SaveOutcome, SourceState, SourceStore, StoreError, StoredRecord, WriteStats,
 };
 use crate::record::{Member, RecordBatch};
 use crate::run::Run;
@@ -28,6 +29,9 @@ struct Inner {
     teams: BTreeMap<String, Vec<String>>,
     jobs: BTreeMap<(String, String), Backfill>,
     deliveries: BTreeMap<(String, String), DeliveryState>,
+    connections: BTreeMap<String, Connection>,
+    /// Member namespace → the source that claimed it.
+    claims: BTreeMap<String, String>,
     /// While set, record writes fail with this message.
     failing_writes: Option<String>,
     /// While set, moving a watermark fails with this message.
@@ -78,6 +82,19 @@ impl MemoryStore {
     }
 }
 
+/// A source as first stored: its config, nothing else yet.
+fn new_state(config: &SourceConfig) -> SourceState {
+    SourceState {
+        config: config.clone(),
+        watermark: None,
+        lease: None,
+        active_backfill: None,
+        cadence: Cadence::default(),
+        narrowed_window_seconds: None,
+        ssh_host_key: None,
+    }
+}
+
 #[async_trait]
 impl SourceStore for MemoryStore {
     async fn put_source(&self, config: &SourceConfig) -> Result<(), StoreError> {
@@ -85,19 +102,34 @@ impl SourceStore for MemoryStore {
         match inner.sources.get_mut(&config.id) {
             Some(state) => state.config = config.clone(),
             None => {
-                inner.sources.insert(
-                    config.id.clone(),
-                    SourceState {
-                        config: config.clone(),
-                        watermark: None,
-                        lease: None,
-                        active_backfill: None,
-                        cadence: Cadence::default(),
-                        narrowed_window_seconds: None,
-                        ssh_host_key: None,
-                    },
-                );
+                inner.sources.insert(config.id.clone(), new_state(config));
             }
+        }
+        Ok(())
+    }
+
+    async fn create_source(&self, config: &SourceConfig) -> Result<bool, StoreError> {
+        let mut inner = self.lock();
+        if inner.sources.contains_key(&config.id) {
+            return Ok(false);
+        }
+        inner.sources.insert(config.id.clone(), new_state(config));
+        Ok(true)
+    }
+
+    async fn claim_member_namespace(&self, namespace: &str, source_id: &str) -> Result<Option<String>, StoreError> {
+        let mut inner = self.lock();
+        let holder = inner
+            .claims
+            .entry(namespace.to_string())
+            .or_insert_with(|| source_id.to_string());
+        Ok((holder != source_id).then(|| holder.clone()))
+    }
+
+    async fn release_member_namespace(&self, namespace: &str, source_id: &str) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        if inner.claims.get(namespace).is_some_and(|h| h == source_id) {
+            inner.claims.remove(namespace);
         }
         Ok(())
     }
@@ -445,5 +477,41 @@ impl DeliveryLog for MemoryStore {
             .take(limit)
             .map(|(_, r)| r.clone())
             .collect())
+    }
+}
+
+#[async_trait]
+impl ConnectionStore for MemoryStore {
+    async fn create_connection(&self, connection: &Connection) -> Result<bool, StoreError> {
+        let mut inner = self.lock();
+        if inner.connections.contains_key(&connection.id) {
+            return Ok(false);
+        }
+        inner.connections.insert(connection.id.clone(), connection.clone());
+        Ok(true)
+    }
+
+    async fn update_connection(&self, connection: &Connection) -> Result<bool, StoreError> {
+        let mut inner = self.lock();
+        match inner.connections.get_mut(&connection.id) {
+            Some(stored) => {
+                *stored = connection.clone();
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    async fn get_connection(&self, id: &str) -> Result<Option<Connection>, StoreError> {
+        Ok(self.lock().connections.get(id).cloned())
+    }
+
+    async fn list_connections(&self) -> Result<Vec<Connection>, StoreError> {
+        Ok(self.lock().connections.values().cloned().collect())
+    }
+
+    async fn delete_connection(&self, id: &str) -> Result<(), StoreError> {
+        self.lock().connections.remove(id);
+        Ok(())
     }
 }
