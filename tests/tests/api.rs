@@ -759,3 +759,51 @@ async fn a_custom_frequency_is_the_schedules_rate_and_every_minute_is_the_defaul
         "a refused patch changes nothing: {shown}"
     );
 }
+
+/// An answer for a failed AWS call says which call failed and its error code; AWS's
+/// own message, which on AWS names role ARNs and the account id, stays in the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_502_names_the_failed_call_but_not_what_aws_said() {
+    let leaks = |body: &Json| {
+        let text = body.to_string();
+        ["arn:", "123456789012", "Requested resource not found", "does not exist."]
+            .iter()
+            .find(|s| text.contains(*s))
+            .map(|s| s.to_string())
+    };
+
+    // DynamoDB: the Sources table is not there.
+    let mut api = Api::new().await;
+    let mut missing = api.config.clone();
+    missing.function.tables.sources = unique("no-such-table");
+    api.api.admin = source_admin(&sdk().await, &missing);
+    let (status, answer) = api.call(api_request("sources-list.json", &[], &[], None)).await;
+    assert_eq!(status, 502, "{answer}");
+    let message = answer["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("DynamoDB") && message.contains("ResourceNotFoundException") && message.contains("again"),
+        "{answer}"
+    );
+    assert_eq!(leaks(&answer), None, "{answer}");
+
+    // EventBridge Scheduler: the schedule group is gone, so creating the schedule fails.
+    let api = Api::new().await;
+    let db = Database::new(Engine::Postgres).await;
+    api.scheduler
+        .delete_schedule_group()
+        .name(&api.config.schedules.group)
+        .send()
+        .await
+        .unwrap();
+    let id = unique("upstream");
+    let (status, answer) = api
+        .call(api_request("sources-create.json", &[], &[], Some(new_source(&id, &db))))
+        .await;
+    assert_eq!(status, 502, "{answer}");
+    let message = answer["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("EventBridge Scheduler") && message.contains(&id),
+        "{answer}"
+    );
+    assert_eq!(leaks(&answer), None, "{answer}");
+}
