@@ -135,7 +135,11 @@ fn respond(status: u16, body: &str, retry_after: Option<u64>) -> Response<Body> 
         response = response.header("retry-after", seconds.to_string());
     }
     response
-        .body(Full::new(Bytes::from(body.to_string())).map_err(|never| match never {}).boxed())
+        .body(
+            Full::new(Bytes::from(body.to_string()))
+                .map_err(|never| match never {})
+                .boxed(),
+        )
         .unwrap()
 }
 

@@ -766,10 +766,15 @@ async fn a_custom_frequency_is_the_schedules_rate_and_every_minute_is_the_defaul
 async fn a_502_names_the_failed_call_but_not_what_aws_said() {
     let leaks = |body: &Json| {
         let text = body.to_string();
-        ["arn:", "123456789012", "Requested resource not found", "does not exist."]
-            .iter()
-            .find(|s| text.contains(*s))
-            .map(|s| s.to_string())
+        [
+            "arn:",
+            "123456789012",
+            "Requested resource not found",
+            "does not exist.",
+        ]
+        .iter()
+        .find(|s| text.contains(*s))
+        .map(|s| s.to_string())
     };
 
     // DynamoDB: the Sources table is not there.
@@ -806,4 +811,35 @@ async fn a_502_names_the_failed_call_but_not_what_aws_said() {
         "{answer}"
     );
     assert_eq!(leaks(&answer), None, "{answer}");
+}
+
+/// The deliver function may read write keys only (template.yaml), so a destination
+/// naming any other secret, such as a database's connection, is refused up front.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_may_name_only_a_write_key_secret() {
+    let api = Api::new().await;
+    let db = Database::new(Engine::Postgres).await;
+    let first = unique("owner");
+    let (status, answer) = api
+        .call(api_request(
+            "sources-create.json",
+            &[],
+            &[],
+            Some(new_source(&first, &db)),
+        ))
+        .await;
+    assert_eq!(status, 201, "{answer}");
+
+    let mut body = new_source(&unique("thief"), &db);
+    body["sync_type"] = "identify".into();
+    body["query"] = "SELECT 'u1' AS user_id".into();
+    let connection_secret = answer["secret_id"].as_str().unwrap().to_string();
+    body["destination"] = json!({"kind": "segment", "secret_id": connection_secret});
+    let (status, answer) = api.call(api_request("sources-create.json", &[], &[], Some(body))).await;
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(answer["error"]["field"], "destination.secret_id", "{answer}");
+    assert!(
+        answer["error"]["message"].as_str().unwrap().contains("/write-key"),
+        "{answer}"
+    );
 }

@@ -274,6 +274,8 @@ fn iam_grants_no_wildcard_and_secrets_only_under_the_prefix() {
         .collect();
     assert_eq!(secret_actions, ["secretsmanager:GetSecretValue"]);
     // A prefix without its trailing slash would widen every one of those ARNs.
-    let pattern = template["Parameters"]["SecretsPrefix"]["AllowedPattern"].as_str().unwrap();
+    let pattern = template["Parameters"]["SecretsPrefix"]["AllowedPattern"]
+        .as_str()
+        .unwrap();
     assert!(pattern.ends_with("/$"), "{pattern}");
 }

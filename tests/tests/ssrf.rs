@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 use sluice_core::delivery::{CallSender, DeliverySettings};
-use sluice_core::{Budget, Deliverer, DeliveryLog, DeliveryStatus, Outgoing, SystemClock, WriteKey};
+use sluice_core::{Budget, Deliverer, DeliveryStatus, Outgoing, SystemClock, WriteKey};
 use sluice_destinations::{AddressPolicy, HttpSender, MAX_ANSWER_BYTES};
 use sluice_local::FileSecrets;
 use sluice_tests::receiver::{Fault, Receiver};
@@ -76,10 +76,19 @@ async fn private_link_local_cgnat_and_metadata_addresses_are_refused_in_every_fo
         ("https://172.20.1.1/v1/batch", "a private address"),
         ("https://192.168.1.1/v1/batch", "a private address"),
         ("https://100.64.0.1/v1/batch", "carrier-grade NAT"),
-        ("https://169.254.169.254/latest/meta-data/", "the cloud metadata service"),
+        (
+            "https://169.254.169.254/latest/meta-data/",
+            "the cloud metadata service",
+        ),
         ("https://169.254.10.1/v1/batch", "a link-local address"),
-        ("https://[fd00:ec2::254]/latest/meta-data/", "the cloud metadata service"),
-        ("https://[::ffff:169.254.169.254]/v1/batch", "the cloud metadata service"),
+        (
+            "https://[fd00:ec2::254]/latest/meta-data/",
+            "the cloud metadata service",
+        ),
+        (
+            "https://[::ffff:169.254.169.254]/v1/batch",
+            "the cloud metadata service",
+        ),
         ("https://[::ffff:a9fe:a9fe]/v1/batch", "the cloud metadata service"),
         ("https://[64:ff9b::a9fe:a9fe]/v1/batch", "the cloud metadata service"),
         // 169.254.169.254 as one decimal number, as a URL parser reads it.
@@ -168,6 +177,9 @@ async fn an_endless_answer_is_read_to_a_few_kilobytes_and_last_error_keeps_a_sho
         .await
         .unwrap();
     let last_error = states[0].last_error.as_deref().unwrap();
-    assert!(last_error.contains("HTTP 400") && last_error.contains("xxxx"), "{last_error}");
+    assert!(
+        last_error.contains("HTTP 400") && last_error.contains("xxxx"),
+        "{last_error}"
+    );
     assert!(last_error.chars().count() <= 300, "{}", last_error.len());
 }

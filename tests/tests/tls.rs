@@ -34,7 +34,8 @@ async fn postgres_sessions_follow_the_secrets_tls_setting() {
 
 /// A connection to the TLS instance of `engine` (infra/tls.sh) as `host`, trusting `ca`.
 fn tls_secret(engine: Engine, host: &str, ca: &str) -> ConnectionSecret {
-    let ca_cert = std::fs::read_to_string(format!("{}/{ca}", tls_dir())).expect("the test CA (start infra/services.sh)");
+    let ca_cert =
+        std::fs::read_to_string(format!("{}/{ca}", tls_dir())).expect("the test CA (start infra/services.sh)");
     let (port, database) = match engine {
         Engine::Postgres => (
             std::env::var("SLUICE_TEST_PG_TLS_PORT").unwrap_or_else(|_| "5433".into()),

@@ -169,7 +169,10 @@ pub async fn handle(api: &Api, request: &ApiGatewayProxyRequest) -> ApiGatewayPr
                     upstream_message(&format!("Secrets Manager, for the secret `{id}`,"), source)
                 }
                 AdminError::Schedule(s) => upstream_message(
-                    &format!("EventBridge Scheduler, {} the schedule of `{}`,", s.operation, s.source_id),
+                    &format!(
+                        "EventBridge Scheduler, {} the schedule of `{}`,",
+                        s.operation, s.source_id
+                    ),
                     &s.source,
                 ),
                 AdminError::Store(s) => store_message(s),

@@ -122,13 +122,23 @@ mod tests {
         }
         assert_eq!(refused("169.254.169.254", true), Some("the cloud metadata service"));
         assert_eq!(refused("fd00:ec2::254", true), Some("the cloud metadata service"));
-        assert_eq!(refused("::ffff:169.254.169.254", false), Some("the cloud metadata service"));
+        assert_eq!(
+            refused("::ffff:169.254.169.254", false),
+            Some("the cloud metadata service")
+        );
         assert_eq!(refused("10.0.0.1", true), Some("a private address"));
     }
 
     #[test]
     fn public_addresses_pass_and_loopback_only_when_allowed() {
-        for ip in ["8.8.8.8", "52.94.236.248", "172.32.0.1", "100.128.0.1", "2600:1f18::1", "::ffff:8.8.8.8"] {
+        for ip in [
+            "8.8.8.8",
+            "52.94.236.248",
+            "172.32.0.1",
+            "100.128.0.1",
+            "2600:1f18::1",
+            "::ffff:8.8.8.8",
+        ] {
             assert_eq!(refused(ip, false), None, "{ip}");
         }
         for ip in ["127.0.0.1", "::1", "::ffff:127.0.0.1"] {

@@ -622,7 +622,18 @@ mod tests {
         .unwrap();
         assert!(!format!("{s:?}").contains("hunter2"));
         assert_eq!(s.redact("login hunter2 failed"), "login <redacted> failed");
-        assert_eq!(s.tls(), TlsMode::VerifyFull, "certificates are verified unless the secret says otherwise");
+        assert_eq!(
+            s.tls(),
+            TlsMode::VerifyFull,
+            "certificates are verified unless the secret says otherwise"
+        );
+        let tunnelled = ConnectionSecret::from_json(
+            r#"{"engine":"postgres","database":"d","ssh_tunnel":{"host":"b","username":"u","private_key":"k"}}"#,
+        )
+        .unwrap();
+        assert_eq!(tunnelled.tls(), TlsMode::Require, "no certificate names a tunnel's end");
+        let said = ConnectionSecret::from_json(r#"{"engine":"postgres","database":"d","tls":"require"}"#).unwrap();
+        assert_eq!(said.tls(), TlsMode::Require);
         let e = ConnectionSecret::from_json(r#"{"engine":"postgres"}"#).unwrap_err();
         assert!(e.reason.contains("database"), "{e}");
     }

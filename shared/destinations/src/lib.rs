@@ -87,7 +87,11 @@ impl HttpSender {
         let host = parsed.host_str().unwrap_or_default().to_string();
         // The URL parser writes an address in its one canonical form (`2130706433` and
         // `0x7f.1` become 127.0.0.1), so this sees the address that is connected to.
-        let ip = host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>().ok();
+        let ip = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+            .ok();
         let loopback = match ip {
             Some(ip) => ip.to_canonical().is_loopback(),
             None => host.eq_ignore_ascii_case("localhost"),

@@ -28,7 +28,9 @@ fn check_ca_cert(ca: &str) -> Result<(), SourceError> {
     let bad = |why: &str| {
         Err(SourceError::new(
             SourceErrorKind::Config,
-            format!("the secret's ca_cert {why}: give the PEM of the CA that signed the server's certificate (-----BEGIN CERTIFICATE----- ... -----END CERTIFICATE-----, with its line breaks, written \\n inside JSON)"),
+            format!(
+                "the secret's ca_cert {why}: give the PEM of the CA that signed the server's certificate (-----BEGIN CERTIFICATE----- ... -----END CERTIFICATE-----, with its line breaks, written \\n inside JSON)"
+            ),
         ))
     };
     match CertificateDer::pem_slice_iter(ca.as_bytes()).collect::<Result<Vec<_>, _>>() {
