@@ -6,7 +6,7 @@ use sluice_aws::{DynamoStore, TableNames, sdk_config};
 use sluice_core::backfiller::BackfillSettings;
 use sluice_core::delivery::DeliverySettings;
 use sluice_core::{Deliverer, Store, SyncService, SyncSettings, SystemClock};
-use sluice_destinations::HttpSender;
+use sluice_destinations::{AddressPolicy, HttpSender};
 use sluice_local::{EmbeddedStore, FileSecrets, LocalConfig, LogEvents, StoreConfig};
 use sluice_sources::SqlReader;
 
@@ -76,7 +76,7 @@ pub fn backfill_settings() -> BackfillSettings {
 /// The delivery of calls, over `store`, with the file's secrets (write keys).
 pub fn deliverer(config: &LocalConfig, store: Arc<dyn Store>) -> anyhow::Result<Deliverer> {
     Ok(Deliverer {
-        sender: Arc::new(HttpSender::new()?),
+        sender: Arc::new(HttpSender::new(AddressPolicy::from_env())?),
         secrets: Arc::new(FileSecrets::new(config.secrets.clone())),
         store,
         clock: Arc::new(SystemClock),

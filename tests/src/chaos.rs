@@ -386,6 +386,7 @@ impl Scene {
             backfill_retry: Duration::from_secs(1),
             schedule_group: None,
             metrics_namespace: "Sluice".into(),
+            destinations: Default::default(),
         };
         let sync = LambdaSync {
             sdk: sluice_aws::sdk_config(Some(aws)).await,

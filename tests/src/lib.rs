@@ -473,6 +473,8 @@ pub async fn api_config(dead_letter_arn: Option<String>) -> (sluice_lambda::ApiC
             backfill_retry: std::time::Duration::from_secs(30),
             schedule_group: Some(group.clone()),
             metrics_namespace: "Sluice/test".into(),
+            // The tests' receivers listen on loopback.
+            destinations: sluice_destinations::AddressPolicy { allow_loopback: true },
         },
         schedules: sluice_aws::ScheduleTarget {
             group,

@@ -2,7 +2,8 @@
 //! Pipelines, Segment and RudderStack answer it: HTTP Basic auth with the write key,
 //! 32 KB a call and 500 KB a batch, and faults injected on request (429 with
 //! Retry-After, 500, an answer slower than the client's timeout, a dropped
-//! connection). It keeps every call it accepted, so tests count them by `messageId`.
+//! connection, a redirect, an answer whose body never ends). It keeps every call it
+//! accepted, so tests count them by `messageId`.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
@@ -10,8 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
-use http_body_util::{BodyExt, Full};
-use hyper::body::{Bytes, Incoming};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Bytes, Frame, Incoming};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use serde_json::Value as Json;
@@ -25,7 +27,13 @@ pub enum Fault {
     Slow(Duration),
     /// Closes the connection without an answer.
     Drop,
+    /// Answers 302 with this `Location`.
+    Redirect(String),
+    /// Answers this status with a body that never ends.
+    Endless(u16),
 }
+
+type Body = BoxBody<Bytes, std::io::Error>;
 
 #[derive(Default)]
 struct State {
@@ -119,21 +127,27 @@ impl Receiver {
     }
 }
 
-fn respond(status: u16, body: &str, retry_after: Option<u64>) -> Response<Full<Bytes>> {
+fn respond(status: u16, body: &str, retry_after: Option<u64>) -> Response<Body> {
     let mut response = Response::builder()
         .status(status)
         .header("content-type", "application/json");
     if let Some(seconds) = retry_after {
         response = response.header("retry-after", seconds.to_string());
     }
-    response.body(Full::new(Bytes::from(body.to_string()))).unwrap()
+    response
+        .body(
+            Full::new(Bytes::from(body.to_string()))
+                .map_err(|never| match never {})
+                .boxed(),
+        )
+        .unwrap()
 }
 
 async fn answer(
     req: Request<Incoming>,
     state: Arc<Mutex<State>>,
     expected: String,
-) -> Result<Response<Full<Bytes>>, std::io::Error> {
+) -> Result<Response<Body>, std::io::Error> {
     let auth = req
         .headers()
         .get("authorization")
@@ -156,6 +170,18 @@ async fn answer(
     let delay = match fault {
         Some(Fault::Status(status, retry_after)) => return Ok(respond(status, r#"{"error":"injected"}"#, retry_after)),
         Some(Fault::Drop) => return Err(std::io::Error::other("dropped on purpose")),
+        Some(Fault::Redirect(location)) => {
+            let mut response = respond(302, "", None);
+            response
+                .headers_mut()
+                .insert("location", location.parse().map_err(std::io::Error::other)?);
+            return Ok(response);
+        }
+        Some(Fault::Endless(status)) => {
+            let chunks = futures::stream::repeat_with(|| Ok(Frame::data(Bytes::from_static(&[b'x'; 16 * 1024]))));
+            let body = StreamBody::new(chunks).boxed();
+            return Ok(Response::builder().status(status).body(body).unwrap());
+        }
         Some(Fault::Slow(delay)) => Some(delay),
         None => None,
     };

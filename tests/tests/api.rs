@@ -1348,3 +1348,90 @@ async fn a_member_namespace_is_one_sources_unless_shared_on_purpose() {
     }
     api.assert_no_secret_was_shown();
 }
+
+/// An answer for a failed AWS call says which call failed and its error code; AWS's
+/// own message, which on AWS names role ARNs and the account id, stays in the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_502_names_the_failed_call_but_not_what_aws_said() {
+    let leaks = |body: &Json| {
+        let text = body.to_string();
+        [
+            "arn:",
+            "123456789012",
+            "Requested resource not found",
+            "does not exist.",
+            // moto answers a missing schedule group with an HTML error page.
+            "<html",
+            "<title>",
+        ]
+        .iter()
+        .find(|s| text.contains(*s))
+        .map(|s| s.to_string())
+    };
+
+    // DynamoDB: the Sources table is not there.
+    let mut api = Api::new().await;
+    let mut missing = api.config.clone();
+    missing.function.tables.sources = unique("no-such-table");
+    api.api.admin = source_admin(&sdk().await, &missing);
+    let (status, answer) = api.call(api_request("sources-list.json", &[], &[], None)).await;
+    assert_eq!(status, 502, "{answer}");
+    let message = answer["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("DynamoDB") && message.contains("ResourceNotFoundException") && message.contains("again"),
+        "{answer}"
+    );
+    assert_eq!(leaks(&answer), None, "{answer}");
+
+    // EventBridge Scheduler: the schedule group is gone, so creating the schedule fails.
+    let api = Api::new().await;
+    let db = Database::new(Engine::Postgres).await;
+    api.scheduler
+        .delete_schedule_group()
+        .name(&api.config.schedules.group)
+        .send()
+        .await
+        .unwrap();
+    let id = unique("upstream");
+    let (status, answer) = api
+        .call(api_request("sources-create.json", &[], &[], Some(new_source(&id, &db))))
+        .await;
+    assert_eq!(status, 502, "{answer}");
+    let message = answer["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("EventBridge Scheduler") && message.contains(&id),
+        "{answer}"
+    );
+    assert_eq!(leaks(&answer), None, "{answer}");
+}
+
+/// The deliver function may read write keys only (template.yaml), so a destination
+/// naming any other secret, such as a database's connection, is refused up front.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_may_name_only_a_write_key_secret() {
+    let api = Api::new().await;
+    let db = Database::new(Engine::Postgres).await;
+    let first = unique("owner");
+    let (status, answer) = api
+        .call(api_request(
+            "sources-create.json",
+            &[],
+            &[],
+            Some(new_source(&first, &db)),
+        ))
+        .await;
+    assert_eq!(status, 201, "{answer}");
+
+    let mut body = new_source(&unique("thief"), &db);
+    body["sync_type"] = "identify".into();
+    body["query"] = "SELECT 'u1' AS user_id".into();
+    let connection_secret = answer["secret_id"].as_str().unwrap().to_string();
+    body["destination"] = json!({"kind": "segment", "secret_id": connection_secret});
+    let (status, answer) = api.call(api_request("sources-create.json", &[], &[], Some(body))).await;
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(answer["error"]["field"], "destination.secret_id", "{answer}");
+    assert!(
+        answer["error"]["message"].as_str().unwrap().contains("/write-key"),
+        "{answer}"
+    );
+}

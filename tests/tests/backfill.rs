@@ -36,6 +36,7 @@ impl Deployment {
             backfill_retry: Duration::from_secs(1),
             schedule_group: None,
             metrics_namespace: "Sluice/test".into(),
+            destinations: Default::default(),
         };
         let backfiller = backfiller(&sdk, &config);
         Deployment {
@@ -519,6 +520,7 @@ async fn a_killed_backfill_is_resumed_by_the_pump() {
         backfill_retry: Duration::from_secs(1),
         schedule_group: None,
         metrics_namespace: "Sluice/test".into(),
+        destinations: Default::default(),
     };
     let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk().await), config.tables.clone());
     // The killed process's secret lives in its config file; the function reads Secrets Manager.

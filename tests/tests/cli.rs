@@ -223,6 +223,7 @@ sources:
     let sluice = |args: &[&str]| {
         let out = sluice_cmd(args, &config, 60)
             .env("SLUICE_TEST_WRITE_KEY", &write_key)
+            .env("SLUICE_DESTINATIONS_ALLOW_LOOPBACK", "true")
             .output()
             .unwrap();
         let text = format!(
@@ -363,6 +364,7 @@ sources:
         }
         let out = sluice_cmd(args, &config, 60)
             .env("SLUICE_LOG", "trace")
+            .env("SLUICE_DESTINATIONS_ALLOW_LOOPBACK", "true")
             .output()
             .unwrap();
         let text = format!(

@@ -13,7 +13,7 @@ use sluice_aws::{DeadLetterQueue, SecretsManagerSecrets};
 use sluice_core::delivery::DeliverySettings;
 use sluice_core::{Deliverer, DeliveryStatus, Engine, RunStatus, SyncType, SystemClock, Trigger};
 use sluice_deliver::{Delivery, StreamEvent, handle};
-use sluice_destinations::HttpSender;
+use sluice_destinations::{AddressPolicy, HttpSender};
 use sluice_tests::receiver::{Fault, Receiver};
 use sluice_tests::stream::RecordsStream;
 use sluice_tests::*;
@@ -89,7 +89,7 @@ impl Scenario {
             .queue_url
             .unwrap();
         let deliverer = Deliverer {
-            sender: Arc::new(HttpSender::new().unwrap()),
+            sender: Arc::new(HttpSender::new(AddressPolicy { allow_loopback: true }).unwrap()),
             secrets: Arc::new(SecretsManagerSecrets::new(
                 aws_sdk_secretsmanager::Client::new(&sdk),
                 Duration::from_secs(300),

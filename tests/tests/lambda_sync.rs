@@ -48,6 +48,7 @@ async fn scheduled_invocation_syncs_logs_and_announces_the_run() {
         backfill_retry: Duration::from_secs(30),
         schedule_group: None,
         metrics_namespace: "Sluice/test".into(),
+        destinations: Default::default(),
     };
     let svc = sync_service(&sdk, &config);
 

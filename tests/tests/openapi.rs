@@ -263,7 +263,13 @@ fn iam_grants_no_wildcard_and_secrets_only_under_the_prefix() {
                 );
             }
             if arn.contains(":secretsmanager:") {
-                assert!(arn.ends_with(":secret:${SecretsPrefix}*"), "{resource}: {arn}");
+                // The deliver function reads write keys only, never a connection secret.
+                let allowed = if resource == "DeliverFunction" {
+                    ":secret:${SecretsPrefix}*/write-key-??????"
+                } else {
+                    ":secret:${SecretsPrefix}*"
+                };
+                assert!(arn.ends_with(allowed), "{resource}: {arn}");
             }
         }
     }
@@ -279,4 +285,9 @@ fn iam_grants_no_wildcard_and_secrets_only_under_the_prefix() {
         .filter(|a| a.starts_with("secretsmanager:"))
         .collect();
     assert_eq!(secret_actions, ["secretsmanager:GetSecretValue"]);
+    // A prefix without its trailing slash would widen every one of those ARNs.
+    let pattern = template["Parameters"]["SecretsPrefix"]["AllowedPattern"]
+        .as_str()
+        .unwrap();
+    assert!(pattern.ends_with("/$"), "{pattern}");
 }

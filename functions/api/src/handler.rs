@@ -8,9 +8,11 @@ use sluice_core::backfill::parse_instant;
 use sluice_core::delivery::DeliveryError;
 use sluice_core::{
     AdminError, Budget, Connection, ConnectionInput, ConnectionSecret, Deliverer, DeliveryStatus, FieldError,
-    SourceAdmin, SourceConfig, SourceInput, TestQuery, Window, WriteKey,
+    SecretsError, SourceAdmin, SourceConfig, SourceInput, TestQuery, Window, WriteKey,
 };
-use sluice_lambda::http::{error_body, json_body, no_route, path_param, respond, route, store_failure};
+use sluice_lambda::http::{
+    error_body, json_body, no_route, path_param, respond, route, store_failure, store_message, upstream_message,
+};
 use tracing::{error, info};
 
 /// The routes this function serves: `(method, resource)`.
@@ -193,6 +195,17 @@ pub async fn handle(api: &Api, request: &ApiGatewayProxyRequest) -> ApiGatewayPr
                 AdminError::BadRequest(r) => r.reason.clone(),
                 AdminError::Conflict(id) => format!("{e}; change it with PATCH /sources/{id}"),
                 AdminError::ConnectionConflict(id) => format!("{e}; change it with PATCH /connections/{id}"),
+                AdminError::Secrets(SecretsError::Backend { id, source }) => {
+                    upstream_message(&format!("Secrets Manager, for the secret `{id}`,"), source)
+                }
+                AdminError::Schedule(s) => upstream_message(
+                    &format!(
+                        "EventBridge Scheduler, {} the schedule of `{}`,",
+                        s.operation, s.source_id
+                    ),
+                    &s.source,
+                ),
+                AdminError::Store(s) => store_message(s),
                 other => other.to_string(),
             };
             respond(status, &error_body(code, field, &message))

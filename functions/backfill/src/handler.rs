@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde_json::{Value as Json, json};
 use sluice_aws::{BACKFILL_REQUESTED, BackfillRequested};
 use sluice_core::{Backfill, BackfillError, BackfillRequest, Backfiller, Budget, Progress};
-use sluice_lambda::http::{error_body, json_body, no_route, path_param, respond, route, store_failure};
+use sluice_lambda::http::{error_body, json_body, no_route, path_param, respond, route, store_failure, store_message};
 use tracing::{error, info};
 
 /// Time kept back from the function timeout to save the job and log the last run.
@@ -143,6 +143,7 @@ pub async fn api(backfiller: &Backfiller, request: &ApiGatewayProxyRequest) -> A
                 BackfillError::Conflict { source_id, existing } => {
                     format!("{e} (DELETE /sources/{source_id}/backfills/{existing})")
                 }
+                BackfillError::Store(s) => store_message(s),
                 other => other.to_string(),
             };
             let mut body = error_body(code, field, &message);

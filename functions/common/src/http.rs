@@ -5,7 +5,7 @@ use aws_lambda_events::apigw::{ApiGatewayProxyRequest, ApiGatewayProxyResponse};
 use aws_lambda_events::encodings::Body;
 use aws_lambda_events::http::{HeaderMap, HeaderValue};
 use serde_json::{Value as Json, json};
-use sluice_core::{FieldError, StoreError};
+use sluice_core::{BackendError, FieldError, StoreError};
 
 pub fn respond(status: i64, body: &Json) -> ApiGatewayProxyResponse {
     let mut headers = HeaderMap::new();
@@ -25,6 +25,22 @@ pub fn store_failure(e: &StoreError) -> (i64, &'static str) {
     match e {
         StoreError::Backend { .. } => (502, "upstream"),
         StoreError::LeaseLost { .. } | StoreError::Corrupt { .. } => (500, "internal"),
+    }
+}
+
+/// What the caller is told of an AWS call that failed: which call, and the service's
+/// error code. Never AWS's message, which names role ARNs, the account id and resource
+/// ARNs; the function's log has it whole.
+pub fn upstream_message(call: &str, e: &BackendError) -> String {
+    let code = e.code.as_deref().map(|c| format!(" ({c})")).unwrap_or_default();
+    format!("{call} failed{code}; sending the request again is safe, and the function's log has the details")
+}
+
+/// [`upstream_message`] for a failed store call, else the error's own text.
+pub fn store_message(e: &StoreError) -> String {
+    match e {
+        StoreError::Backend { operation, source } => upstream_message(&format!("DynamoDB, {operation},"), source),
+        other => other.to_string(),
     }
 }
 

@@ -13,7 +13,7 @@ use sluice_aws::{
 use sluice_core::backfiller::BackfillSettings;
 use sluice_core::delivery::{DeliverySettings, SendError};
 use sluice_core::{Backfiller, Deliverer, PreviewLimits, SourceAdmin, SyncService, SyncSettings, SystemClock};
-use sluice_destinations::HttpSender;
+use sluice_destinations::{AddressPolicy, HttpSender};
 use sluice_sources::SqlReader;
 
 pub mod http;
@@ -59,6 +59,9 @@ pub struct FunctionConfig {
     /// `SLUICE_METRICS_NAMESPACE`: the CloudWatch namespace of the runs' metrics; default
     /// `Sluice`.
     pub metrics_namespace: String,
+    /// `SLUICE_DESTINATIONS_ALLOW_LOOPBACK`: destinations on loopback, for local runs
+    /// only (template.yaml never sets it).
+    pub destinations: AddressPolicy,
 }
 
 fn seconds(name: &'static str, default: u64) -> Result<Duration, EnvError> {
@@ -91,6 +94,7 @@ impl FunctionConfig {
             backfill_retry: seconds("SLUICE_BACKFILL_RETRY_SECONDS", 30)?,
             schedule_group: std::env::var("SLUICE_SCHEDULE_GROUP").ok(),
             metrics_namespace: std::env::var("SLUICE_METRICS_NAMESPACE").unwrap_or_else(|_| "Sluice".into()),
+            destinations: AddressPolicy::from_env(),
         })
     }
 }
@@ -221,7 +225,7 @@ pub fn dead_letters(sdk: &aws_config::SdkConfig) -> Option<DeadLetterQueue> {
 /// Builds the delivery of calls (HTTPS to the sources' destinations) once, at init.
 pub fn deliverer(sdk: &aws_config::SdkConfig, config: &FunctionConfig) -> Result<Deliverer, SendError> {
     Ok(Deliverer {
-        sender: Arc::new(HttpSender::new()?),
+        sender: Arc::new(HttpSender::new(config.destinations)?),
         secrets: Arc::new(SecretsManagerSecrets::new(
             aws_sdk_secretsmanager::Client::new(sdk),
             Duration::from_secs(300),

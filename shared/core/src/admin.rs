@@ -571,6 +571,19 @@ impl SourceAdmin {
                 Some(_) => {}
             }
         }
+        // The deliver function may read only write keys (template.yaml: `{prefix}*/write-key`).
+        if let Some(d) = &config.destination
+            && !(d.secret_id.starts_with(&self.secret_prefix) && d.secret_id.ends_with("/write-key"))
+        {
+            return Err(FieldError::new(
+                "destination.secret_id",
+                format!(
+                    "must name a write-key secret, {}NAME/write-key: the deliver function may read no other; or give write_key, which Sluice stores as {}",
+                    self.secret_prefix,
+                    self.owned_write_key(&config.id)
+                ),
+            ));
+        }
         if let Some(key) = input.write_key.as_ref().filter(|k| k.0.len() > MAX_SECRET_BYTES) {
             return too_large("destination.write_key", key.0.len());
         }

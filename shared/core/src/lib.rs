@@ -2,6 +2,7 @@
 //! and admin services, and the ports they drive. No AWS, no database driver, no HTTP:
 //! adapters and the functions' edges live in their own crates.
 
+pub mod address;
 pub mod admin;
 pub mod backfill;
 pub mod backfiller;

@@ -192,10 +192,8 @@ impl Destination {
                 "is required for an http destination: the URL its /v1/batch is under",
             );
         }
-        if let Some(url) = &self.base_url
-            && !(url.starts_with("https://") || url.starts_with("http://"))
-        {
-            return bad("base_url", "must be an http:// or https:// URL");
+        if let Some(url) = &self.base_url {
+            check_base_url(url).map_err(|reason| FieldError::new("destination.base_url", reason))?;
         }
         if self.region.is_some() && self.kind != DestinationKind::Customerio {
             return bad("region", "applies to customerio destinations only");
@@ -204,6 +202,43 @@ impl Destination {
             return bad("secret_id", "name the secret that holds the write key");
         }
         Ok(())
+    }
+}
+
+/// A destination's base URL must be `https://` to a public host. Plain `http://` is
+/// taken only to a loopback host, for local tests (the sender then also needs
+/// `SLUICE_DESTINATIONS_ALLOW_LOOPBACK`). A host name is checked again, address by
+/// address, each time the sender connects (DNS may answer differently later).
+fn check_base_url(url: &str) -> Result<(), String> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err("must be an https:// URL".into());
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if authority.contains('@') {
+        return Err("must not hold a user name or password: the write key goes in the destination's secret".into());
+    }
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.rsplit_once(':').map_or(authority, |(host, _port)| host),
+    };
+    if host.is_empty() {
+        return Err("has no host".into());
+    }
+    let ip = host.parse::<std::net::IpAddr>().ok();
+    let loopback = host.eq_ignore_ascii_case("localhost") || ip.is_some_and(|ip| ip.to_canonical().is_loopback());
+    match scheme.to_ascii_lowercase().as_str() {
+        "https" => {}
+        "http" if loopback => {}
+        "http" => {
+            return Err("must be https: plain http is taken only to a loopback host (127.0.0.1, [::1], localhost), for local tests".into());
+        }
+        _ => return Err("must be an https:// URL".into()),
+    }
+    match ip.and_then(|ip| crate::address::refused_address(ip, true).map(|why| (ip, why))) {
+        Some((ip, why)) => Err(format!(
+            "is {why} ({ip}): a destination must be a public address, not one inside the network Sluice runs in"
+        )),
+        None => Ok(()),
     }
 }
 
@@ -335,13 +370,14 @@ impl SourceConfig {
 }
 
 /// TLS policy of the source connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum TlsMode {
-    /// Encrypted, and the server's certificate and host name are verified.
+    /// Encrypted, and the server's certificate and host name are verified (against the
+    /// system's roots, Amazon RDS's CAs and the secret's `ca_cert`).
     VerifyFull,
-    /// Encrypted, certificate not verified.
-    #[default]
+    /// Encrypted, certificate not verified: anyone between Sluice and the database can
+    /// pose as the server and read the password.
     Require,
     /// Plain text (loopback and private networks only).
     Disable,
@@ -364,8 +400,9 @@ pub struct ConnectionSecret {
     /// taken as its text.
     #[serde(default, deserialize_with = "secret_json::text_or_whole_number")]
     pub password: Option<String>,
-    #[serde(default)]
-    pub tls: TlsMode,
+    /// As the secret says; [`ConnectionSecret::tls`] is the mode in force.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsMode>,
     /// PEM of the CA that signs the server certificate, for `verify-full` with a private CA.
     #[serde(default)]
     pub ca_cert: Option<String>,
@@ -458,6 +495,19 @@ fn credentials<'a>(name: &str, value: &'a serde_json::Value, out: &mut Vec<&'a s
 }
 
 impl ConnectionSecret {
+    /// The TLS mode in force: the secret's `tls`, else `verify-full`, a certificate
+    /// checked, since a database reached over a network must prove who it is before it
+    /// is given the password. Through an SSH tunnel the default is `require`: the
+    /// tunnel authenticates the bastion by its host key, and no certificate's name can
+    /// match the tunnel's local end.
+    pub fn tls(&self) -> TlsMode {
+        match (self.tls, &self.ssh_tunnel) {
+            (Some(mode), _) => mode,
+            (None, Some(_)) => TlsMode::Require,
+            (None, None) => TlsMode::VerifyFull,
+        }
+    }
+
     /// Parses the secret's JSON; the error names the field, never a value.
     pub fn from_json(text: &str) -> Result<Self, FieldError> {
         // serde_json's syntax errors give a position, never the text.
@@ -582,6 +632,37 @@ mod tests {
     }
 
     #[test]
+    fn destination_urls_are_https_to_public_hosts() {
+        for ok in [
+            "https://cdp.customer.io",
+            "https://api.example.com:8443/x",
+            "http://127.0.0.1:9000",
+            "http://localhost:1/",
+            "http://[::1]:80",
+        ] {
+            assert_eq!(check_base_url(ok), Ok(()), "{ok}");
+        }
+        for (bad, says) in [
+            ("http://api.example.com", "must be https"),
+            ("http://10.0.0.1", "must be https"),
+            ("ftp://example.com", "https://"),
+            ("cdp.customer.io", "https://"),
+            ("https://10.0.0.1/", "a private address"),
+            ("https://169.254.169.254/latest/meta-data", "metadata"),
+            ("https://[fd00:ec2::254]/", "metadata"),
+            ("https://[::ffff:169.254.169.254]:443", "metadata"),
+            ("https://0.0.0.0", "unspecified"),
+            ("https://[::]:443", "unspecified"),
+            ("https://100.64.1.1", "carrier-grade NAT"),
+            ("https://user:pw@api.example.com", "user name"),
+            ("https://", "no host"),
+        ] {
+            let e = check_base_url(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn unknown_fields_are_refused() {
         let e = serde_json::from_value::<SourceConfig>(serde_json::json!({
             "id": "s", "name": "S", "engine": "postgres", "secret_id": "db",
@@ -599,7 +680,18 @@ mod tests {
         .unwrap();
         assert!(!format!("{s:?}").contains("hunter2"));
         assert_eq!(s.redact("login hunter2 failed"), "login <redacted> failed");
-        assert_eq!(s.tls, TlsMode::Require);
+        assert_eq!(
+            s.tls(),
+            TlsMode::VerifyFull,
+            "certificates are verified unless the secret says otherwise"
+        );
+        let tunnelled = ConnectionSecret::from_json(
+            r#"{"engine":"postgres","database":"d","ssh_tunnel":{"host":"b","username":"u","private_key":"k"}}"#,
+        )
+        .unwrap();
+        assert_eq!(tunnelled.tls(), TlsMode::Require, "no certificate names a tunnel's end");
+        let said = ConnectionSecret::from_json(r#"{"engine":"postgres","database":"d","tls":"require"}"#).unwrap();
+        assert_eq!(said.tls(), TlsMode::Require);
         let e = ConnectionSecret::from_json(r#"{"engine":"postgres"}"#).unwrap_err();
         assert!(e.reason.contains("database"), "{e}");
     }

@@ -6,7 +6,7 @@
     allow(dead_code)
 )]
 
-use sluice_core::{ConnectionSecret, SourceError, SourceErrorKind};
+use sluice_core::{ConnectionSecret, SourceError, SourceErrorKind, TlsMode};
 
 /// `host:port` of the secret, for messages (the file path for SQLite).
 pub(crate) fn target(secret: &ConnectionSecret) -> String {
@@ -17,15 +17,33 @@ pub(crate) fn target(secret: &ConnectionSecret) -> String {
     }
 }
 
+/// The secret's TLS mode as written in it, saying when it is the default.
+pub(crate) fn tls_mode(secret: &ConnectionSecret) -> String {
+    let name = match secret.tls() {
+        TlsMode::VerifyFull => "verify-full",
+        TlsMode::Require => "require",
+        TlsMode::Disable => "disable",
+    };
+    match secret.tls {
+        Some(_) => name.to_string(),
+        None => format!("{name} (the default when the secret has no tls)"),
+    }
+}
+
 /// How to fix a failed TLS handshake whose error text is `text`. rustls names the two
 /// usual verify-full failures; each has its own fix.
 pub(crate) fn tls_hint(secret: &ConnectionSecret, text: &str) -> String {
     let host = secret.host.as_deref().unwrap_or("the host");
-    if text.contains("UnknownIssuer") || text.contains("unknown issuer") {
-        "the server's certificate is not signed by a CA Sluice trusts: put the PEM of the CA that signed it in the secret's ca_cert".to_string()
+    if text.contains("UnknownIssuer") || text.contains("unknown issuer") || text.contains("self-signed") {
+        "the server's certificate is not signed by a CA Sluice trusts (the system's roots and Amazon RDS's CAs). Either put the PEM of the CA that signed it in the secret's ca_cert (for a private or self-signed CA: the certificate stays verified), or set the secret's tls to require, knowing that the certificate is then not verified and anyone between Sluice and the database can pose as it and read the password".to_string()
     } else if text.contains("NotValidForName") || text.contains("not valid for name") {
         format!(
             "the server's certificate is not valid for the host name {host}: set the secret's host to a name on the certificate"
+        )
+    } else if text.contains("does not support TLS") {
+        format!(
+            "the server offers no TLS, and the secret's tls is {}: enable TLS on the server (with a certificate), or set tls to disable if the network between Sluice and the database is private",
+            tls_mode(secret)
         )
     } else {
         "check the secret's `tls` setting (verify-full needs a certificate for this host name signed by a trusted CA or the secret's ca_cert; require encrypts without verifying; disable only on private networks)".to_string()

@@ -27,6 +27,8 @@ mod sqlite;
 mod sqlserver;
 #[cfg(feature = "ssh")]
 mod ssh;
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlserver"))]
+mod tls;
 #[cfg(feature = "web")]
 mod web;
 
@@ -152,15 +154,17 @@ async fn tunneled(
         (_, Some(h)) => h,
     };
     let port = secret.port.or(secret.engine.default_port()).unwrap_or_default();
-    if secret.tls == sluice_core::TlsMode::VerifyFull {
+    if secret.tls() == sluice_core::TlsMode::VerifyFull {
         return Err(config_error(
-            "tls verify-full cannot be used through ssh_tunnel: the certificate's name cannot match the tunnel's local end; use require (the tunnel itself authenticates the bastion by its host key)",
+            "tls verify-full cannot be used through ssh_tunnel: the certificate's name cannot match the tunnel's local end; use require, or leave tls out (the tunnel itself authenticates the bastion by its host key)",
         ));
     }
     let tunnel = ssh::open(tunnel, host, port).await?;
     let mut direct = secret.clone();
     direct.host = Some(tunnel.local.ip().to_string());
     direct.port = Some(tunnel.local.port());
+    // The tunnel's mode, kept now that the session no longer knows it is tunnelled.
+    direct.tls = Some(secret.tls());
     direct.ssh_tunnel = None;
     let via = format!("through the SSH tunnel to {host}:{port}");
     let session = connect(&direct, query_timeout)

@@ -17,7 +17,7 @@ pub(crate) async fn connect(secret: &ConnectionSecret, query_timeout: Duration) 
         .port(secret.port.unwrap_or(3306))
         .database(&secret.database)
         .timezone(Some("+00:00".to_string()))
-        .ssl_mode(match secret.tls {
+        .ssl_mode(match secret.tls() {
             TlsMode::VerifyFull => MySqlSslMode::VerifyIdentity,
             TlsMode::Require => MySqlSslMode::Required,
             TlsMode::Disable => MySqlSslMode::Disabled,
@@ -30,8 +30,8 @@ pub(crate) async fn connect(secret: &ConnectionSecret, query_timeout: Duration) 
     if let Some(password) = &secret.password {
         options = options.password(password);
     }
-    if let Some(ca) = &secret.ca_cert {
-        options = options.ssl_ca_from_pem(ca.as_bytes().to_vec());
+    if secret.tls() == TlsMode::VerifyFull {
+        options = options.ssl_ca_from_pem(crate::tls::extra_roots(secret)?);
     }
     let mut conn = tokio::time::timeout(CONNECT_TIMEOUT, MySqlConnection::connect_with(&options))
         .await

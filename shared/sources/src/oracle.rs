@@ -39,7 +39,7 @@ pub(crate) fn connect_string(secret: &ConnectionSecret) -> Result<String, Source
     }
     let port = secret.port.unwrap_or(1521);
     let service = &secret.database;
-    Ok(match secret.tls {
+    Ok(match secret.tls() {
         TlsMode::Disable => format!("//{host}:{port}/{service}"),
         TlsMode::Require => format!("tcps://{host}:{port}/{service}?ssl_server_dn_match=false"),
         TlsMode::VerifyFull => format!("tcps://{host}:{port}/{service}?ssl_server_dn_match=true"),

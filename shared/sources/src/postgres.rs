@@ -19,7 +19,7 @@ pub(crate) async fn connect(secret: &ConnectionSecret, query_timeout: Duration) 
         .port(secret.port.unwrap_or(5432))
         .database(&secret.database)
         .application_name("sluice")
-        .ssl_mode(match secret.tls {
+        .ssl_mode(match secret.tls() {
             TlsMode::VerifyFull => PgSslMode::VerifyFull,
             TlsMode::Require => PgSslMode::Require,
             TlsMode::Disable => PgSslMode::Disable,
@@ -37,8 +37,8 @@ pub(crate) async fn connect(secret: &ConnectionSecret, query_timeout: Duration) 
     if let Some(password) = &secret.password {
         options = options.password(password);
     }
-    if let Some(ca) = &secret.ca_cert {
-        options = options.ssl_root_cert_from_pem(ca.as_bytes().to_vec());
+    if secret.tls() == TlsMode::VerifyFull {
+        options = options.ssl_root_cert_from_pem(crate::tls::extra_roots(secret)?);
     }
     let conn = tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options))
         .await

@@ -76,12 +76,10 @@ pub(crate) fn config(secret: &ConnectionSecret, query_timeout: Duration) -> Resu
         secret.username.as_deref().unwrap_or_default(),
         secret.password.as_deref().unwrap_or_default(),
     ));
-    match secret.tls {
+    match secret.tls() {
         TlsMode::VerifyFull => {
             config.encryption(EncryptionLevel::Required);
-            if let Some(ca) = &secret.ca_cert {
-                config.trust_cert_ca_bundle(ca.as_bytes().to_vec());
-            }
+            config.trust_cert_ca_bundle(crate::tls::extra_roots(secret)?);
         }
         TlsMode::Require => {
             config.encryption(EncryptionLevel::Required);
@@ -226,7 +224,7 @@ fn classify_connect(e: tiberius::error::Error, secret: &ConnectionSecret) -> Sou
             SourceErrorKind::Tls,
             format!(
                 "sqlserver at {target} does not offer encryption, and the secret's tls is {}: give the server a certificate and enable encryption, or set tls to disable on a private network",
-                serde_json::to_value(secret.tls).unwrap_or_default().as_str().unwrap_or_default()
+                error::tls_mode(secret)
             ),
         ),
         Error::Tls(text) => SourceError::new(

@@ -42,7 +42,7 @@ pub(crate) fn client(request_timeout: Duration) -> Result<reqwest::Client, Sourc
 /// `https://host[:port]`, or `http://` when the secret says `tls: disable` (an emulator
 /// on loopback); `default_host` when the secret names no host.
 pub(crate) fn base_url(secret: &ConnectionSecret, default_host: &str) -> String {
-    let scheme = if secret.tls == TlsMode::Disable {
+    let scheme = if secret.tls() == TlsMode::Disable {
         "http"
     } else {
         "https"
