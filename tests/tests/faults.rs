@@ -130,3 +130,16 @@ async fn creates_whose_answers_were_lost_find_their_own_work() {
         "{outcome:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sources_on_one_stream_one_destination_down_deliver_every_call_once() {
+    let outcome = chaos::one_destination_down(SCALE).await;
+    outcome.assert_clean();
+    assert!(outcome.faults > 0, "{outcome:?}");
+    assert!(
+        outcome
+            .detail
+            .starts_with("calls of the source whose destination was up delivered late: 0;"),
+        "{outcome:?}"
+    );
+}

@@ -511,10 +511,20 @@ impl Deliverer {
         source: &SourceConfig,
         states: Vec<DeliveryState>,
     ) -> Result<Vec<Outgoing>, DeliveryError> {
+        // A few reads in flight: a page of parked calls is read in a fraction of the
+        // time one by one would take.
+        let mut records = Vec::with_capacity(states.len());
+        for chunk in states.chunks(16) {
+            let mut reads = Vec::with_capacity(chunk.len());
+            for state in chunk {
+                reads.push(self.store.get_record(&source.id, &state.record_key));
+            }
+            records.extend(futures::future::try_join_all(reads).await?);
+        }
         let mut calls = Vec::with_capacity(states.len());
         let mut gone = Vec::new();
-        for state in states {
-            match self.store.get_record(&source.id, &state.record_key).await? {
+        for (state, record) in states.into_iter().zip(records) {
+            match record {
                 Some(record) => calls.push(Outgoing {
                     parked: state.parked,
                     ..Outgoing::from(record)
