@@ -1009,13 +1009,14 @@ struct Delivered {
 /// than once) and extra (a call of no row).
 async fn delivery_diff(db: &Database, src: &str, receiver: &crate::receiver::Receiver) -> Diff {
     let pool = sqlx::PgPool::connect(db.pg_url()).await.expect("postgres");
-    let rows: BTreeMap<String, String> = sqlx::query_as::<_, (String, String)>("SELECT user_id, plan FROM people WHERE src = $1")
-        .bind(src)
-        .fetch_all(&pool)
-        .await
-        .expect("the rows")
-        .into_iter()
-        .collect();
+    let rows: BTreeMap<String, String> =
+        sqlx::query_as::<_, (String, String)>("SELECT user_id, plan FROM people WHERE src = $1")
+            .bind(src)
+            .fetch_all(&pool)
+            .await
+            .expect("the rows")
+            .into_iter()
+            .collect();
     let mut last: BTreeMap<String, String> = BTreeMap::new();
     let mut seen: BTreeMap<(String, String), ()> = BTreeMap::new();
     for call in receiver.calls() {
@@ -1026,8 +1027,14 @@ async fn delivery_diff(db: &Database, src: &str, receiver: &crate::receiver::Rec
     }
     let counts = receiver.by_message_id();
     Diff {
-        missing: rows.iter().filter(|(u, p)| !seen.contains_key(&((*u).clone(), (*p).clone()))).count(),
-        stale: rows.iter().filter(|(u, p)| last.get(*u).is_some_and(|l| l != *p)).count(),
+        missing: rows
+            .iter()
+            .filter(|(u, p)| !seen.contains_key(&((*u).clone(), (*p).clone())))
+            .count(),
+        stale: rows
+            .iter()
+            .filter(|(u, p)| last.get(*u).is_some_and(|l| l != *p))
+            .count(),
         duplicated: counts.values().filter(|n| **n > 1).count(),
         extra: last.keys().filter(|u| !rows.contains_key(*u)).count(),
     }
@@ -1076,12 +1083,12 @@ pub async fn one_destination_down(scale: Scale) -> Outcome {
         );
         config.validate().expect("a valid source");
         store.put_source(&config).await.expect("moto");
-        sources.push(Delivered { id: config.id, receiver });
+        sources.push(Delivered {
+            id: config.id,
+            receiver,
+        });
     }
-    let sync = crate::service(
-        store.clone(),
-        BTreeMap::from([(db_secret, db.secret.clone())]),
-    );
+    let sync = crate::service(store.clone(), BTreeMap::from([(db_secret, db.secret.clone())]));
     let delivery = Delivery {
         store: store.clone(),
         deliverer: sluice_core::Deliverer {
@@ -1111,12 +1118,16 @@ pub async fn one_destination_down(scale: Scale) -> Outcome {
             return;
         }
         let event: StreamEvent = serde_json::from_value(event).expect("a stream event");
-        let answer = sluice_deliver::handle(&delivery, crate::lambda_event(event)).await.expect("delivered");
+        let answer = sluice_deliver::handle(&delivery, crate::lambda_event(event))
+            .await
+            .expect("delivered");
         assert!(answer.batch_item_failures.is_empty(), "the stream moves on: {answer:?}");
     };
     let retry = async || {
         let event: Event = serde_json::from_value(serde_json::json!({ "retry_parked": true })).expect("an event");
-        sluice_deliver::dispatch(&delivery, crate::lambda_event(event)).await.expect("retried");
+        sluice_deliver::dispatch(&delivery, crate::lambda_event(event))
+            .await
+            .expect("retried");
     };
     let mut late = Vec::new();
     for round in 0..=scale.rounds {
@@ -1171,7 +1182,11 @@ pub async fn one_destination_down(scale: Scale) -> Outcome {
         catch_up,
         detail: format!(
             "calls of the source whose destination was up delivered late: {}; calls received: {} and {}",
-            if late.is_empty() { "0".to_string() } else { late.join(", ") },
+            if late.is_empty() {
+                "0".to_string()
+            } else {
+                late.join(", ")
+            },
             a.receiver.calls().len(),
             b.receiver.calls().len()
         ),

@@ -211,7 +211,10 @@ impl Scenario {
     }
 
     async fn states(&self, id: &str, status: DeliveryStatus) -> Vec<sluice_core::DeliveryState> {
-        self.store.list_deliveries(id, Some(status), 10_000, None).await.unwrap()
+        self.store
+            .list_deliveries(id, Some(status), 10_000, None)
+            .await
+            .unwrap()
     }
 
     async fn sync(&self) {
@@ -307,7 +310,11 @@ async fn every_call_arrives_once_through_faults_and_an_outage_is_parked_and_retr
         waiting[0]
     );
     let retried = s.retry().await;
-    assert_eq!((&retried["delivered"], &retried["waiting"]), (&json!(20), &json!(0)), "{retried}");
+    assert_eq!(
+        (&retried["delivered"], &retried["waiting"]),
+        (&json!(20), &json!(0)),
+        "{retried}"
+    );
     let counts = s.receiver.by_message_id();
     assert_eq!((counts.len(), counts.values().max()), (20, Some(&1)));
     assert_eq!(s.receiver.calls()[0]["properties"]["amount"], 2, "the changed call");
@@ -490,13 +497,20 @@ async fn two_sources_on_one_stream_one_destination_down_the_other_arrives_on_tim
     s.sync().await;
     s.sync_source(&b.id).await;
     let (event, answer) = s.deliver().await;
-    assert_eq!(event["Records"].as_array().unwrap().len(), 100, "both sources in one batch");
+    assert_eq!(
+        event["Records"].as_array().unwrap().len(),
+        100,
+        "both sources in one batch"
+    );
     assert_eq!(answer, json!({ "batchItemFailures": [] }), "the stream moves on");
     assert_once(&s.receiver, 1..51, "A, in the same invocation");
     assert!(b.receiver.calls().is_empty());
     let waiting = s.states(&b.id, DeliveryStatus::Waiting).await;
     assert_eq!(waiting.len(), 50);
-    assert!(waiting[0].last_error.as_deref().unwrap().contains("HTTP 503"), "{waiting:?}");
+    assert!(
+        waiting[0].last_error.as_deref().unwrap().contains("HTTP 503"),
+        "{waiting:?}"
+    );
 
     // Still down, with new rows for both: A's arrive at once; B's wait behind its
     // parked calls without a request to its destination.
@@ -514,7 +528,11 @@ async fn two_sources_on_one_stream_one_destination_down_the_other_arrives_on_tim
 
     // A retry while it is down parks them again; A is not touched.
     let retried = s.retry().await;
-    assert_eq!((&retried["delivered"], &retried["waiting"]), (&json!(0), &json!(80)), "{retried}");
+    assert_eq!(
+        (&retried["delivered"], &retried["waiting"]),
+        (&json!(0), &json!(80)),
+        "{retried}"
+    );
     assert!(b.receiver.calls().is_empty());
     let waiting = s.states(&b.id, DeliveryStatus::Waiting).await;
     assert!(waiting.iter().all(|w| w.parked == 2), "{:?}", waiting[0]);
@@ -522,7 +540,11 @@ async fn two_sources_on_one_stream_one_destination_down_the_other_arrives_on_tim
     // Back: the next retry delivers B's calls, once each; later ones find nothing.
     b.receiver.down(None);
     let retried = s.retry().await;
-    assert_eq!((&retried["delivered"], &retried["waiting"]), (&json!(80), &json!(0)), "{retried}");
+    assert_eq!(
+        (&retried["delivered"], &retried["waiting"]),
+        (&json!(80), &json!(0)),
+        "{retried}"
+    );
     assert_once(&b.receiver, 1..81, "B, after it is back");
     assert_eq!(s.retry().await["delivered"], 0);
     assert_once(&b.receiver, 1..81, "B");
@@ -559,7 +581,8 @@ async fn a_write_key_secret_missing_or_malformed_parks_the_calls_and_replay_find
     assert_eq!(s.receiver.requests(), 0);
 
     // Fixed: the replay (the API's and the CLI's) finds every one and sends it once.
-    s.set_key_secret(Some(json!({ "write_key": s.receiver.write_key() }))).await;
+    s.set_key_secret(Some(json!({ "write_key": s.receiver.write_key() })))
+        .await;
     let config = s.store.get_source(&s.id).await.unwrap().unwrap().config;
     let report = s
         .delivery
@@ -591,7 +614,10 @@ async fn a_rotated_write_key_401_keeps_every_call_and_they_arrive_once_the_key_i
     let waiting = s.states(&s.id, DeliveryStatus::Waiting).await;
     assert_eq!(waiting.len(), 40);
     let error = waiting[0].last_error.clone().unwrap();
-    assert!(error.contains("HTTP 401") && error.contains("the calls are kept"), "{error}");
+    assert!(
+        error.contains("HTTP 401") && error.contains("the calls are kept"),
+        "{error}"
+    );
     let logs = String::from_utf8_lossy(&logs().lock().unwrap()).into_owned();
     assert!(
         logs.contains("the destination is unavailable or misconfigured"),
@@ -601,9 +627,14 @@ async fn a_rotated_write_key_401_keeps_every_call_and_they_arrive_once_the_key_i
     assert_eq!(s.retry().await["waiting"], 40);
     assert!(s.receiver.calls().is_empty());
 
-    s.set_key_secret(Some(json!({ "write_key": s.receiver.write_key() }))).await;
+    s.set_key_secret(Some(json!({ "write_key": s.receiver.write_key() })))
+        .await;
     let retried = s.retry().await;
-    assert_eq!((&retried["delivered"], &retried["waiting"]), (&json!(40), &json!(0)), "{retried}");
+    assert_eq!(
+        (&retried["delivered"], &retried["waiting"]),
+        (&json!(40), &json!(0)),
+        "{retried}"
+    );
     assert_once(&s.receiver, 1..41, "after the key is fixed");
     assert_eq!(s.states(&s.id, DeliveryStatus::Delivered).await.len(), 40);
     s.assert_write_key_never_shown(&[retried]);

@@ -314,7 +314,10 @@ async fn delivery_contract(store: &dyn Store, id: &str) {
         .put_deliveries(id, &[state("k53", &hash_of("k53"), DeliveryStatus::Delivered)])
         .await
         .unwrap();
-    assert_eq!(store.parked(id, t(9), 10).await.unwrap(), vec![parked[0].clone(), parked[2].clone()]);
+    assert_eq!(
+        store.parked(id, t(9), 10).await.unwrap(),
+        vec![parked[0].clone(), parked[2].clone()]
+    );
 }
 
 /// Backfill jobs: one active per source, optimistic saves, cancel kept apart, the

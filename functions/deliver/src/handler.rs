@@ -279,9 +279,9 @@ pub async fn retry_parked(d: &Delivery, budget: &Budget) -> Result<RetryResponse
         .map(|s| s.config)
         .filter(|c| c.destination.is_some() && is_call(c))
         .collect();
-    let retries = sources.iter().map(|config| async move {
-        (config.id.as_str(), d.deliverer.retry_parked(config, budget).await)
-    });
+    let retries = sources
+        .iter()
+        .map(|config| async move { (config.id.as_str(), d.deliverer.retry_parked(config, budget).await) });
     let mut totals = Totals::default();
     let mut response = RetryResponse::default();
     for (source_id, outcome) in futures::future::join_all(retries).await {

@@ -20,8 +20,5 @@ async fn main() -> Result<(), Error> {
         metrics_namespace: Some(config.metrics_namespace.clone()),
     };
     init.ready();
-    lambda_runtime::run(service_fn(move |event: LambdaEvent<Event>| {
-        dispatch(delivery, event)
-    }))
-    .await
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Event>| dispatch(delivery, event))).await
 }

@@ -498,7 +498,11 @@ impl Deliverer {
     ) -> Result<DeliveryReport, DeliveryError> {
         let mut states = Vec::new();
         for status in [DeliveryStatus::Failed, DeliveryStatus::Waiting] {
-            states.extend(self.store.list_deliveries(&source.id, Some(status), limit, None).await?);
+            states.extend(
+                self.store
+                    .list_deliveries(&source.id, Some(status), limit, None)
+                    .await?,
+            );
         }
         let calls = self.current_calls(source, states).await?;
         self.deliver(source, calls, budget).await
@@ -945,7 +949,13 @@ mod tests {
         let mut expected: Vec<_> = (0..11).map(|i| format!("m{i}")).collect();
         expected.sort();
         assert_eq!(ids, expected, "each once");
-        assert!(store.parked("events", DateTime::<Utc>::MAX_UTC, 100).await.unwrap().is_empty());
+        assert!(
+            store
+                .parked("events", DateTime::<Utc>::MAX_UTC, 100)
+                .await
+                .unwrap()
+                .is_empty()
+        );
         let quiet = d.retry_parked(&config, &Budget::default()).await.unwrap();
         assert_eq!(quiet, DeliveryReport::default(), "nothing twice");
     }
@@ -960,10 +970,20 @@ mod tests {
                 .deliver(&config, (0..8).map(|i| call(i, 10)).collect(), &Budget::default())
                 .await
                 .unwrap();
-            assert_eq!((report.delivered, report.rejected.len(), report.undelivered.len()), (0, 0, 8));
-            assert_eq!(sender.requests.load(Ordering::Relaxed), 1, "{status}: not split, not retried now");
+            assert_eq!(
+                (report.delivered, report.rejected.len(), report.undelivered.len()),
+                (0, 0, 8)
+            );
+            assert_eq!(
+                sender.requests.load(Ordering::Relaxed),
+                1,
+                "{status}: not split, not retried now"
+            );
             let error = report.error.unwrap();
-            assert!(error.contains(&format!("HTTP {status}")) && error.contains("the calls are kept"), "{error}");
+            assert!(
+                error.contains(&format!("HTTP {status}")) && error.contains("the calls are kept"),
+                "{error}"
+            );
             assert!(!error.contains(KEY));
             let waiting = store
                 .list_deliveries("events", Some(DeliveryStatus::Waiting), 10, None)
@@ -1006,7 +1026,10 @@ mod tests {
                 .await
                 .unwrap();
             let error = waiting[0].last_error.clone().unwrap();
-            assert!(error.contains("the write key cannot be read") && error.contains(reason), "{error}");
+            assert!(
+                error.contains("the write key cannot be read") && error.contains(reason),
+                "{error}"
+            );
         }
         assert_eq!(sender.requests.load(Ordering::Relaxed), 0);
     }
