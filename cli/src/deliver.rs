@@ -27,7 +27,8 @@ pub fn sources<'a>(config: &'a LocalConfig, ids: &[String]) -> anyhow::Result<Ve
         .collect()
 }
 
-/// Delivers each source's undelivered calls (or, with `replay`, its failed ones).
+/// Delivers each source's undelivered calls, the waiting ones included (or, with
+/// `replay`, its failed and waiting ones).
 /// `false` when a call was refused or left undelivered.
 pub async fn run(deliverer: &Deliverer, sources: &[&SourceConfig], replay: bool, json: bool) -> anyhow::Result<bool> {
     let mut clean = true;
@@ -84,10 +85,12 @@ pub async fn list(
             println!("{}", serde_json::to_string(&d)?);
             continue;
         }
-        let status = format!("{:?}", d.status).to_lowercase();
-        let mut line = format!("{} {status}, {} attempt(s)", d.record_key, d.attempts);
+        let mut line = format!("{} {}, {} attempt(s)", d.record_key, d.status.as_str(), d.attempts);
         if let Some(at) = d.delivered_at {
             line.push_str(&format!(", delivered {}", sluice_core::Value::iso_timestamp(&at)));
+        }
+        if let Some(at) = d.next_attempt_at {
+            line.push_str(&format!(", next attempt {}", sluice_core::Value::iso_timestamp(&at)));
         }
         if let Some(e) = &d.last_error {
             line.push_str(&format!("\n  {e}"));

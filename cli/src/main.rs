@@ -254,9 +254,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let store = wiring::store(&config).await?;
             let status = match status.as_deref() {
                 None => None,
-                Some("failed") => Some(sluice_core::DeliveryStatus::Failed),
-                Some("delivered") => Some(sluice_core::DeliveryStatus::Delivered),
-                Some(other) => anyhow::bail!("--status {other}: use failed or delivered"),
+                Some(s) => Some(
+                    s.parse::<sluice_core::DeliveryStatus>()
+                        .map_err(|e| anyhow::anyhow!("--status {s}: {e}"))?,
+                ),
             };
             deliver::list(&*store, &source, status, limit, json).await?;
             Ok(ExitCode::SUCCESS)

@@ -1120,6 +1120,205 @@ pub async fn poison_rows(scale: Scale) -> Outcome {
     outcome
 }
 
+/// One source of the delivery scenario: its rows' table filter and its destination.
+struct Delivered {
+    id: String,
+    receiver: crate::receiver::Receiver,
+}
+
+/// Calls the receiver of `source` lacks, has out of order, or holds twice, against the
+/// rows of `src`: missing (a row whose current version never arrived), stale (a row
+/// whose last call is not its current version), duplicated (a `messageId` taken more
+/// than once) and extra (a call of no row).
+async fn delivery_diff(db: &Database, src: &str, receiver: &crate::receiver::Receiver) -> Diff {
+    let pool = sqlx::PgPool::connect(db.pg_url()).await.expect("postgres");
+    let rows: BTreeMap<String, String> =
+        sqlx::query_as::<_, (String, String)>("SELECT user_id, plan FROM people WHERE src = $1")
+            .bind(src)
+            .fetch_all(&pool)
+            .await
+            .expect("the rows")
+            .into_iter()
+            .collect();
+    let mut last: BTreeMap<String, String> = BTreeMap::new();
+    let mut seen: BTreeMap<(String, String), ()> = BTreeMap::new();
+    for call in receiver.calls() {
+        let user = call["userId"].as_str().unwrap_or_default().to_string();
+        let plan = call["traits"]["plan"].as_str().unwrap_or_default().to_string();
+        seen.insert((user.clone(), plan.clone()), ());
+        last.insert(user, plan);
+    }
+    let counts = receiver.by_message_id();
+    Diff {
+        missing: rows
+            .iter()
+            .filter(|(u, p)| !seen.contains_key(&((*u).clone(), (*p).clone())))
+            .count(),
+        stale: rows
+            .iter()
+            .filter(|(u, p)| last.get(*u).is_some_and(|l| l != *p))
+            .count(),
+        duplicated: counts.values().filter(|n| **n > 1).count(),
+        extra: last.keys().filter(|u| !rows.contains_key(*u)).count(),
+    }
+}
+
+/// Two sources on one Records stream, the destination of one down (503s, dropped
+/// connections) for `scale.rounds` rounds of changes, then back. The other's calls
+/// must arrive in the invocation that carries them; the down one's are parked and
+/// arrive after it is back; none twice.
+pub async fn one_destination_down(scale: Scale) -> Outcome {
+    use sluice_core::delivery::DeliverySettings;
+    use sluice_deliver::{Delivery, Event, StreamEvent};
+
+    let db = Database::new(Engine::Postgres).await;
+    let per_source = scale.rows / 2;
+    db.exec(&format!(
+        "CREATE TABLE people (id int, src text, user_id text, plan text, updated_at timestamptz DEFAULT now());
+         INSERT INTO people (id, src, user_id, plan)
+         SELECT g, s, s || '-u' || g, 'free' FROM generate_series(1, {per_source}) g, (VALUES ('a'), ('b')) v(s)"
+    ))
+    .await;
+    let store = Arc::new(crate::dynamo_store().await);
+    let sdk = sdk().await;
+    let mut stream = crate::stream::RecordsStream::open(&sdk, &store.tables().records).await;
+    let db_secret = unique("db");
+    let mut sources = Vec::new();
+    for src in ["a", "b"] {
+        let key = unique("wk");
+        let receiver = crate::receiver::Receiver::start(&key).await;
+        let key_secret = secrets_manager_secret(&serde_json::json!({ "write_key": key })).await;
+        let mut config = crate::source(
+            &unique(&format!("down_{src}")),
+            &db,
+            &format!(
+                "SELECT user_id, plan FROM people WHERE src = '{src}'
+                 AND updated_at >= {{{{ last_update_time }}}} AND updated_at < {{{{ upper_date_limit }}}}"
+            ),
+        );
+        config.secret_id = db_secret.clone();
+        config.sync_type = sluice_core::SyncType::Identify;
+        config.destination = Some(
+            serde_json::from_value(
+                serde_json::json!({"kind": "http", "base_url": receiver.base_url(), "secret_id": key_secret}),
+            )
+            .expect("a destination"),
+        );
+        config.validate().expect("a valid source");
+        store.put_source(&config).await.expect("moto");
+        sources.push(Delivered {
+            id: config.id,
+            receiver,
+        });
+    }
+    let sync = crate::service(store.clone(), BTreeMap::from([(db_secret, db.secret.clone())]));
+    let delivery = Delivery {
+        store: store.clone(),
+        deliverer: sluice_core::Deliverer {
+            sender: Arc::new(
+                sluice_destinations::HttpSender::new(sluice_destinations::AddressPolicy { allow_loopback: true })
+                    .expect("a client"),
+            ),
+            secrets: Arc::new(sluice_aws::SecretsManagerSecrets::new(
+                aws_sdk_secretsmanager::Client::new(&sdk),
+                Duration::from_secs(300),
+            )),
+            store: store.clone(),
+            clock: Arc::new(sluice_core::SystemClock),
+            // The retry of parked calls is invoked once a round, as its schedule would.
+            settings: DeliverySettings {
+                backoff: Duration::from_millis(20),
+                park_wait: Duration::ZERO,
+                ..DeliverySettings::default()
+            },
+        },
+        dead_letters: None,
+        metrics_namespace: None,
+    };
+    let (a, b) = (&sources[0], &sources[1]);
+    let mut runs = 0;
+    // Every stream event until the stream is drained.
+    let deliver = async |stream: &mut crate::stream::RecordsStream| loop {
+        let event = stream.next_event().await;
+        if event["Records"].as_array().is_none_or(|r| r.is_empty()) {
+            return;
+        }
+        let event: StreamEvent = serde_json::from_value(event).expect("a stream event");
+        let answer = sluice_deliver::handle(&delivery, crate::lambda_event(event))
+            .await
+            .expect("delivered");
+        assert!(answer.batch_item_failures.is_empty(), "the stream moves on: {answer:?}");
+    };
+    let retry = async || {
+        let event: Event = serde_json::from_value(serde_json::json!({ "retry_parked": true })).expect("an event");
+        sluice_deliver::dispatch(&delivery, crate::lambda_event(event))
+            .await
+            .expect("retried");
+    };
+    let mut late = Vec::new();
+    for round in 0..=scale.rounds {
+        // Round 0 carries the initial rows; then a tenth of each source's rows changes.
+        if round > 0 {
+            db.exec(&format!(
+                "UPDATE people SET plan = 'plan-{round}', updated_at = now() WHERE id % 10 = {}",
+                round % 10
+            ))
+            .await;
+        }
+        b.receiver.down(Some(if round % 2 == 0 {
+            crate::receiver::Fault::Status(503, None)
+        } else {
+            crate::receiver::Fault::Drop
+        }));
+        for s in &sources {
+            let run = sync.run(&s.id, Trigger::Schedule, None).await.expect("a run");
+            assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.message);
+            runs += 1;
+        }
+        deliver(&mut stream).await;
+        retry().await;
+        // The other source is on time: everything it has is delivered now.
+        let missing = delivery_diff(&db, "a", &a.receiver).await.missing;
+        if missing > 0 {
+            late.push(format!("{missing} in round {round}"));
+        }
+    }
+    let faults = b.receiver.requests();
+    let back = Instant::now();
+    b.receiver.down(None);
+    retry().await;
+    let catch_up = back.elapsed();
+    let mut diff = Diff::default();
+    for (src, s) in [("a", a), ("b", b)] {
+        let d = delivery_diff(&db, src, &s.receiver).await;
+        diff.missing += d.missing;
+        diff.stale += d.stale;
+        diff.duplicated += d.duplicated;
+        diff.extra += d.extra;
+    }
+    Outcome {
+        scenario: "two sources on one stream, one destination down (503, dropped connections)".into(),
+        runs,
+        faults,
+        rows: 2 * per_source,
+        diff,
+        failed: 0,
+        unclear: Vec::new(),
+        reasons: BTreeSet::new(),
+        catch_up,
+        detail: format!(
+            "calls of the source whose destination was up delivered late: {}; calls received: {} and {}",
+            if late.is_empty() {
+                "0".to_string()
+            } else {
+                late.join(", ")
+            },
+            a.receiver.calls().len(),
+            b.receiver.calls().len()
+        ),
+    }
+}
+
 /// Every scenario, in the order of the table.
 pub async fn all(scale: Scale) -> Vec<Outcome> {
     let mut outcomes = vec![aws(scale).await];
@@ -1136,5 +1335,6 @@ pub async fn all(scale: Scale) -> Vec<Outcome> {
     outcomes.push(clock_skew(-10, scale).await);
     outcomes.push(management_api(scale.rounds * 3, aws_faults()).await);
     outcomes.push(poison_rows(scale).await);
+    outcomes.push(one_destination_down(scale).await);
     outcomes
 }

@@ -2,8 +2,9 @@
 //! Pipelines, Segment and RudderStack answer it: HTTP Basic auth with the write key,
 //! 32 KB a call and 500 KB a batch, and faults injected on request (429 with
 //! Retry-After, 500, an answer slower than the client's timeout, a dropped
-//! connection, a redirect, an answer whose body never ends). It keeps every call it
-//! accepted, so tests count them by `messageId`.
+//! connection, a redirect, an answer whose body never ends), or down for a while (every
+//! request answered with one fault). It keeps every call it accepted, so tests count
+//! them by `messageId`.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
@@ -38,6 +39,8 @@ type Body = BoxBody<Bytes, std::io::Error>;
 #[derive(Default)]
 struct State {
     faults: VecDeque<Fault>,
+    /// While set, the answer to every request that has no injected fault.
+    down: Option<Fault>,
     /// Accepted calls, in arrival order.
     calls: Vec<Json>,
     requests: u64,
@@ -96,6 +99,11 @@ impl Receiver {
     /// Faults for the next requests, in order.
     pub fn inject(&self, faults: impl IntoIterator<Item = Fault>) {
         self.state.lock().unwrap().faults.extend(faults);
+    }
+
+    /// Down (every request answered with `fault`) until called again with `None`.
+    pub fn down(&self, fault: Option<Fault>) {
+        self.state.lock().unwrap().down = fault;
     }
 
     /// Every accepted call.
@@ -165,7 +173,7 @@ async fn answer(
         let mut s = state.lock().unwrap();
         s.requests += 1;
         s.bodies.push(String::from_utf8_lossy(&body).into_owned());
-        s.faults.pop_front()
+        s.faults.pop_front().or_else(|| s.down.clone())
     };
     let delay = match fault {
         Some(Fault::Status(status, retry_after)) => return Ok(respond(status, r#"{"error":"injected"}"#, retry_after)),

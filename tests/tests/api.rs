@@ -632,7 +632,8 @@ async fn a_destination_keeps_its_write_key_secret_and_failed_deliveries_are_list
         "{answer}"
     );
 
-    // The destination is down for the first delivery: every call fails, and is listed.
+    // The destination is down for the first delivery: every call is parked (waiting),
+    // and is listed.
     let sync = sync_service(&sdk().await, &api.config.function);
     sync.run(&id, sluice_core::Trigger::Manual, None).await.unwrap();
     let config = api.api.admin.get(&id).await.unwrap().config;
@@ -648,13 +649,13 @@ async fn a_destination_keeps_its_write_key_secret_and_failed_deliveries_are_list
         .call(api_request(
             "deliveries-list.json",
             &[("id", &id)],
-            &[("status", "failed")],
+            &[("status", "waiting")],
             None,
         ))
         .await;
     assert_eq!(status, 200, "{page}");
     assert_eq!(page["deliveries"].as_array().unwrap().len(), 12);
-    assert_eq!(page["deliveries"][0]["status"], "failed");
+    assert_eq!(page["deliveries"][0]["status"], "waiting");
     assert!(
         page["deliveries"][0]["last_error"]
             .as_str()

@@ -245,7 +245,7 @@ sources:
     assert!(ok && out.contains("people: delivered 0,"), "nothing changed: {out}");
 
     // Changed rows while the destination is down: the command fails, says why, and
-    // the failed ones are listed; `--replay-failed` sends them.
+    // the waiting ones are listed; `--replay-failed` sends them.
     db.exec("UPDATE people SET plan = 'pro', updated_at = now() WHERE id <= 3")
         .await;
     receiver.inject((0..5).map(|_| Fault::Status(500, None)));
@@ -254,8 +254,8 @@ sources:
         !ok && out.contains("left undelivered 3") && out.contains("HTTP 500"),
         "{out}"
     );
-    let (ok, out) = sluice(&["deliveries", "--source", "people", "--status", "failed"]);
-    assert!(ok && out.matches(" failed, ").count() == 3, "{out}");
+    let (ok, out) = sluice(&["deliveries", "--source", "people", "--status", "waiting"]);
+    assert!(ok && out.matches(" waiting, ").count() == 3, "{out}");
     let (ok, out) = sluice(&["deliver", "--replay-failed"]);
     assert!(ok && out.contains("people: delivered 3,"), "{out}");
     let plans: Vec<_> = receiver

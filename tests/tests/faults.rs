@@ -142,3 +142,18 @@ async fn poison_rows_are_rejected_one_by_one_and_every_good_row_arrives() {
         "{outcome:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sources_on_one_stream_one_destination_down_deliver_every_call_once() {
+    // Fewer rows than the others: each round is two syncs, a stream drained and a
+    // retry, on a moto every worker shares.
+    let outcome = chaos::one_destination_down(Scale { rows: 400, ..SCALE }).await;
+    outcome.assert_clean();
+    assert!(outcome.faults > 0, "{outcome:?}");
+    assert!(
+        outcome
+            .detail
+            .starts_with("calls of the source whose destination was up delivered late: 0;"),
+        "{outcome:?}"
+    );
+}

@@ -161,6 +161,8 @@ fn the_delivery_schemas_have_the_fields_the_api_sends() {
         updated_at: chrono::Utc::now(),
         delivered_at: None,
         last_error: Some("HTTP 503".into()),
+        next_attempt_at: Some(chrono::Utc::now()),
+        parked: 1,
     };
     assert_matches(&doc, "Delivery", &serde_json::to_value(&state).unwrap());
     let report = sluice_core::DeliveryReport {

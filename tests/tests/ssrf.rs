@@ -166,6 +166,7 @@ async fn an_endless_answer_is_read_to_a_few_kilobytes_and_last_error_keeps_a_sho
             .as_object()
             .unwrap()
             .clone(),
+        parked: 0,
     };
     let report = deliverer
         .deliver(&source, vec![call], &Budget::default())

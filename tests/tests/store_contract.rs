@@ -341,8 +341,9 @@ async fn connections_contract(store: &dyn Store) {
     assert_eq!(store.get_connection(&second.id).await.unwrap(), Some(second));
 }
 
-/// Delivery states: one per record, listed by key and status, and the records whose
-/// current version has none are the undelivered ones.
+/// Delivery states: one per record, listed by key and status, the records whose
+/// current version has none (or a waiting one) are the undelivered ones, and the
+/// parked calls due by a time are found alone, the earliest first.
 async fn delivery_contract(store: &dyn Store, id: &str) {
     use sluice_core::{DeliveryState, DeliveryStatus};
     let all = store.undelivered(id, None, 1_000).await.unwrap();
@@ -357,6 +358,8 @@ async fn delivery_contract(store: &dyn Store, id: &str) {
         updated_at: Utc.with_ymd_and_hms(2026, 3, 4, 5, 6, 7).unwrap(),
         delivered_at: None,
         last_error: (status == DeliveryStatus::Failed).then(|| "HTTP 503".to_string()),
+        next_attempt_at: None,
+        parked: 0,
     };
     let hash_of = |key: &str| all.iter().find(|r| r.key == key).unwrap().hash.clone();
     let mut states: Vec<_> = (0..50)
@@ -407,6 +410,36 @@ async fn delivery_contract(store: &dyn Store, id: &str) {
             .await
             .unwrap()
             .is_empty()
+    );
+    // Parked calls: k53 due first, then k52; k54 later.
+    let t = |minute: u32| Utc.with_ymd_and_hms(2026, 3, 4, 6, minute, 0).unwrap();
+    let waiting = |key: &str, at| DeliveryState {
+        next_attempt_at: Some(at),
+        parked: 1,
+        last_error: Some("HTTP 401".into()),
+        ..state(key, &hash_of(key), DeliveryStatus::Waiting)
+    };
+    let parked = [waiting("k52", t(2)), waiting("k53", t(1)), waiting("k54", t(9))];
+    store.put_deliveries(id, &parked).await.unwrap();
+    let due = store.parked(id, t(5), 10).await.unwrap();
+    assert_eq!(due, vec![parked[1].clone(), parked[0].clone()]);
+    assert_eq!(store.parked(id, t(5), 1).await.unwrap(), vec![parked[1].clone()]);
+    assert!(store.parked(id, t(0), 10).await.unwrap().is_empty());
+    assert!(store.parked("another-source", t(9), 10).await.unwrap().is_empty());
+    let undelivered = store.undelivered(id, Some("k51"), 3).await.unwrap();
+    assert_eq!(
+        undelivered.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(),
+        ["k52", "k53", "k54"],
+        "waiting calls are still undelivered"
+    );
+    // Delivered: no longer parked.
+    store
+        .put_deliveries(id, &[state("k53", &hash_of("k53"), DeliveryStatus::Delivered)])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.parked(id, t(9), 10).await.unwrap(),
+        vec![parked[0].clone(), parked[2].clone()]
     );
 }
 

@@ -109,9 +109,10 @@ pub async fn handle(api: &Api, request: &ApiGatewayProxyRequest) -> ApiGatewayPr
             ("GET", "/sources/{id}/deliveries") => {
                 let status = match query("status") {
                     None => None,
-                    Some("failed") => Some(DeliveryStatus::Failed),
-                    Some("delivered") => Some(DeliveryStatus::Delivered),
-                    Some(other) => return Err(bad("status", &format!("is {other:?}; use failed or delivered"))),
+                    Some(s) => Some(
+                        s.parse::<DeliveryStatus>()
+                            .map_err(|e| bad("status", &format!("is {s:?}; {e}")))?,
+                    ),
                 };
                 let limit = match query("limit") {
                     None => DEFAULT_PAGE,
@@ -140,11 +141,11 @@ pub async fn handle(api: &Api, request: &ApiGatewayProxyRequest) -> ApiGatewayPr
                             bad("destination", "the source has no destination to deliver to")
                         }
                     })?;
-                let left = admin.deliveries(id, Some(DeliveryStatus::Failed), 1, None).await?;
-                (
-                    200,
-                    json!({ "report": report, "failed_left": !left.deliveries.is_empty() }),
-                )
+                let mut left = false;
+                for status in [DeliveryStatus::Failed, DeliveryStatus::Waiting] {
+                    left |= !admin.deliveries(id, Some(status), 1, None).await?.deliveries.is_empty();
+                }
+                (200, json!({ "report": report, "failed_left": left }))
             }
             ("POST", "/connections") => (
                 201,

@@ -1,15 +1,19 @@
 //! The delivery of calls: the Records table's DynamoDB stream invokes this function
 //! with the records a sync wrote (new and changed ones only: an unchanged row is not
 //! written again, and DynamoDB streams nothing for a write that changes nothing).
-//! The calls of sources with a destination are delivered in order; registration
-//! records and sources without one are passed over.
+//! The calls of sources with a destination are delivered in order, each source on its
+//! own and at the same time as the others; registration records and sources without
+//! a destination are passed over.
 //!
 //! A call the destination refuses, or one over the size limit, is recorded as failed,
 //! put on the dead-letter queue with its reason, and not retried: it neither blocks
-//! nor re-sends the others. Calls the destination could not take after the retries
-//! are reported as batch item failures (ReportBatchItemFailures), so Lambda retries
-//! the stream from the first of them; the calls after it that went through are sent
-//! again, and their `messageId` makes the destination drop the copies.
+//! nor re-sends the others. Calls a source's destination cannot take now (it is down,
+//! answers 401/403/404, or the write key cannot be read) are parked, `waiting` in the
+//! delivery log, and the stream moves on: no source holds up another. A schedule
+//! invokes the function every minute with `{"retry_parked": true}` to send the parked
+//! calls that are due. Only when a delivery state cannot be stored is the source's
+//! first record reported as a batch item failure (ReportBatchItemFailures), so that
+//! Lambda retries it and no call is lost.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -20,11 +24,49 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json, json};
 use sluice_aws::{DeadLetterQueue, record_of_image};
 use sluice_core::delivery::DeliveryError;
-use sluice_core::{Budget, Deliverer, DeliveryReport, Outgoing, SecretsError, SourceConfig, Store, StoreError};
+use sluice_core::{Budget, Deliverer, DeliveryReport, Outgoing, SourceConfig, Store, StoreError};
 use tracing::{error, info, warn};
 
 /// Time kept back from the function timeout to record the states and answer.
 pub const FINISH_MARGIN: Duration = Duration::from_secs(10);
+
+/// How long a retry of parked calls may run: less than the minute between two, so
+/// that they do not overlap and send a call twice.
+pub const RETRY_TIME: Duration = Duration::from_secs(50);
+
+/// What invokes the function: a stream batch, or the schedule's retry of parked calls.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Event {
+    Retry(RetryEvent),
+    Stream(StreamEvent),
+}
+
+/// `{"retry_parked": true}`, the schedule's input (template.yaml).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryEvent {
+    pub retry_parked: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Response {
+    Stream(StreamResponse),
+    Retry(RetryResponse),
+}
+
+/// What a retry of parked calls did, over every source.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RetryResponse {
+    pub delivered: u64,
+    pub rejected: u64,
+    /// Calls still waiting for their destination.
+    pub waiting: u64,
+    /// Sources whose parked calls could not be read or their states stored; their
+    /// calls stay parked for the next retry.
+    pub failed_sources: Vec<String>,
+}
 
 /// A stream event, the fields the delivery reads.
 #[derive(Debug, Clone, Deserialize)]
@@ -103,8 +145,33 @@ struct SourceCalls {
 struct Totals {
     delivered: u64,
     rejected: u64,
-    undelivered: u64,
+    waiting: u64,
     oldest: Option<f64>,
+}
+
+impl Totals {
+    fn add(&mut self, report: &DeliveryReport) {
+        self.delivered += report.delivered;
+        self.rejected += report.rejected.len() as u64;
+        self.waiting += report.undelivered.len() as u64;
+    }
+}
+
+/// The function's entry: a stream batch or a retry of parked calls.
+pub async fn dispatch(d: &Delivery, event: LambdaEvent<Event>) -> Result<Response, HandlerError> {
+    let LambdaEvent { payload, context } = event;
+    match payload {
+        Event::Stream(stream) => handle(d, LambdaEvent::new(stream, context)).await.map(Response::Stream),
+        Event::Retry(RetryEvent { retry_parked: wanted }) => {
+            if !wanted {
+                return Ok(Response::Retry(RetryResponse::default()));
+            }
+            let cap = tokio::time::Instant::now() + RETRY_TIME;
+            let deadline = sluice_lambda::deadline(&context, FINISH_MARGIN).map_or(cap, |d| d.min(cap));
+            let budget = Budget::until(Some(deadline));
+            retry_parked(d, &budget).await.map(Response::Retry)
+        }
+    }
 }
 
 pub async fn handle(d: &Delivery, event: LambdaEvent<StreamEvent>) -> Result<StreamResponse, HandlerError> {
@@ -140,50 +207,36 @@ pub async fn handle(d: &Delivery, event: LambdaEvent<StreamEvent>) -> Result<Str
             .insert(stored.key.clone(), record.dynamodb.sequence_number);
         entry.calls.push(Outgoing::from(stored));
     }
-    let mut retry_from: Option<String> = None;
-    for source_id in order {
-        let SourceCalls { calls, sequence } = by_source.remove(&source_id).expect("listed");
-        let Some(state) = d.store.get_source(&source_id).await? else {
-            continue;
-        };
-        let config = state.config;
-        if config.destination.is_none() || !is_call(&config) {
-            continue;
+    // Every source at once: a slow destination costs the others no time.
+    let deliveries = order.into_iter().map(|source_id| {
+        let calls = by_source.remove(&source_id).expect("listed");
+        let budget = &budget;
+        async move {
+            let outcome = deliver_source(d, &source_id, calls.calls, budget).await;
+            (source_id, calls.sequence, outcome)
         }
-        let count = calls.len() as u64;
-        let report = match d.deliverer.deliver(&config, calls, &budget).await {
-            Ok(report) => report,
-            Err(e @ DeliveryError::Secrets(SecretsError::Backend { .. })) => {
-                warn!(source_id, error = %e, "the write key cannot be read now; Lambda retries");
-                totals.undelivered += count;
-                retry_from = earliest(retry_from, sequence.values().cloned());
-                continue;
+    });
+    let mut retry_from: Option<String> = None;
+    for (source_id, sequence, outcome) in futures::future::join_all(deliveries).await {
+        match outcome {
+            Ok(Some(report)) => {
+                totals.add(&report);
+                dead_letter(d, &source_id, &report.rejected).await;
             }
+            Ok(None) => {}
             Err(e) => {
-                // A source that cannot deliver at all (no write key) must not hold the
-                // stream up for the others: its calls go to the dead-letter queue.
-                error!(source_id, error = %e, "the source's calls cannot be delivered");
-                totals.rejected += count;
-                dead_letter(
-                    d,
-                    &source_id,
-                    &sequence.keys().map(|k| (k.clone(), e.to_string())).collect::<Vec<_>>(),
-                )
-                .await;
-                continue;
+                // No state could be stored: Lambda retries this source's calls.
+                error!(source_id, error = %e, "the calls' delivery states cannot be stored; Lambda retries them");
+                totals.waiting += sequence.len() as u64;
+                retry_from = earliest(retry_from, sequence.into_values());
             }
-        };
-        totals.delivered += report.delivered;
-        totals.rejected += report.rejected.len() as u64;
-        totals.undelivered += report.undelivered.len() as u64;
-        dead_letter(d, &source_id, &report.rejected).await;
-        retry_from = earliest(retry_from, undelivered_sequences(&report, &sequence));
+        }
     }
     let lag = totals.oldest.map(|t| (Utc::now().timestamp() as f64 - t).max(0.0));
     info!(
         delivered = totals.delivered,
         rejected = totals.rejected,
-        undelivered = totals.undelivered,
+        waiting = totals.waiting,
         lag_seconds = lag,
         retry_from = retry_from.as_deref(),
         "stream batch delivered"
@@ -199,15 +252,69 @@ pub async fn handle(d: &Delivery, event: LambdaEvent<StreamEvent>) -> Result<Str
     })
 }
 
-fn is_call(config: &SourceConfig) -> bool {
-    sluice_core::mapping::Call::of(config.sync_type).is_some()
+/// Delivers one source's calls of a stream batch; none when the source has no
+/// destination (or no calls).
+async fn deliver_source(
+    d: &Delivery,
+    source_id: &str,
+    calls: Vec<Outgoing>,
+    budget: &Budget,
+) -> Result<Option<DeliveryReport>, DeliveryError> {
+    let Some(state) = d.store.get_source(source_id).await? else {
+        return Ok(None);
+    };
+    if state.config.destination.is_none() || !is_call(&state.config) {
+        return Ok(None);
+    }
+    d.deliverer.deliver_new(&state.config, calls, budget).await.map(Some)
 }
 
-fn undelivered_sequences<'a>(
-    report: &'a DeliveryReport,
-    sequence: &'a HashMap<String, String>,
-) -> impl Iterator<Item = String> + 'a {
-    report.undelivered.iter().filter_map(|k| sequence.get(k).cloned())
+/// Sends the parked calls that are due, every source at once.
+pub async fn retry_parked(d: &Delivery, budget: &Budget) -> Result<RetryResponse, HandlerError> {
+    let sources: Vec<SourceConfig> = d
+        .store
+        .list_sources()
+        .await?
+        .into_iter()
+        .map(|s| s.config)
+        .filter(|c| c.destination.is_some() && is_call(c))
+        .collect();
+    let retries = sources
+        .iter()
+        .map(|config| async move { (config.id.as_str(), d.deliverer.retry_parked(config, budget).await) });
+    let mut totals = Totals::default();
+    let mut response = RetryResponse::default();
+    for (source_id, outcome) in futures::future::join_all(retries).await {
+        match outcome {
+            Ok(report) => {
+                totals.add(&report);
+                dead_letter(d, source_id, &report.rejected).await;
+            }
+            Err(e) => {
+                error!(source_id, error = %e, "the parked calls cannot be retried now; they stay parked for the next retry");
+                response.failed_sources.push(source_id.to_string());
+            }
+        }
+    }
+    info!(
+        delivered = totals.delivered,
+        rejected = totals.rejected,
+        waiting = totals.waiting,
+        "parked calls retried"
+    );
+    if let Some(namespace) = &d.metrics_namespace {
+        println!("{}", emf(namespace, &totals, None, Utc::now()));
+    }
+    Ok(RetryResponse {
+        delivered: totals.delivered,
+        rejected: totals.rejected,
+        waiting: totals.waiting,
+        ..response
+    })
+}
+
+fn is_call(config: &SourceConfig) -> bool {
+    sluice_core::mapping::Call::of(config.sync_type).is_some()
 }
 
 /// The earliest of the sequence numbers (they are decimal strings of equal meaning,
@@ -234,14 +341,14 @@ fn emf(namespace: &str, t: &Totals, lag: Option<f64>, now: DateTime<Utc>) -> Jso
     let mut metrics = vec![
         json!({"Name": "CallsDelivered", "Unit": "Count"}),
         json!({"Name": "CallsRejected", "Unit": "Count"}),
-        json!({"Name": "CallsUndelivered", "Unit": "Count"}),
+        json!({"Name": "CallsWaiting", "Unit": "Count"}),
     ];
     let mut doc = json!({
         "_aws": {"Timestamp": now.timestamp_millis(), "CloudWatchMetrics": [{
             "Namespace": namespace, "Dimensions": [[]], "Metrics": [] }]},
         "CallsDelivered": t.delivered,
         "CallsRejected": t.rejected,
-        "CallsUndelivered": t.undelivered,
+        "CallsWaiting": t.waiting,
     });
     if let Some(lag) = lag {
         metrics.push(json!({"Name": "DeliveryLag", "Unit": "Seconds"}));
@@ -268,7 +375,7 @@ mod tests {
         let t = Totals {
             delivered: 3,
             rejected: 1,
-            undelivered: 0,
+            waiting: 0,
             oldest: None,
         };
         let doc = emf("Sluice/test", &t, Some(2.5), Utc::now());

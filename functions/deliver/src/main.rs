@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use lambda_runtime::{Error, LambdaEvent, service_fn};
-use sluice_deliver::{Delivery, StreamEvent, handle};
+use sluice_deliver::{Delivery, Event, dispatch};
 use sluice_lambda::{FunctionConfig, deliverer};
 
 #[global_allocator]
@@ -20,8 +20,5 @@ async fn main() -> Result<(), Error> {
         metrics_namespace: Some(config.metrics_namespace.clone()),
     };
     init.ready();
-    lambda_runtime::run(service_fn(move |event: LambdaEvent<StreamEvent>| {
-        handle(delivery, event)
-    }))
-    .await
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Event>| dispatch(delivery, event))).await
 }

@@ -9,9 +9,9 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, DeleteRequest, KeySchemaElement, KeyType, KeysAndAttributes, Put,
-    PutRequest, ReturnValue, ScalarAttributeType, Select, StreamSpecification, StreamViewType, TimeToLiveSpecification,
-    TransactWriteItem, Update, WriteRequest,
+    AttributeDefinition, AttributeValue, BillingMode, DeleteRequest, GlobalSecondaryIndex, KeySchemaElement, KeyType,
+    KeysAndAttributes, Projection, ProjectionType, Put, PutRequest, ReturnValue, ScalarAttributeType, Select,
+    StreamSpecification, StreamViewType, TimeToLiveSpecification, TransactWriteItem, Update, WriteRequest,
 };
 use chrono::{DateTime, Utc};
 use rand::Rng;
@@ -107,12 +107,14 @@ impl DynamoStore {
     /// template.yaml creates them).
     pub async fn create_tables(&self) -> Result<(), StoreError> {
         let t = &self.tables;
-        self.create_table(&t.sources, "source_id", None, false).await?;
+        self.create_table(&t.sources, "source_id", None, false, false).await?;
         // The Records table's stream feeds the delivery of calls, as in template.yaml.
-        self.create_table(&t.records, "source_id", Some("record_key"), true)
+        self.create_table(&t.records, "source_id", Some("record_key"), true, false)
             .await?;
-        self.create_table(&t.runs, "source_id", Some("run_id"), false).await?;
-        self.create_table(&t.members, "pk", Some("sk"), false).await?;
+        // The Runs table holds the delivery log and its index of parked calls.
+        self.create_table(&t.runs, "source_id", Some("run_id"), false, true)
+            .await?;
+        self.create_table(&t.members, "pk", Some("sk"), false, false).await?;
         // Best effort: some emulators lack TTL; AWS has it and template.yaml sets it.
         let ttl = TimeToLiveSpecification::builder()
             .enabled(true)
@@ -129,14 +131,22 @@ impl DynamoStore {
         Ok(())
     }
 
-    async fn create_table(&self, name: &str, pk: &str, sk: Option<&str>, stream: bool) -> Result<(), StoreError> {
-        let attr = |n: &str| {
+    async fn create_table(
+        &self,
+        name: &str,
+        pk: &str,
+        sk: Option<&str>,
+        stream: bool,
+        parked_index: bool,
+    ) -> Result<(), StoreError> {
+        let typed = |n: &str, t: ScalarAttributeType| {
             AttributeDefinition::builder()
                 .attribute_name(n)
-                .attribute_type(ScalarAttributeType::S)
+                .attribute_type(t)
                 .build()
                 .expect("complete")
         };
+        let attr = |n: &str| typed(n, ScalarAttributeType::S);
         let elem = |n: &str, k: KeyType| {
             KeySchemaElement::builder()
                 .attribute_name(n)
@@ -162,6 +172,20 @@ impl DynamoStore {
                     .build()
                     .expect("complete"),
             );
+        }
+        if parked_index {
+            req = req
+                .attribute_definitions(attr(PARKED_SOURCE))
+                .attribute_definitions(typed(PARKED_AT, ScalarAttributeType::N))
+                .global_secondary_indexes(
+                    GlobalSecondaryIndex::builder()
+                        .index_name(PARKED_INDEX)
+                        .key_schema(elem(PARKED_SOURCE, KeyType::Hash))
+                        .key_schema(elem(PARKED_AT, KeyType::Range))
+                        .projection(Projection::builder().projection_type(ProjectionType::All).build())
+                        .build()
+                        .expect("complete"),
+                );
         }
         match req.send().await {
             Ok(_) => Ok(()),
@@ -404,6 +428,13 @@ impl DynamoStore {
 fn backfill_pk(source_id: &str) -> String {
     format!("backfill#{source_id}")
 }
+
+/// The sparse index of parked calls (template.yaml, RunsTable): only a `waiting`
+/// delivery state carries its keys, so the index holds parked calls alone, by source
+/// and next attempt, and a state written over without them leaves it.
+const PARKED_INDEX: &str = "parked";
+const PARKED_SOURCE: &str = "parked_source";
+const PARKED_AT: &str = "next_attempt_us";
 
 /// Delivery states too, a partition per source, one item per record.
 fn delivery_pk(source_id: &str) -> String {
@@ -1127,8 +1158,12 @@ impl DeliveryLog for DynamoStore {
                     "body".into(),
                     AttributeValue::S(serde_json::to_string(state).expect("states serialize")),
                 );
-                item.insert("status".into(), AttributeValue::S(delivery_status(state.status).into()));
+                item.insert("status".into(), AttributeValue::S(state.status.as_str().into()));
                 item.insert("hash".into(), AttributeValue::S(state.hash.clone()));
+                if let (DeliveryStatus::Waiting, Some(at)) = (state.status, state.next_attempt_at) {
+                    item.insert(PARKED_SOURCE.into(), AttributeValue::S(pk.clone()));
+                    item.insert(PARKED_AT.into(), num(to_micros(at)));
+                }
                 let expires = state.updated_at + chrono::Duration::days(sluice_core::run::RUN_RETENTION_DAYS);
                 item.insert("expires_at".into(), num(expires.timestamp()));
                 let put = PutRequest::builder().set_item(Some(item)).build().expect("item set");
@@ -1160,7 +1195,7 @@ impl DeliveryLog for DynamoStore {
                 q = q
                     .filter_expression("#st = :st")
                     .expression_attribute_names("#st", "status")
-                    .expression_attribute_values(":st", AttributeValue::S(delivery_status(status).into()));
+                    .expression_attribute_values(":st", AttributeValue::S(status.as_str().into()));
             }
             let out = q.send().await.map_err(sdk("reading delivery states"))?;
             for item in out.items() {
@@ -1193,6 +1228,7 @@ impl DeliveryLog for DynamoStore {
             .await?;
         let sent: HashMap<String, String> = states
             .iter()
+            .filter(|i| s(i, "status").as_deref() != Some(DeliveryStatus::Waiting.as_str()))
             .filter_map(|i| Some((s(i, "run_id")?, s(i, "hash")?)))
             .collect();
         let (records, _) = self
@@ -1205,12 +1241,46 @@ impl DeliveryLog for DynamoStore {
             .take(limit)
             .collect())
     }
-}
 
-fn delivery_status(status: DeliveryStatus) -> &'static str {
-    match status {
-        DeliveryStatus::Delivered => "delivered",
-        DeliveryStatus::Failed => "failed",
+    async fn parked(
+        &self,
+        source_id: &str,
+        due_by: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<DeliveryState>, StoreError> {
+        let mut states = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.tables.runs)
+                .index_name(PARKED_INDEX)
+                .key_condition_expression("#ps = :pk AND #at <= :due")
+                .expression_attribute_names("#ps", PARKED_SOURCE)
+                .expression_attribute_names("#at", PARKED_AT)
+                .expression_attribute_values(":pk", AttributeValue::S(delivery_pk(source_id)))
+                .expression_attribute_values(":due", num(to_micros(due_by)))
+                .limit(limit.clamp(1, 1_000) as i32)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(sdk("reading parked calls"))?;
+            for item in out.items() {
+                let body = s(item, "body").unwrap_or_default();
+                states.push(serde_json::from_str(&body).map_err(|e| StoreError::Corrupt {
+                    what: format!("a delivery state of {source_id}"),
+                    reason: e.to_string(),
+                })?);
+                if states.len() == limit {
+                    return Ok(states);
+                }
+            }
+            match out.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => return Ok(states),
+            }
+        }
     }
 }
 

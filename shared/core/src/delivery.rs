@@ -5,9 +5,15 @@
 //!
 //! The same [`Deliverer`] serves the Records stream's function and the CLI. It packs
 //! calls into batches within the Segment limits (32 KB a call, 500 KB a batch),
-//! retries 429 and 5xx with jittered backoff (honouring `Retry-After`), isolates a
-//! call the destination refuses by splitting its batch, and records every call's
-//! delivery state.
+//! retries 408, 429 and 5xx with jittered backoff (honouring `Retry-After`), isolates
+//! a call the destination refuses (400, 413, 422) by splitting its batch, and records
+//! every call's delivery state.
+//!
+//! Each source is delivered on its own: when its destination is unavailable or
+//! misconfigured (it keeps failing, answers 401, 403 or 404, or the write key cannot
+//! be read) the calls are parked, `waiting` in the delivery log with the time of their
+//! next attempt, and [`Deliverer::retry_parked`] sends them then, waiting twice as long
+//! after each failed retry (docs/decisions.md, "Parked calls").
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,6 +45,8 @@ pub struct Outgoing {
     pub key: String,
     pub hash: String,
     pub call: Map<String, Json>,
+    /// Deliveries in a row that found the destination unavailable (0 for a new call).
+    pub parked: u32,
 }
 
 impl From<StoredRecord> for Outgoing {
@@ -47,6 +55,7 @@ impl From<StoredRecord> for Outgoing {
             key: r.key,
             hash: r.hash,
             call: r.fields.into_iter().collect(),
+            parked: 0,
         }
     }
 }
@@ -83,8 +92,37 @@ pub trait CallSender: Send + Sync {
 #[serde(rename_all = "lowercase")]
 pub enum DeliveryStatus {
     Delivered,
-    /// Refused, or not delivered after the retries; `last_error` says why.
+    /// Refused by the destination (or over its size limit): put on the dead-letter
+    /// queue and sent again only by a replay; `last_error` says why.
     Failed,
+    /// Parked: the destination was unavailable or misconfigured, or the write key could
+    /// not be read; sent again at `next_attempt_at`. `last_error` says why.
+    Waiting,
+}
+
+impl DeliveryStatus {
+    pub const NAMES: &str = "delivered, failed or waiting";
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Delivered => "delivered",
+            DeliveryStatus::Failed => "failed",
+            DeliveryStatus::Waiting => "waiting",
+        }
+    }
+}
+
+impl std::str::FromStr for DeliveryStatus {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "delivered" => Ok(DeliveryStatus::Delivered),
+            "failed" => Ok(DeliveryStatus::Failed),
+            "waiting" => Ok(DeliveryStatus::Waiting),
+            _ => Err(format!("a delivery status is {}", DeliveryStatus::NAMES)),
+        }
+    }
 }
 
 /// Where the delivery of one record's call stands.
@@ -100,6 +138,13 @@ pub struct DeliveryState {
     pub updated_at: DateTime<Utc>,
     pub delivered_at: Option<DateTime<Utc>>,
     pub last_error: Option<String>,
+    /// When a waiting call is sent again.
+    #[serde(default)]
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// Deliveries in a row that found the destination unavailable; each doubles the
+    /// wait before the next attempt.
+    #[serde(default)]
+    pub parked: u32,
 }
 
 /// What one delivery did.
@@ -109,11 +154,22 @@ pub struct DeliveryReport {
     /// Calls the destination (or the size limit) refused: `(key, reason)`. They are
     /// not retried; their state says why.
     pub rejected: Vec<(String, String)>,
-    /// Calls not delivered because the destination kept failing (or time ran out),
-    /// in order: a later delivery sends them again.
+    /// Calls not delivered because the destination was unavailable or misconfigured
+    /// (or time ran out), in order: they wait, and are sent again at their next attempt.
     pub undelivered: Vec<String>,
     /// Why the undelivered ones were not.
     pub error: Option<String>,
+}
+
+impl DeliveryReport {
+    fn add(&mut self, other: DeliveryReport) {
+        self.delivered += other.delivered;
+        self.rejected.extend(other.rejected);
+        self.undelivered.extend(other.undelivered);
+        if other.error.is_some() {
+            self.error = other.error;
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -134,6 +190,10 @@ pub struct DeliverySettings {
     pub backoff: Duration,
     /// Waits are never longer than this (nor than a `Retry-After` of the destination).
     pub max_backoff: Duration,
+    /// A parked call is first tried again after this long; each failed retry doubles it.
+    pub park_wait: Duration,
+    /// A parked call is tried again at least this often.
+    pub max_park_wait: Duration,
 }
 
 impl Default for DeliverySettings {
@@ -142,6 +202,8 @@ impl Default for DeliverySettings {
             attempts: 5,
             backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(30),
+            park_wait: Duration::from_secs(60),
+            max_park_wait: Duration::from_secs(3_600),
         }
     }
 }
@@ -162,26 +224,56 @@ enum Sent {
     Delivered {
         attempts: u32,
     },
-    /// The destination refused it (a 4xx other than 429).
+    /// The destination refused a call of it (400, 413, 422).
     Refused {
         status: u16,
         reason: String,
     },
-    /// It kept failing, or time ran out.
+    /// The destination kept failing or is misconfigured (401, 403, 404, ...), or time
+    /// ran out.
     Unavailable {
         attempts: u32,
         reason: String,
     },
 }
 
+/// What an answer says about the batch it answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Delivered,
+    /// Worth sending again soon: throttled, a server error, a request timeout.
+    Transient,
+    /// About a call of the batch (malformed, too large, unprocessable): the batch is
+    /// split until that call stands alone, and it is dead-lettered.
+    Refused,
+    /// The destination is misconfigured or gone (401, 403, 404, any other answer): no
+    /// call is at fault, so they are all kept and retried later.
+    Unavailable,
+}
+
+impl Verdict {
+    /// The meaning of an HTTP status in the Segment batch API (Customer.io Data
+    /// Pipelines, Segment and RudderStack answer alike).
+    pub fn of(status: u16) -> Verdict {
+        match status {
+            200..=299 => Verdict::Delivered,
+            408 | 429 | 500..=599 => Verdict::Transient,
+            400 | 413 | 422 => Verdict::Refused,
+            // 401/403 (a rotated or wrong write key), 404 (a wrong URL), redirects that
+            // are not followed, anything unforeseen: keeping the calls is the safe side.
+            _ => Verdict::Unavailable,
+        }
+    }
+}
+
 impl Deliverer {
-    /// Delivers `calls` of `source` in order and records each one's state. Reading
-    /// stops being retried when `budget` runs out; what was not delivered is in the
-    /// report's `undelivered`.
+    /// Delivers `calls` of `source` in order and records each one's state. Calls the
+    /// destination cannot take now (it is unavailable or misconfigured, the write key
+    /// cannot be read, or `budget` runs out) are parked: `waiting`, in the report's
+    /// `undelivered`, and sent again by [`Deliverer::retry_parked`].
     ///
     /// # Errors
-    /// Only when the source has no destination, its write key cannot be read, or the
-    /// states cannot be stored.
+    /// Only when the source has no destination, or the states cannot be stored.
     pub async fn deliver(
         &self,
         source: &SourceConfig,
@@ -192,8 +284,17 @@ impl Deliverer {
             .destination
             .as_ref()
             .ok_or_else(|| DeliveryError::NoDestination(source.id.clone()))?;
-        let key = self.secrets.write_key(&destination.secret_id).await?;
         let mut report = DeliveryReport::default();
+        let key = match self.secrets.write_key(&destination.secret_id).await {
+            Ok(key) => Some(key),
+            Err(e) => {
+                report.error = Some(format!(
+                    "the write key cannot be read: {e}; fix the secret `{}` (README \"Delivering calls\")",
+                    destination.secret_id
+                ));
+                None
+            }
+        };
         let mut states = Vec::with_capacity(calls.len());
         let mut sized = Vec::with_capacity(calls.len());
         for call in calls {
@@ -211,12 +312,15 @@ impl Deliverer {
         }
         let mut pending: std::collections::VecDeque<Vec<(Outgoing, Vec<u8>)>> = batches(sized).into();
         while let Some(batch) = pending.pop_front() {
-            if report.error.is_some() {
-                // The destination is unavailable: the rest waits for the next delivery.
-                report.undelivered.extend(batch.into_iter().map(|(c, _)| c.key));
-                continue;
-            }
-            match self.send(destination, &key, &batch, budget).await {
+            let sent = match (&report.error, &key) {
+                (None, Some(key)) => self.send(destination, key, &batch, budget).await,
+                // The destination is unavailable: the rest waits with the calls before.
+                (error, _) => Sent::Unavailable {
+                    attempts: 0,
+                    reason: error.clone().unwrap_or_default(),
+                },
+            };
+            match sent {
                 Sent::Delivered { attempts } => {
                     report.delivered += batch.len() as u64;
                     states.extend(
@@ -244,21 +348,22 @@ impl Deliverer {
                     report.rejected.push((call.key, reason));
                 }
                 Sent::Unavailable { attempts, reason } => {
-                    warn!(
-                        calls = batch.len(),
-                        attempts, reason, "the destination is unavailable; the calls wait for the next delivery"
-                    );
-                    states.extend(
-                        batch
-                            .iter()
-                            .map(|(c, _)| self.state(c, DeliveryStatus::Failed, attempts, Some(reason.clone()))),
-                    );
+                    states.extend(batch.iter().map(|(c, _)| self.parked(c, attempts, &reason)));
                     report.undelivered.extend(batch.into_iter().map(|(c, _)| c.key));
                     report.error = Some(reason);
                 }
             }
         }
         self.store.put_deliveries(&source.id, &states).await?;
+        if let Some(reason) = &report.error {
+            // The alarm on CallsWaiting (template.yaml) catches this line's metric.
+            warn!(
+                source_id = source.id,
+                waiting = report.undelivered.len(),
+                reason,
+                "the destination is unavailable or misconfigured; the calls wait and are retried later"
+            );
+        }
         info!(
             source_id = source.id,
             delivered = report.delivered,
@@ -267,6 +372,79 @@ impl Deliverer {
             "calls delivered"
         );
         Ok(report)
+    }
+
+    /// Delivers new calls of `source` (from the Records stream), unless calls of the
+    /// source are parked: then the destination is taken as still unavailable and these
+    /// wait with them, so that a destination that is down costs no time.
+    ///
+    /// # Errors
+    /// As [`Deliverer::deliver`].
+    pub async fn deliver_new(
+        &self,
+        source: &SourceConfig,
+        calls: Vec<Outgoing>,
+        budget: &Budget,
+    ) -> Result<DeliveryReport, DeliveryError> {
+        let far = DateTime::<Utc>::MAX_UTC;
+        let Some(first) = self.store.parked(&source.id, far, 1).await?.into_iter().next() else {
+            return self.deliver(source, calls, budget).await;
+        };
+        let reason = format!(
+            "waiting behind the source's parked calls; the last error: {}",
+            first.last_error.as_deref().unwrap_or("none")
+        );
+        let now = self.clock.now();
+        let at = first.next_attempt_at.unwrap_or(now).max(now);
+        let states: Vec<_> = calls
+            .iter()
+            .map(|c| DeliveryState {
+                // They share the parked calls' fate: their next attempt, and its backoff.
+                next_attempt_at: Some(at),
+                parked: first.parked,
+                ..self.state(c, DeliveryStatus::Waiting, 0, Some(reason.clone()))
+            })
+            .collect();
+        self.store.put_deliveries(&source.id, &states).await?;
+        info!(
+            source_id = source.id,
+            waiting = states.len(),
+            "calls parked behind the source's waiting calls"
+        );
+        Ok(DeliveryReport {
+            undelivered: calls.into_iter().map(|c| c.key).collect(),
+            error: Some(reason),
+            ..DeliveryReport::default()
+        })
+    }
+
+    /// Sends the source's parked calls that are due, in their current version, page
+    /// by page, until none is due, the destination fails again (they are parked again,
+    /// for twice as long) or the budget runs out.
+    ///
+    /// # Errors
+    /// As [`Deliverer::deliver`].
+    pub async fn retry_parked(&self, source: &SourceConfig, budget: &Budget) -> Result<DeliveryReport, DeliveryError> {
+        const PAGE: usize = 500;
+        let mut total = DeliveryReport::default();
+        // The parked index may lag behind the states just written (a DynamoDB GSI is
+        // eventually consistent): a call is sent once per sweep.
+        let mut seen = std::collections::HashSet::new();
+        while budget.stop(Duration::ZERO).is_none() {
+            let due = self.store.parked(&source.id, self.clock.now(), PAGE).await?;
+            let due: Vec<_> = due.into_iter().filter(|s| seen.insert(s.record_key.clone())).collect();
+            if due.is_empty() {
+                break;
+            }
+            let calls = self.current_calls(source, due).await?;
+            let report = self.deliver(source, calls, budget).await?;
+            let stop = report.error.is_some();
+            total.add(report);
+            if stop {
+                break;
+            }
+        }
+        Ok(total)
     }
 
     /// Delivers the source's calls that have no delivery state for their current
@@ -298,19 +476,17 @@ impl Deliverer {
             }
             after = calls.last().map(|c| c.key.clone());
             let report = self.deliver(source, calls, budget).await?;
-            total.delivered += report.delivered;
-            total.rejected.extend(report.rejected);
-            total.undelivered.extend(report.undelivered);
+            let stop = report.error.is_some();
+            total.add(report);
             on_progress(&total);
-            if let Some(error) = report.error {
-                total.error = Some(error);
+            if stop {
                 return Ok(total);
             }
         }
     }
 
-    /// Sends again, in their current version, the calls whose delivery failed (at most
-    /// `limit`).
+    /// Sends again now, in their current version, the calls whose delivery failed or
+    /// waits (at most `limit` of each).
     ///
     /// # Errors
     /// As [`Deliverer::deliver`].
@@ -320,17 +496,54 @@ impl Deliverer {
         limit: usize,
         budget: &Budget,
     ) -> Result<DeliveryReport, DeliveryError> {
-        let failed = self
-            .store
-            .list_deliveries(&source.id, Some(DeliveryStatus::Failed), limit, None)
-            .await?;
-        let mut calls = Vec::with_capacity(failed.len());
-        for state in failed {
-            if let Some(record) = self.store.get_record(&source.id, &state.record_key).await? {
-                calls.push(Outgoing::from(record));
+        let mut states = Vec::new();
+        for status in [DeliveryStatus::Failed, DeliveryStatus::Waiting] {
+            states.extend(
+                self.store
+                    .list_deliveries(&source.id, Some(status), limit, None)
+                    .await?,
+            );
+        }
+        let calls = self.current_calls(source, states).await?;
+        self.deliver(source, calls, budget).await
+    }
+
+    /// The stored records of `states`, as calls that carry their parked count. A state
+    /// whose record is gone is closed as failed, so it is not looked for again.
+    async fn current_calls(
+        &self,
+        source: &SourceConfig,
+        states: Vec<DeliveryState>,
+    ) -> Result<Vec<Outgoing>, DeliveryError> {
+        // A few reads in flight: a page of parked calls is read in a fraction of the
+        // time one by one would take.
+        let mut records = Vec::with_capacity(states.len());
+        for chunk in states.chunks(16) {
+            let mut reads = Vec::with_capacity(chunk.len());
+            for state in chunk {
+                reads.push(self.store.get_record(&source.id, &state.record_key));
+            }
+            records.extend(futures::future::try_join_all(reads).await?);
+        }
+        let mut calls = Vec::with_capacity(states.len());
+        let mut gone = Vec::new();
+        for (state, record) in states.into_iter().zip(records) {
+            match record {
+                Some(record) => calls.push(Outgoing {
+                    parked: state.parked,
+                    ..Outgoing::from(record)
+                }),
+                None => gone.push(DeliveryState {
+                    status: DeliveryStatus::Failed,
+                    updated_at: self.clock.now(),
+                    next_attempt_at: None,
+                    last_error: Some("its record is no longer stored".into()),
+                    ..state
+                }),
             }
         }
-        self.deliver(source, calls, budget).await
+        self.store.put_deliveries(&source.id, &gone).await?;
+        Ok(calls)
     }
 
     fn state(&self, call: &Outgoing, status: DeliveryStatus, attempts: u32, error: Option<String>) -> DeliveryState {
@@ -344,6 +557,24 @@ impl Deliverer {
             updated_at: now,
             delivered_at: (status == DeliveryStatus::Delivered).then_some(now),
             last_error: error.map(|e| e.chars().take(MAX_REASON_CHARS).collect()),
+            next_attempt_at: None,
+            parked: 0,
+        }
+    }
+
+    /// A parked call's state: tried again after `park_wait`, doubled for each
+    /// delivery in a row that found the destination unavailable.
+    fn parked(&self, call: &Outgoing, attempts: u32, reason: &str) -> DeliveryState {
+        let wait = self
+            .settings
+            .park_wait
+            .saturating_mul(1 << call.parked.min(16))
+            .min(self.settings.max_park_wait);
+        let wait = chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::hours(1));
+        DeliveryState {
+            next_attempt_at: Some(self.clock.now() + wait),
+            parked: call.parked + 1,
+            ..self.state(call, DeliveryStatus::Waiting, attempts, Some(reason.to_string()))
         }
     }
 
@@ -361,17 +592,29 @@ impl Deliverer {
         loop {
             attempt += 1;
             let (reason, retry_after) = match self.sender.post(&url, key, body.clone()).await {
-                Ok(a) if (200..300).contains(&a.status) => return Sent::Delivered { attempts: attempt },
-                Ok(a) if a.status == 429 || a.status >= 500 => (
-                    format!("HTTP {} from {url}: {}", a.status, redact(&a.body, key)),
-                    a.retry_after,
-                ),
-                Ok(a) => {
-                    return Sent::Refused {
-                        status: a.status,
-                        reason: redact(&a.body, key),
-                    };
-                }
+                Ok(a) => match Verdict::of(a.status) {
+                    Verdict::Delivered => return Sent::Delivered { attempts: attempt },
+                    Verdict::Transient => (
+                        format!("HTTP {} from {url}: {}", a.status, redact(&a.body, key)),
+                        a.retry_after,
+                    ),
+                    Verdict::Refused => {
+                        return Sent::Refused {
+                            status: a.status,
+                            reason: redact(&a.body, key),
+                        };
+                    }
+                    Verdict::Unavailable => {
+                        return Sent::Unavailable {
+                            attempts: attempt,
+                            reason: format!(
+                                "HTTP {} from {url}: {}; the destination is misconfigured (a wrong or rotated write key, a wrong URL): fix it, the calls are kept",
+                                a.status,
+                                redact(&a.body, key)
+                            ),
+                        };
+                    }
+                },
                 Err(e) => (format!("{url}: {}", redact(&e.0, key)), None),
             };
             let wait = retry_after
@@ -396,6 +639,17 @@ impl Deliverer {
             .min(self.settings.max_backoff);
         cap.mul_f64(rand::rng().random_range(0.5..=1.0))
     }
+}
+
+/// The waiting states of `states` due by `due_by`, the earliest first (the stores
+/// without an index on the next attempt sort them here).
+pub fn due(states: impl Iterator<Item = DeliveryState>, due_by: DateTime<Utc>, limit: usize) -> Vec<DeliveryState> {
+    let mut due: Vec<_> = states
+        .filter(|d| d.status == DeliveryStatus::Waiting && d.next_attempt_at.is_some_and(|at| at <= due_by))
+        .collect();
+    due.sort_by_key(|d| d.next_attempt_at);
+    due.truncate(limit);
+    due
 }
 
 /// Packs calls, in order, into batches of at most [`MAX_BATCH_BYTES`].
@@ -501,7 +755,24 @@ mod tests {
             key: format!("m-{i:04}"),
             hash: format!("h{i}"),
             call,
+            parked: 0,
         }
+    }
+
+    /// A stored track record `k{i}` whose call has `messageId` `m{i}`.
+    fn record(i: i64, v: &str) -> crate::record::Record {
+        let columns: std::sync::Arc<[String]> = ["type", "messageId", "v"].map(String::from).into();
+        crate::record::Record::new(
+            format!("k{i}"),
+            crate::value::Row {
+                columns,
+                values: vec![
+                    crate::Value::Text("track".into()),
+                    crate::Value::Text(format!("m{i}")),
+                    crate::Value::Text(v.into()),
+                ],
+            },
+        )
     }
 
     fn unavailable(status: u16, retry_after: Option<u64>) -> Result<Answer, SendError> {
@@ -513,6 +784,11 @@ mod tests {
     }
 
     async fn fixture(sender: Arc<Scripted>) -> (Deliverer, Arc<MemoryStore>, SourceConfig) {
+        let (d, store, config, _) = fixture_with_clock(sender).await;
+        (d, store, config)
+    }
+
+    async fn fixture_with_clock(sender: Arc<Scripted>) -> (Deliverer, Arc<MemoryStore>, SourceConfig, Arc<TestClock>) {
         let store = Arc::new(MemoryStore::new());
         let config: SourceConfig = serde_json::from_value(json!({
             "id": "events", "name": "Events", "engine": "postgres", "secret_id": "db", "sync_type": "track",
@@ -531,10 +807,10 @@ mod tests {
             sender,
             secrets: Arc::new(secrets),
             store: store.clone(),
-            clock,
+            clock: clock.clone(),
             settings: DeliverySettings::default(),
         };
-        (deliverer, store, config)
+        (deliverer, store, config, clock)
     }
 
     #[tokio::test(start_paused = true)]
@@ -605,11 +881,157 @@ mod tests {
             "{report:?}"
         );
         assert_eq!(sender.requests.load(Ordering::Relaxed), 5, "the later batches wait");
-        let failed = store
-            .list_deliveries("events", Some(DeliveryStatus::Failed), 1_000, None)
+        let waiting = store
+            .list_deliveries("events", Some(DeliveryStatus::Waiting), 1_000, None)
             .await
             .unwrap();
-        assert!(!failed.is_empty() && failed[0].last_error.as_deref().unwrap().contains("HTTP 500"));
+        assert_eq!(waiting.len(), 200, "every call is parked, also those never sent");
+        assert!(waiting[0].last_error.as_deref().unwrap().contains("HTTP 500"));
+        let minute = chrono::Duration::seconds(60);
+        assert!(
+            waiting
+                .iter()
+                .all(|s| s.parked == 1 && s.next_attempt_at == Some(d.clock.now() + minute))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn parked_calls_are_retried_when_due_with_a_doubling_wait_and_arrive_once() {
+        let sender = Arc::new(Scripted::default());
+        *sender.answers.lock().unwrap() = (0..5).map(|_| unavailable(503, None)).collect();
+        let (d, store, config, clock) = fixture_with_clock(sender.clone()).await;
+        use crate::ports::RecordWriter;
+        let batch = crate::record::RecordBatch::new((0..11).map(|i| record(i, "a")).collect());
+        store.write_records("events", batch, true).await.unwrap();
+        let mut calls: Vec<Outgoing> = store
+            .undelivered("events", None, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(Outgoing::from)
+            .collect();
+        let last = calls.pop().unwrap();
+        let report = d.deliver_new(&config, calls, &Budget::default()).await.unwrap();
+        assert_eq!(report.undelivered.len(), 10);
+        // New calls wait behind the parked ones, without a request.
+        let requests = sender.requests.load(Ordering::Relaxed);
+        let report = d.deliver_new(&config, vec![last], &Budget::default()).await.unwrap();
+        assert_eq!(report.undelivered, ["k9"]);
+        assert_eq!(sender.requests.load(Ordering::Relaxed), requests);
+        // Not due yet: nothing is sent.
+        let early = d.retry_parked(&config, &Budget::default()).await.unwrap();
+        assert_eq!(early, DeliveryReport::default());
+        // Due (a minute after the retries gave up), and still down: parked again for
+        // twice as long.
+        tokio::time::advance(Duration::from_secs(90)).await;
+        *sender.answers.lock().unwrap() = (0..5).map(|_| unavailable(502, None)).collect();
+        let again = d.retry_parked(&config, &Budget::default()).await.unwrap();
+        assert_eq!((again.delivered, again.undelivered.len()), (0, 11));
+        let parked = store.parked("events", DateTime::<Utc>::MAX_UTC, 100).await.unwrap();
+        assert!(
+            parked
+                .iter()
+                .all(|s| s.parked == 2 && s.next_attempt_at == Some(clock.now() + chrono::Duration::seconds(120))),
+            "{parked:?}"
+        );
+        // Back: each call arrives once, in its order.
+        tokio::time::advance(Duration::from_secs(150)).await;
+        let back = d.retry_parked(&config, &Budget::default()).await.unwrap();
+        assert_eq!((back.delivered, back.undelivered.len()), (11, 0));
+        let mut ids: Vec<_> = sender
+            .received
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|c| c["messageId"].as_str().unwrap().to_string())
+            .collect();
+        ids.sort();
+        let mut expected: Vec<_> = (0..11).map(|i| format!("m{i}")).collect();
+        expected.sort();
+        assert_eq!(ids, expected, "each once");
+        assert!(
+            store
+                .parked("events", DateTime::<Utc>::MAX_UTC, 100)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let quiet = d.retry_parked(&config, &Budget::default()).await.unwrap();
+        assert_eq!(quiet, DeliveryReport::default(), "nothing twice");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_misconfigured_destination_keeps_every_call_and_only_a_bad_call_is_refused() {
+        for status in [401, 403, 404, 405, 410] {
+            let sender = Arc::new(Scripted::default());
+            *sender.answers.lock().unwrap() = vec![unavailable(status, None)];
+            let (d, store, config) = fixture(sender.clone()).await;
+            let report = d
+                .deliver(&config, (0..8).map(|i| call(i, 10)).collect(), &Budget::default())
+                .await
+                .unwrap();
+            assert_eq!(
+                (report.delivered, report.rejected.len(), report.undelivered.len()),
+                (0, 0, 8)
+            );
+            assert_eq!(
+                sender.requests.load(Ordering::Relaxed),
+                1,
+                "{status}: not split, not retried now"
+            );
+            let error = report.error.unwrap();
+            assert!(
+                error.contains(&format!("HTTP {status}")) && error.contains("the calls are kept"),
+                "{error}"
+            );
+            assert!(!error.contains(KEY));
+            let waiting = store
+                .list_deliveries("events", Some(DeliveryStatus::Waiting), 10, None)
+                .await
+                .unwrap();
+            assert_eq!(waiting.len(), 8, "{status}");
+        }
+        for status in [400, 413, 422] {
+            let sender = Arc::new(Scripted::default());
+            *sender.answers.lock().unwrap() = vec![unavailable(status, None)];
+            let (d, _, config) = fixture(sender.clone()).await;
+            let report = d.deliver(&config, vec![call(0, 10)], &Budget::default()).await.unwrap();
+            assert_eq!(report.rejected.len(), 1, "{status} is about the call");
+        }
+        assert_eq!(Verdict::of(408), Verdict::Transient);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_key_that_cannot_be_read_parks_the_calls_with_the_reason() {
+        let sender = Arc::new(Scripted::default());
+        let (mut d, store, config) = fixture(sender.clone()).await;
+        for (secrets, reason) in [
+            (MemorySecrets::default(), "does not exist"),
+            (
+                {
+                    let s = MemorySecrets::default();
+                    crate::ports::SecretWriter::put_write_key(&s, "wk", &WriteKey(String::new()))
+                        .await
+                        .unwrap();
+                    s
+                },
+                "expected {\"write_key\"",
+            ),
+        ] {
+            d.secrets = Arc::new(secrets);
+            let report = d.deliver(&config, vec![call(1, 10)], &Budget::default()).await.unwrap();
+            assert_eq!(report.undelivered, ["m-0001"]);
+            let waiting = store
+                .list_deliveries("events", Some(DeliveryStatus::Waiting), 10, None)
+                .await
+                .unwrap();
+            let error = waiting[0].last_error.clone().unwrap();
+            assert!(
+                error.contains("the write key cannot be read") && error.contains(reason),
+                "{error}"
+            );
+        }
+        assert_eq!(sender.requests.load(Ordering::Relaxed), 0);
     }
 
     #[tokio::test(start_paused = true)]
@@ -646,23 +1068,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_store_delivers_what_changed_since_and_replays_what_failed() {
         use crate::ports::RecordWriter;
-        use crate::record::{Record, RecordBatch};
+        use crate::record::RecordBatch;
         let sender = Arc::new(Scripted::default());
         let (d, store, config) = fixture(sender.clone()).await;
-        let record = |i: i64, v: &str| {
-            let columns: std::sync::Arc<[String]> = ["type", "messageId", "v"].map(String::from).into();
-            Record::new(
-                format!("k{i}"),
-                crate::value::Row {
-                    columns,
-                    values: vec![
-                        crate::Value::Text("track".into()),
-                        crate::Value::Text(format!("m{i}")),
-                        crate::Value::Text(v.into()),
-                    ],
-                },
-            )
-        };
         let batch = |v: &str| RecordBatch::new((0..5).map(|i| record(i, v)).collect());
         store.write_records("events", batch("a"), true).await.unwrap();
         let report = d
@@ -685,6 +1093,11 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(down.undelivered, ["k2"]);
+        let waiting = store
+            .list_deliveries("events", Some(DeliveryStatus::Waiting), 10, None)
+            .await
+            .unwrap();
+        assert_eq!(waiting.len(), 1, "the replay finds the parked call");
         let replayed = d.replay_failed(&config, 100, &Budget::default()).await.unwrap();
         assert_eq!(replayed.delivered, 1);
         let received = sender.received.lock().unwrap();

@@ -610,13 +610,6 @@ impl RecordReader for EmbeddedStore {
     }
 }
 
-fn delivery_status(status: DeliveryStatus) -> &'static str {
-    match status {
-        DeliveryStatus::Delivered => "delivered",
-        DeliveryStatus::Failed => "failed",
-    }
-}
-
 #[async_trait]
 impl DeliveryLog for EmbeddedStore {
     async fn put_deliveries(&self, source_id: &str, states: &[DeliveryState]) -> Result<(), StoreError> {
@@ -628,7 +621,7 @@ impl DeliveryLog for EmbeddedStore {
             .bind(source_id)
             .bind(&state.record_key)
             .bind(&state.hash)
-            .bind(delivery_status(state.status))
+            .bind(state.status.as_str())
             .bind(serde_json::to_string(state).expect("states serialize"))
             .execute(&mut *tx)
             .await
@@ -645,7 +638,7 @@ impl DeliveryLog for EmbeddedStore {
         limit: usize,
         after: Option<&str>,
     ) -> Result<Vec<DeliveryState>, StoreError> {
-        let status = status.map(delivery_status);
+        let status = status.map(DeliveryStatus::as_str);
         sqlx::query(
             "SELECT body FROM deliveries WHERE source_id = ? AND (? IS NULL OR record_key > ?)
                AND (? IS NULL OR status = ?) ORDER BY record_key LIMIT ?",
@@ -678,7 +671,7 @@ impl DeliveryLog for EmbeddedStore {
         sqlx::query(
             "SELECT r.record_key, r.hash, r.fields FROM records r
              LEFT JOIN deliveries d ON d.source_id = r.source_id AND d.record_key = r.record_key
-             WHERE r.source_id = ? AND (? IS NULL OR r.record_key > ?) AND (d.hash IS NULL OR d.hash <> r.hash)
+             WHERE r.source_id = ? AND (? IS NULL OR r.record_key > ?) AND (d.hash IS NULL OR d.hash <> r.hash OR d.status = 'waiting')
              ORDER BY r.record_key LIMIT ?",
         )
         .bind(source_id)
@@ -691,6 +684,29 @@ impl DeliveryLog for EmbeddedStore {
         .iter()
         .map(stored_record)
         .collect()
+    }
+
+    async fn parked(
+        &self,
+        source_id: &str,
+        due_by: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<DeliveryState>, StoreError> {
+        // A laptop's store: the waiting states are few, and sorted here.
+        let states = sqlx::query("SELECT body FROM deliveries WHERE source_id = ? AND status = 'waiting'")
+            .bind(source_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend("reading parked calls"))?
+            .iter()
+            .map(|r| {
+                serde_json::from_str(r.get(0)).map_err(|e| StoreError::Corrupt {
+                    what: format!("a delivery state of {source_id}"),
+                    reason: e.to_string(),
+                })
+            })
+            .collect::<Result<Vec<DeliveryState>, StoreError>>()?;
+        Ok(sluice_core::delivery::due(states.into_iter(), due_by, limit))
     }
 }
 

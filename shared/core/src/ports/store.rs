@@ -295,14 +295,24 @@ pub trait DeliveryLog: Send + Sync {
     ) -> Result<Vec<DeliveryState>, StoreError>;
 
     /// Up to `limit` records after the key `after` whose current hash has no delivery
-    /// state, in key order: the calls a delivery from the store (the CLI's) sends next.
-    /// Failed ones are not among them: they are sent again by a replay.
+    /// state or a `waiting` one, in key order: the calls a delivery from the store (the
+    /// CLI's) sends next. Failed ones are not among them: a replay sends them again.
     async fn undelivered(
         &self,
         source_id: &str,
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<StoredRecord>, StoreError>;
+
+    /// Up to `limit` of the source's `waiting` states whose next attempt is at or
+    /// before `due_by`, the earliest first: the parked calls to send again. Read
+    /// cheaply (without reading the source's other states), as it runs every minute.
+    async fn parked(
+        &self,
+        source_id: &str,
+        due_by: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<DeliveryState>, StoreError>;
 }
 
 /// Connections: a database's secret shared by several sources. The store keeps what a

@@ -472,11 +472,29 @@ impl DeliveryLog for MemoryStore {
                     && inner
                         .deliveries
                         .get(&(s.clone(), key.clone()))
-                        .is_none_or(|d| d.hash != r.hash)
+                        .is_none_or(|d| d.hash != r.hash || d.status == DeliveryStatus::Waiting)
             })
             .take(limit)
             .map(|(_, r)| r.clone())
             .collect())
+    }
+
+    async fn parked(
+        &self,
+        source_id: &str,
+        due_by: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<DeliveryState>, StoreError> {
+        let inner = self.lock();
+        Ok(crate::delivery::due(
+            inner
+                .deliveries
+                .iter()
+                .filter(|((s, _), _)| s == source_id)
+                .map(|(_, d)| d.clone()),
+            due_by,
+            limit,
+        ))
     }
 }
 
