@@ -410,6 +410,13 @@ impl Scene {
                 round % every
             ))
             .await;
+        if self.db.engine == Engine::Mysql {
+            // InnoDB's list of open transactions is a cache refreshed at most every
+            // 0.1 s: the update's transaction, just committed, would still cap the next
+            // run's windows (its rows come a run later, never lost), and the scenario
+            // wants that run to read them.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
     }
 
     /// Runs until one succeeds, waiting out a lease a killed or failed run left; how

@@ -194,5 +194,5 @@ async fn the_test_query_counts_up_to_its_row_cap_and_says_the_count_stopped() {
     assert_eq!(json["row_count_capped"], true);
     let p = capped(&src, &db, limits(30)).await;
     assert_eq!((p.row_count, p.row_count_capped), (30, false));
-    assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+    assert!(!p.warnings.iter().any(|w| w.contains("stopped at")), "{:?}", p.warnings);
 }

@@ -398,6 +398,9 @@ fn test_query(admin: &SourceAdmin, id: &str, body: Option<Json>) -> Result<TestQ
         .transpose()?;
     let source = match body.source {
         None => None,
+        Some(source) if !source.is_object() => {
+            return Err(FieldError::new("source", "must be a JSON object (a source)"));
+        }
         Some(mut source) => {
             if let Some(connection) = body.connection {
                 source["connection"] = connection;

@@ -686,10 +686,17 @@ fn envelope(batch: &[(Outgoing, Vec<u8>)], now: DateTime<Utc>) -> Vec<u8> {
     body
 }
 
-/// A destination's message without the write key (some echo the request).
+/// A destination's message without the write key (some echo the request, with its
+/// Basic authorization header): removed before the message is cut, so that no part of
+/// it survives at the cut.
 fn redact(message: &str, key: &WriteKey) -> String {
-    let text: String = message.chars().take(MAX_REASON_CHARS).collect();
-    text.replace(&key.0, "<redacted>")
+    let mut text = message.to_string();
+    if !key.0.is_empty() {
+        use base64::Engine;
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!("{}:", key.0));
+        text = text.replace(&key.0, "<redacted>").replace(&basic, "<redacted>");
+    }
+    text.chars().take(MAX_REASON_CHARS).collect()
 }
 
 #[cfg(test)]
@@ -1103,5 +1110,23 @@ mod tests {
         let received = sender.received.lock().unwrap();
         assert_eq!(received.len(), 6);
         assert_eq!(received[5]["v"], "b", "the changed call is sent in its new version");
+    }
+
+    #[test]
+    fn no_part_of_the_write_key_survives_in_a_reason() {
+        use base64::Engine;
+        let key = WriteKey("wk-live-9f8e7d6c5b4a".into());
+        // The key straddles the cut, then the Basic header an echo would show.
+        let echoed = format!(
+            "{}{} Authorization: Basic {}",
+            "x".repeat(MAX_REASON_CHARS - 5),
+            key.0,
+            base64::engine::general_purpose::STANDARD.encode(format!("{}:", key.0))
+        );
+        let reason = redact(&echoed, &key);
+        assert!(reason.chars().count() <= MAX_REASON_CHARS);
+        assert!(!reason.contains("wk-l"), "{reason}");
+        let full = redact(&echoed[MAX_REASON_CHARS - 5..], &key);
+        assert!(!full.contains("d2stbGl2"), "no base64 of the key: {full}");
     }
 }

@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 use crate::secret_json;
 
 /// The engine a source runs on. It decides the bind-parameter style and the driver.
+/// The longest a source's query may run.
+const MAX_QUERY_TIMEOUT_SECONDS: u32 = 86_400;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Engine {
@@ -341,6 +344,14 @@ impl SourceConfig {
         }
         if self.query_timeout_seconds == 0 {
             return bad("query_timeout_seconds", "must be at least 1");
+        }
+        // A day is past any function's timeout; SQL Server's lock timeout, in
+        // milliseconds, would overflow its int past 24 days.
+        if self.query_timeout_seconds > MAX_QUERY_TIMEOUT_SECONDS {
+            return bad(
+                "query_timeout_seconds",
+                &format!("must be at most {MAX_QUERY_TIMEOUT_SECONDS} (a day)"),
+            );
         }
         if let Some(destination) = &self.destination {
             if self.sync_type == SyncType::Registration {

@@ -33,26 +33,43 @@ pub(crate) struct SqlServer {
     /// `@@TRANCOUNT` and `XACT_STATE()` as the setup left them: Sluice's transaction,
     /// open. Every query must leave them so.
     transaction: (Value, Value),
+    /// The savepoint set where Sluice's transaction began.
+    savepoint: String,
     /// A query was sent whose effect on the transaction is not checked yet.
     unchecked: bool,
+    /// Whether that query is an EXEC of a procedure (else a SELECT, which cannot end
+    /// the transaction itself).
+    procedure: bool,
     /// Whether the last query's answer was read to its end (else it is cancelled).
     answered: Arc<AtomicBool>,
 }
 
-/// Marks where Sluice's transaction began, and reads what it is: its depth and its
-/// state (1 open, 0 none, -1 doomed).
-const TRANSACTION_BEGUN: &str = "SAVE TRANSACTION sluice_read; SELECT @@TRANCOUNT, XACT_STATE()";
+/// Marks where Sluice's transaction began (at `savepoint`), and reads what it is: its
+/// depth and its state (1 open, 0 none, -1 doomed).
+fn transaction_begun(savepoint: &str) -> String {
+    format!("SAVE TRANSACTION {savepoint}; SELECT @@TRANCOUNT, XACT_STATE()")
+}
 /// Why a query that ended Sluice's transaction fails the run, and what to do.
 const TRANSACTION_ENDED: &str = "; the query ended Sluice's transaction: a procedure it ran committed or rolled back, so what it wrote may be committed; Sluice reads only: remove COMMIT, ROLLBACK and BEGIN TRANSACTION from the procedure, and give Sluice a login that cannot write";
 /// Sluice's transaction as the setup began it, after an error of Sluice's own ended it.
-const TRANSACTION_AGAIN: &str =
-    "IF XACT_STATE() = -1 ROLLBACK; IF @@TRANCOUNT = 0 BEGIN TRANSACTION; SAVE TRANSACTION sluice_read";
+fn transaction_again(savepoint: &str) -> String {
+    format!("IF XACT_STATE() = -1 ROLLBACK; IF @@TRANCOUNT = 0 BEGIN TRANSACTION; SAVE TRANSACTION {savepoint}")
+}
 /// Undoes what the last query did inside Sluice's transaction and reads what the
 /// transaction is. The savepoint exists only in Sluice's own transaction: a procedure
 /// that committed it and began another (which leaves both counters as they were) makes
 /// this fail. Babelfish drops a savepoint rolled back to, so it is made again.
-const TRANSACTION_KEPT: &str =
-    "ROLLBACK TRANSACTION sluice_read; SAVE TRANSACTION sluice_read; SELECT @@TRANCOUNT, XACT_STATE()";
+fn transaction_kept(savepoint: &str) -> String {
+    format!("ROLLBACK TRANSACTION {savepoint}; SAVE TRANSACTION {savepoint}; SELECT @@TRANCOUNT, XACT_STATE()")
+}
+
+/// A savepoint name no procedure can guess (and so set again after committing Sluice's
+/// transaction): random for each session.
+fn savepoint_name() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let random = std::collections::hash_map::RandomState::new().build_hasher().finish();
+    format!("sluice_{random:016x}")
+}
 
 /// The tiberius configuration a secret describes.
 pub(crate) fn config(secret: &ConnectionSecret, query_timeout: Duration) -> Result<Config, SourceError> {
@@ -102,10 +119,12 @@ pub(crate) async fn connect(secret: &ConnectionSecret, query_timeout: Duration) 
         other => other,
     }
     .map_err(|e| classify_connect(e, secret))?;
+    let savepoint = savepoint_name();
     let setup = format!(
         "SET NOCOUNT ON; SET XACT_ABORT ON; SET ARITHABORT ON; SET LOCK_TIMEOUT {}; \
-         SET TRANSACTION ISOLATION LEVEL READ COMMITTED; BEGIN TRANSACTION; {TRANSACTION_BEGUN}",
-        query_timeout.as_millis()
+         SET TRANSACTION ISOLATION LEVEL READ COMMITTED; BEGIN TRANSACTION; {}",
+        query_timeout.as_millis(),
+        transaction_begun(&savepoint)
     );
     let transaction = transaction_state(client.simple_query(setup))
         .await
@@ -114,7 +133,9 @@ pub(crate) async fn connect(secret: &ConnectionSecret, query_timeout: Duration) 
         client,
         names: None,
         transaction,
+        savepoint,
         unchecked: false,
+        procedure: false,
         answered: Arc::new(AtomicBool::new(false)),
     })
 }
@@ -147,7 +168,7 @@ impl SqlServer {
     /// source's query would run in autocommit, where a write in it would stay.
     async fn begin_again(&mut self) -> Result<(), SourceError> {
         self.client
-            .simple_query(TRANSACTION_AGAIN)
+            .simple_query(transaction_again(&self.savepoint))
             .and_then(|s| s.into_results())
             .await
             .map_err(classify_query)?;
@@ -164,8 +185,15 @@ impl SqlServer {
         }
         if !self.answered.load(Ordering::Relaxed) {
             self.client.cancel_query().await.map_err(classify_query)?;
+            if !self.procedure {
+                // A SELECT cannot commit; the cancel itself may have rolled Sluice's
+                // transaction back (XACT_ABORT on SQL Server), so it is begun again.
+                self.unchecked = false;
+                return self.begin_again().await;
+            }
         }
-        let changed = match transaction_state(self.client.simple_query(TRANSACTION_KEPT)).await {
+        let kept = transaction_kept(&self.savepoint);
+        let changed = match transaction_state(self.client.simple_query(kept)).await {
             Ok(now) if now == self.transaction => None,
             Ok((count, state)) => Some(format!(
                 "@@TRANCOUNT and XACT_STATE() were {} and {}, now {} and {}",
@@ -374,7 +402,7 @@ fn refused(found: impl std::fmt::Display, fix: &str) -> SourceError {
 /// the like included) or one EXEC of a named procedure: no second statement, no
 /// transaction control, no SET, no SELECT ... INTO, no write inside a CTE, no locking
 /// hint. The text is read by a real T-SQL parser; what it cannot read is refused.
-fn check_query(sql: &str) -> Result<(), SourceError> {
+fn check_query(sql: &str) -> Result<bool, SourceError> {
     use sqlparser::ast::Visit;
     use sqlparser::tokenizer::{Token, Tokenizer};
     if sql.len() > MAX_QUERY_BYTES {
@@ -430,24 +458,27 @@ fn check_query(sql: &str) -> Result<(), SourceError> {
             "remove every statement but the SELECT or the EXEC",
         ));
     }
-    match &statement {
-        sqlparser::ast::Statement::Query(_) => {}
+    let procedure = match &statement {
+        sqlparser::ast::Statement::Query(_) => false,
         sqlparser::ast::Statement::Execute {
             name: Some(name),
             immediate: false,
             into,
             using,
             ..
-        } if into.is_empty() && using.is_empty() => check_procedure(name)?,
+        } if into.is_empty() && using.is_empty() => {
+            check_procedure(name)?;
+            true
+        }
         other => {
             let kind = other.to_string();
             let kind = kind.split_whitespace().next().unwrap_or_default().to_ascii_uppercase();
             return Err(refused(format_args!("is a {kind} statement"), "write it as a SELECT"));
         }
-    }
+    };
     match statement.visit(&mut ReadOnly { statements: 0 }) {
         std::ops::ControlFlow::Break(refusal) => Err(refusal),
-        std::ops::ControlFlow::Continue(()) => Ok(()),
+        std::ops::ControlFlow::Continue(()) => Ok(procedure),
     }
 }
 
@@ -638,9 +669,10 @@ impl SourceSession for SqlServer {
     fn stream<'a>(&'a mut self, rendered: &'a RenderedQuery) -> BoxStream<'a, Result<Row, SourceError>> {
         let answered = self.answered.clone();
         let start = async move {
-            check_query(&rendered.sql)?;
+            let procedure = check_query(&rendered.sql)?;
             self.settle().await?;
             self.unchecked = true;
+            self.procedure = procedure;
             self.answered.store(false, Ordering::Relaxed);
             let SqlServer { client, names, .. } = self;
             // Result indexes restart with each query: names kept from the last one (the
@@ -874,7 +906,8 @@ mod tests {
             "EXECUTE sales_between @P1, @P2",
             "exec reporting.dbo.sales_between @P1",
         ] {
-            assert_eq!(check_query(sql), Ok(()), "{sql}");
+            let procedure = sql.to_ascii_uppercase().starts_with("EXEC");
+            assert_eq!(check_query(sql), Ok(procedure), "{sql}");
         }
     }
 
@@ -950,7 +983,7 @@ mod tests {
                     let e = check_query(&sql).unwrap_err();
                     assert!(e.message.contains(cause), "{e}");
                 }
-                assert_eq!(check_query(&chain), Ok(()), "a long sum is a query");
+                assert_eq!(check_query(&chain), Ok(false), "a long sum is a query");
                 let e = check_query(&format!("SELECT 1{}", "+1".repeat(MAX_TOKENS))).unwrap_err();
                 assert!(e.message.contains("tokens"), "{e}");
             })
