@@ -411,11 +411,11 @@ impl Scene {
             ))
             .await;
         if self.db.engine == Engine::Mysql {
-            // InnoDB's list of open transactions is a cache refreshed at most every
-            // 0.1 s: the update's transaction, just committed, would still cap the next
-            // run's windows (its rows come a run later, never lost), and the scenario
-            // wants that run to read them.
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            // The window ends a second before the oldest open transaction's start, to
+            // the second, from InnoDB's cache of them (refreshed at most every 0.1 s):
+            // rows committed in the last two seconds may come a run later (never lost),
+            // and the scenario wants the next run to read them.
+            tokio::time::sleep(Duration::from_millis(2_500)).await;
         }
     }
 
@@ -812,7 +812,7 @@ pub async fn backfill_race(scale: Scale) -> Outcome {
                 Ok(None) => {}
                 Err(e) => println!("a backfill worker failed: {e}"),
             }
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            tokio::time::sleep(Duration::from_millis(2_500)).await;
         }
         done.store(true, Ordering::SeqCst);
     };
