@@ -98,6 +98,13 @@ pub enum TemplateError {
          repetition); shorten it"
     )]
     TooLong,
+    #[error(
+        "the template uses `{operator}` inside a tag on line {line}; it builds strings of any \
+         size in one step, so Sluice refuses it: a query template needs only \
+         `{{{{ last_update_time }}}}`, `{{{{ upper_date_limit }}}}` and simple tags, so write the \
+         text out in SQL"
+    )]
+    Operator { operator: char, line: usize },
 }
 
 /// Steps of the template engine a render may take: far more than any real query needs,
@@ -126,13 +133,15 @@ impl QueryTemplate {
                 line: line_of(source, &MARK.to_string()),
             });
         }
+        refuse_operators(source)?;
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::Strict);
         // Templates come from API callers: a render must end soon and stay small.
         env.set_fuel(Some(FUEL));
-        // Filters that pad to a width the template chooses can allocate gigabytes in
-        // one step, which neither fuel nor the output limit sees.
-        for filter in ["indent", "center", "format"] {
+        // Filters that pad to a width the template chooses, or repeat a string the
+        // template chooses, can allocate gigabytes in one step, which neither fuel nor
+        // the output limit sees.
+        for filter in ["indent", "center", "format", "replace", "join"] {
             env.remove_filter(filter);
         }
         env.add_template_owned(TEMPLATE, source.to_string())
@@ -217,6 +226,30 @@ fn syntax_error(e: minijinja::Error) -> TemplateError {
         line: e.line().unwrap_or(1),
         detail: e.detail().map(str::to_string).unwrap_or_else(|| e.kind().to_string()),
     }
+}
+
+/// Refuses the operators that build a string of any size in one step of the engine
+/// (`'x' * 100000000`, `a ~ a` doubled in a loop, `+` on strings): fuel counts steps,
+/// not bytes, so only their absence keeps a render's memory small. Only inside tags:
+/// SQL's own `*` and `+` are text.
+fn refuse_operators(source: &str) -> Result<(), TemplateError> {
+    let mut rest = source;
+    let mut offset = 0;
+    while let Some(open) = rest.find("{{").into_iter().chain(rest.find("{%")).min() {
+        let close = if rest[open..].starts_with("{{") { "}}" } else { "%}" };
+        let end = rest[open..].find(close).map_or(rest.len(), |e| open + e);
+        if let Some(at) = rest[open..end].find(['~', '*', '+']) {
+            let at = offset + open + at;
+            return Err(TemplateError::Operator {
+                operator: source[at..].chars().next().unwrap_or('~'),
+                line: source[..at].matches('\n').count() + 1,
+            });
+        }
+        let next = (end + close.len()).min(rest.len());
+        offset += next;
+        rest = &rest[next..];
+    }
+    Ok(())
 }
 
 fn line_of(source: &str, needle: &str) -> usize {
@@ -482,12 +515,10 @@ mod tests {
         assert_eq!(e, TemplateError::ReservedCharacter { line: 1 });
         assert!(e.to_string().contains("U+E000"), "{e}");
         for changed in [
-            "SELECT 1 WHERE d >= {{ last_update_time|replace(\"0\",\"9\") }}",
             "SELECT 1 WHERE d >= {{ last_update_time[1:3] }}",
             "SELECT 1 WHERE d >= {{ last_update_time[0] }}",
             "SELECT 1 WHERE d >= {{ last_update_time[:-1] }}",
             "SELECT 1\nWHERE d >= {{ upper_date_limit|first }}",
-            "SELECT 1 WHERE d >= {{ last_sync_time|reverse|join('x') }}",
         ] {
             let e = render(changed).unwrap_err();
             assert!(matches!(e, TemplateError::ChangedVariable { .. }), "{changed}: {e:?}");
@@ -499,13 +530,19 @@ mod tests {
     fn nested_loops_run_out_of_fuel_and_long_output_is_refused() {
         let (from, to) = window();
         let render = |q: &str| QueryTemplate::compile(q).and_then(|t| t.render(PlaceholderStyle::Dollar, from, to));
-        let e = render(
-            "SELECT 1 {% for a in 'x' * 100000 %}{% for b in 'x' * 100000 %}{% for c in 'x' * 100000 %}{% endfor %}{% endfor %}{% endfor %}",
-        )
+        let x = "x".repeat(1_000);
+        let e = render(&format!(
+            "SELECT 1 {{% for a in '{x}' %}}{{% for b in '{x}' %}}{{% for c in '{x}' %}}{{% endfor %}}{{% endfor %}}{{% endfor %}}"
+        ))
         .unwrap_err();
         assert_eq!(e, TemplateError::TooMuchWork);
         assert!(e.to_string().contains("loops"), "{e}");
-        let e = render("SELECT '{{ 'x' * 2000000 }}'").unwrap_err();
+        let long = format!(
+            "SELECT '{{% for a in '{}' %}}{}{{% endfor %}}'",
+            "x".repeat(100),
+            "x".repeat(20_000)
+        );
+        let e = render(&long).unwrap_err();
         assert_eq!(e, TemplateError::TooLong);
         let e = render("SELECT '{{ 'x'|indent(4000000000) }}'").unwrap_err();
         assert!(matches!(e, TemplateError::Syntax { .. }), "{e:?}");
@@ -515,6 +552,46 @@ mod tests {
         )
         .unwrap();
         assert_eq!(q.sql, "SELECT a, b, c, 1 FROM t WHERE d >= $1");
+    }
+
+    #[test]
+    fn operators_and_filters_that_build_huge_strings_in_one_step_are_refused() {
+        // Each of these allocates gigabytes in a handful of steps of the engine.
+        for (q, operator) in [
+            ("SELECT '{{ 'x' * 100000000 }}'", '*'),
+            (
+                "{% set a = 'xx' %}{% for i in range(40) %}{% set a = a ~ a %}{% endfor %}SELECT 1",
+                '~',
+            ),
+            ("SELECT 1\n{{ 'a' + 'b' }}", '+'),
+        ] {
+            let e = QueryTemplate::compile(q).unwrap_err();
+            assert!(
+                matches!(e, TemplateError::Operator { operator: o, .. } if o == operator),
+                "{q}: {e:?}"
+            );
+            assert!(e.to_string().contains("write the text out in SQL"), "{e}");
+        }
+        assert_eq!(
+            QueryTemplate::compile("SELECT 1\n{{ 'a' + 'b' }}").unwrap_err(),
+            TemplateError::Operator { operator: '+', line: 2 }
+        );
+        let (from, to) = window();
+        for q in [
+            "SELECT '{{ 'x'|replace('x', 'yyyy') }}'",
+            "SELECT '{{ 'abc'|join('x') }}'",
+        ] {
+            let e = QueryTemplate::compile(q)
+                .and_then(|t| t.render(PlaceholderStyle::Dollar, from, to))
+                .unwrap_err();
+            assert!(matches!(e, TemplateError::Syntax { .. }), "{q}: {e:?}");
+        }
+        // SQL's own operators, outside tags, are text.
+        let q = QueryTemplate::compile("SELECT a * 2 + 1, b || '~' FROM t WHERE d >= {{ last_update_time }}")
+            .unwrap()
+            .render(PlaceholderStyle::Dollar, from, to)
+            .unwrap();
+        assert_eq!(q.sql, "SELECT a * 2 + 1, b || '~' FROM t WHERE d >= $1");
     }
 
     #[test]
