@@ -1436,3 +1436,50 @@ async fn a_destination_may_name_only_a_write_key_secret() {
         "{answer}"
     );
 }
+
+/// A write key goes only where it was given for: changing where a destination points
+/// without giving the key again is refused, so a caller who may change a source but
+/// never saw its key cannot have it sent to a host of theirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_moved_elsewhere_needs_its_write_key_again() {
+    let api = Api::new().await;
+    let db = Database::new(Engine::Postgres).await;
+    db.create_sales(5).await;
+    let id = unique("moved");
+    let mut body = new_source(&id, &db);
+    body["sync_type"] = "identify".into();
+    body["query"] =
+        "SELECT user_id FROM sales WHERE updated_at >= {{ last_update_time }} AND updated_at < {{ upper_date_limit }}"
+            .into();
+    body["destination"] = json!({"kind": "http", "base_url": "https://cdp.example.com", "write_key": "wk-moved-1"});
+    let (status, answer) = api.call(api_request("sources-create.json", &[], &[], Some(body))).await;
+    assert_eq!(status, 201, "{answer}");
+    let own_key = format!("{}{id}/write-key", api.config.secrets_prefix);
+    let patch = |body: Json| api_request("sources-patch.json", &[("id", &id)], &[], Some(body));
+
+    let (status, answer) = api
+        .call(patch(json!({"destination": {
+            "kind": "http", "base_url": "https://collector.attacker.example", "secret_id": own_key,
+        }})))
+        .await;
+    assert_eq!(
+        (status, answer["error"]["field"].as_str()),
+        (400, Some("destination.write_key")),
+        "{answer}"
+    );
+    let stored = api.store.get_source(&id).await.unwrap().unwrap().config;
+    assert_eq!(
+        stored.destination.unwrap().base_url.as_deref(),
+        Some("https://cdp.example.com"),
+        "a refused change changes nothing"
+    );
+
+    // With the key given again, the move is the owner's.
+    let (status, answer) = api
+        .call(patch(json!({"destination": {
+            "kind": "http", "base_url": "https://collector.example.org", "write_key": "wk-moved-2",
+        }})))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    api.assert_no_secret_was_shown();
+}

@@ -743,6 +743,19 @@ impl SourceAdmin {
                 )
                 .into());
             }
+            // A write key goes only where it was given for: a caller who may change the
+            // source but never saw the key must not have it sent to a host of theirs.
+            if let Some(before) = current.and_then(|c| c.destination.as_ref())
+                && input.write_key.is_none()
+                && before.secret_id == d.secret_id
+                && (before.kind != d.kind || before.region != d.region || before.base_url != d.base_url)
+            {
+                return Err(FieldError::new(
+                    "destination.write_key",
+                    "the destination's address changed, so its write key is not sent there unless given again: give `write_key` with the new kind, region or base_url",
+                )
+                .into());
+            }
         }
         Ok(())
     }
