@@ -410,13 +410,11 @@ impl Scene {
                 round % every
             ))
             .await;
-        if self.db.engine == Engine::Mysql {
-            // The window ends a second before the oldest open transaction's start, to
-            // the second, from InnoDB's cache of them (refreshed at most every 0.1 s):
-            // rows committed in the last two seconds may come a run later (never lost),
-            // and the scenario wants the next run to read them.
-            tokio::time::sleep(Duration::from_millis(2_500)).await;
-        }
+        // The next run's windows end at the oldest transaction still open, and the late
+        // writers always hold one, begun up to 2 s ago (on MariaDB a second earlier,
+        // from InnoDB's cache to the second): rows committed since come a run later,
+        // never lost. The scenarios want the next run to read this update.
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
     }
 
     /// Runs until one succeeds, waiting out a lease a killed or failed run left; how
