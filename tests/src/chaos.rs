@@ -410,11 +410,18 @@ impl Scene {
                 round % every
             ))
             .await;
-        // The next run's windows end at the oldest transaction still open, and the late
-        // writers always hold one, begun up to 2 s ago (on MariaDB a second earlier,
-        // from InnoDB's cache to the second): rows committed since come a run later,
-        // never lost. The scenarios want the next run to read this update.
-        tokio::time::sleep(Duration::from_millis(2_500)).await;
+    }
+
+    /// A bulk update, then a wait until the next run's windows cover it: they end at the
+    /// oldest transaction still open, and the late writers always hold one, begun up to
+    /// 2 s ago (on MariaDB a second earlier, from InnoDB's cache to the second). Rows
+    /// committed since come a run later, never lost; the scenarios that stop a run
+    /// mid-stream want the next run to read this update.
+    async fn bulk_update_read_next(&self, round: usize, every: usize) {
+        self.bulk_update(round, every).await;
+        // 2 s of the late writers' hold, InnoDB's second and the margin's, and room for
+        // a loaded machine.
+        tokio::time::sleep(Duration::from_millis(5_000)).await;
     }
 
     /// Runs until one succeeds, waiting out a lease a killed or failed run left; how
@@ -607,7 +614,7 @@ pub async fn session_killed(engine: Engine, scale: Scale) -> Outcome {
     let (scene, sync) = Scene::lambda(db, scale.rows, &query, &crate::aws_endpoint()).await;
     let mut kills = 0;
     for round in 0..scale.rounds {
-        scene.bulk_update(round, 4).await;
+        scene.bulk_update_read_next(round, 4).await;
         let kill = async {
             let ids = readers(&scene.db).await;
             kill_sessions(&scene.db, &ids).await;
@@ -631,7 +638,7 @@ pub async fn server_restarted(engine: Engine, scale: Scale) -> Outcome {
     let (scene, sync) = Scene::lambda(db, scale.rows, &query, &crate::aws_endpoint()).await;
     scene.run_until_success(&sync).await;
     for round in 0..scale.rounds {
-        scene.bulk_update(round, 4).await;
+        scene.bulk_update_read_next(round, 4).await;
         let crash = async {
             readers(&scene.db).await;
             server.crash();
