@@ -1284,40 +1284,41 @@ impl DeliveryLog for DynamoStore {
     }
 }
 
+impl DynamoStore {
+    /// Puts `connection` when `condition` holds; `false` when it does not.
+    async fn put_connection(
+        &self,
+        connection: &Connection,
+        condition: &str,
+        what: &'static str,
+    ) -> Result<bool, StoreError> {
+        let out = self
+            .client
+            .put_item()
+            .table_name(&self.tables.members)
+            .set_item(Some(key(("pk", CONNECTIONS_PK), Some(("sk", &connection.id)))))
+            .item("body", AttributeValue::S(connection.encode()))
+            .condition_expression(condition)
+            .send()
+            .await;
+        match out {
+            Ok(_) => Ok(true),
+            Err(e) if put_condition_failed(&e) => Ok(false),
+            Err(e) => Err(sdk(what)(e)),
+        }
+    }
+}
+
 #[async_trait]
 impl ConnectionStore for DynamoStore {
     async fn create_connection(&self, connection: &Connection) -> Result<bool, StoreError> {
-        let out = self
-            .client
-            .put_item()
-            .table_name(&self.tables.members)
-            .set_item(Some(key(("pk", CONNECTIONS_PK), Some(("sk", &connection.id)))))
-            .item("body", AttributeValue::S(connection.encode()))
-            .condition_expression("attribute_not_exists(pk)")
-            .send()
-            .await;
-        match out {
-            Ok(_) => Ok(true),
-            Err(e) if put_condition_failed(&e) => Ok(false),
-            Err(e) => Err(sdk("creating a connection")(e)),
-        }
+        self.put_connection(connection, "attribute_not_exists(pk)", "creating a connection")
+            .await
     }
 
     async fn update_connection(&self, connection: &Connection) -> Result<bool, StoreError> {
-        let out = self
-            .client
-            .put_item()
-            .table_name(&self.tables.members)
-            .set_item(Some(key(("pk", CONNECTIONS_PK), Some(("sk", &connection.id)))))
-            .item("body", AttributeValue::S(connection.encode()))
-            .condition_expression("attribute_exists(pk)")
-            .send()
-            .await;
-        match out {
-            Ok(_) => Ok(true),
-            Err(e) if put_condition_failed(&e) => Ok(false),
-            Err(e) => Err(sdk("saving a connection")(e)),
-        }
+        self.put_connection(connection, "attribute_exists(pk)", "saving a connection")
+            .await
     }
 
     async fn get_connection(&self, id: &str) -> Result<Option<Connection>, StoreError> {
